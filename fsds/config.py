@@ -1,0 +1,285 @@
+"""Typed, frozen view of params.yaml.
+
+Every section of params.yaml becomes a frozen dataclass. Unknown keys, wrong types and
+out-of-range values are rejected before any work starts, with a message that names the
+key (``train.image_size``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+DATASETS = ("synthetic",)
+NBR_KINDS = ("none", "cosine", "euclidean")
+CAP_KINDS = ("none", "plain", "weighted")
+ARCHS = ("albunet34",)
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+SPLIT_UNITS = ("defect_type",)
+
+
+class ConfigError(ValueError):
+    """A value in params.yaml is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_train_good: int = 120
+    n_test_good: int = 20
+    n_per_defect: int = 12
+    size: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self.n_train_good >= 1, "data.synthetic.n_train_good", "must be >= 1")
+        _check(self.n_test_good >= 1, "data.synthetic.n_test_good", "must be >= 1")
+        _check(self.n_per_defect >= 2, "data.synthetic.n_per_defect", "must be >= 2")
+        _check(self.size >= 32, "data.synthetic.size", "must be >= 32")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    categories: tuple[str, ...] | Literal["all"] = "all"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    unit: str = "defect_type"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.unit, SPLIT_UNITS, "split.unit")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    image_size: int = 128
+    iterations: int = 150
+    batch_size: int | Literal["auto"] = "auto"
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    cap_probability: float = 0.5
+    nbr_weight: float = 1.0
+    device: str = "auto"
+    precision: str = "auto"
+    num_threads: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        _check(
+            self.image_size >= 32 and self.image_size % 32 == 0,
+            "train.image_size",
+            f"must be a positive multiple of 32 (the encoder downsamples 5 times), got {self.image_size}",
+        )
+        _check(self.iterations >= 1, "train.iterations", "must be >= 1")
+        _check(self.batch_size == "auto" or self.batch_size >= 1, "train.batch_size", "must be 'auto' or >= 1")
+        _check(0 < self.lr < 1, "train.lr", "must be in (0, 1)")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
+        _check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
+        _check(self.nbr_weight >= 0, "train.nbr_weight", "must be >= 0")
+        _check_choice(self.device, DEVICES, "train.device")
+        _check_choice(self.precision, PRECISIONS, "train.precision")
+        _check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = all cores)")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+
+    def resolved_batch_size(self, shot: int) -> int:
+        """The paper's batch sizes: 2 for 1-shot, 4 for more shots."""
+        if self.batch_size == "auto":
+            return 2 if shot == 1 else 4
+        return int(self.batch_size)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "albunet34"
+    encoder_weights: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.arch, ARCHS, "model.arch")
+        _check_choice(self.encoder_weights, ("none",), "model.encoder_weights")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ablation variant: which NBR loss and which Crop-and-Paste flavour."""
+
+    nbr: str = "none"
+    cap: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.nbr, NBR_KINDS, "variants.*.nbr")
+        _check_choice(self.cap, CAP_KINDS, "variants.*.cap")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(0 < self.threshold < 1, "metrics.threshold", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "predict.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "fsds"
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: str = "synthetic"
+    shot: int = 1
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    variants: Mapping[str, Variant] = field(default_factory=dict)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.dataset, DATASETS, "dataset")
+        _check(self.shot >= 1, "shot", f"must be >= 1, got {self.shot}")
+        _check(self.seed >= 0, "seed", "must be >= 0")
+        for name in self.variants:
+            _check(
+                name.replace("_", "").isalnum(),
+                f"variants.{name}",
+                "variant ids must be file-safe (letters, digits, '_')",
+            )
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            raise ConfigError(f"unknown variant {name!r}; params.yaml defines: {', '.join(self.variants)}")
+        return self.variants[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def variant_label(name: str) -> str:
+    """Display name of a variant id: ``B_NBR_CaP`` -> ``B+NBR+CaP`` (the paper's notation)."""
+    return name.replace("_", "+")
+
+
+def load_config(path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read params.yaml into a validated :class:`Config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} not found; run from the repository root")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if overrides:
+        raw = {**raw, **overrides}
+    return parse_config(raw)
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from a plain mapping, rejecting anything unknown."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("params must be a mapping at the top level")
+    raw = dict(raw)
+    variants = raw.pop("variants", {}) or {}
+    if not isinstance(variants, Mapping):
+        raise ConfigError("variants: must be a mapping of variant id -> {nbr, cap}")
+    parsed_variants = {str(k): _build(Variant, v, f"variants.{k}") for k, v in variants.items()}
+    cfg = _build(Config, raw, "")
+    return dataclasses.replace(cfg, variants=parsed_variants)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Recursively turn a mapping into dataclass ``cls``, checking keys and types."""
+    where = prefix or "params.yaml"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"{_key(prefix, unknown[0])}: unknown key; allowed keys: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in raw.items():
+        key = _key(prefix, name)
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a simple type hint (int, float, str, bool, Literal, tuple, unions)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc).split(": ", 1)[-1])
+        raise ConfigError(f"{key}: {' or '.join(errors)}")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value) or not value:
+            raise ConfigError(f"{key}: expected a non-empty list of names, got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint!r}")  # pragma: no cover
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")

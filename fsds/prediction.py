@@ -1,0 +1,98 @@
+"""Probability maps for test images, stored compactly as uint8 at network resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from fsds.config import Config
+from fsds.images import load_images, normalize, resize_probabilities
+from fsds.io import atomic_dir, atomic_path
+from fsds.model import Segmenter
+from fsds.split import category_split
+from fsds.training import load_checkpoint, resolve_device, resolve_precision
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: Segmenter,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    desc: str = "predict",
+) -> np.ndarray:
+    """uint8 images ``(N, 3, S, S)`` -> uint8 probabilities ``(N, S, S)`` (round(255 * p))."""
+    device = torch.device(device)
+    model.eval()
+    out = np.empty((len(images), images.shape[-2], images.shape[-1]), dtype=np.uint8)
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
+        x = normalize(images[start : start + batch_size].to(device))
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x)
+        prob = torch.sigmoid(logits.float())[:, 0]
+        out[start : start + len(x)] = (prob * 255.0).round().to(torch.uint8).cpu().numpy()
+    return out
+
+
+def predict_category(
+    model: Segmenter,
+    test: pd.DataFrame,
+    image_size: int,
+    threshold: float,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    desc: str = "predict",
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Predict one category's test images; returns the maps and a per-image score table.
+
+    The score is the paper's anomaly score: the predicted defect area, as a fraction of the
+    image, measured at the image's original size.
+    """
+    images = load_images(test["image"].tolist(), image_size, desc=f"{desc} load")
+    probs = predict_probabilities(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype, desc=desc)
+    scores = [
+        float((resize_probabilities(p, int(h), int(w)) >= threshold).mean())
+        for p, h, w in zip(probs, test["height"], test["width"])
+    ]
+    table = test[["category", "defect_type", "image", "mask", "label", "height", "width"]].copy()
+    table["score"] = scores
+    return probs, table
+
+
+def save_probabilities(path: str | Path, probs: np.ndarray, images: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probs=probs, images=np.asarray(images))
+
+
+def load_probabilities(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["probs"], data["images"].tolist()
+
+
+def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, out_dir: str | Path) -> None:
+    """Predict every test image with each category's model; writes ``<category>.npz`` and ``scores.csv``."""
+    models_dir = Path(models_dir)
+    device = resolve_device(cfg.train.device)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    tables = []
+    with atomic_dir(out_dir) as tmp:
+        for category in sorted(table["category"].unique()):
+            model, state = load_checkpoint(models_dir / f"{category}.pt", device)
+            size = state["config"]["train"]["image_size"]
+            test = category_split(table, category)["test"]
+            probs, scores = predict_category(
+                model, test, size, cfg.metrics.threshold, batch_size=cfg.predict.batch_size,
+                device=device, amp_dtype=amp_dtype, desc=f"{models_dir.name}/{category}",
+            )
+            save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())
+            tables.append(scores)
+        pd.concat(tables, ignore_index=True).to_csv(tmp / "scores.csv", index=False)

@@ -1,0 +1,57 @@
+"""K-shot sampling: which annotated defect images the model may train on.
+
+Rule (``split.unit: defect_type``): for each category and defect type, K defect images with a
+non-empty mask go to ``train_defect``; the rest of the defect images and all test normals form
+``test``; every training normal is in the ``train_normal`` pool.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train_defect", "train_normal", "test")
+SPLIT_COLUMNS = ["split", "category", "defect_type", "image", "mask", "label", "mask_area", "height", "width"]
+
+
+def k_shot_split(index: pd.DataFrame, shot: int, seed: int, unit: str = "defect_type") -> pd.DataFrame:
+    """Assign every indexed image to a split; the draw depends only on (seed, category, type)."""
+    if shot < 1:
+        raise ValueError(f"shot must be >= 1, got {shot}")
+    if unit != "defect_type":
+        raise ValueError(f"split.unit: unknown unit {unit!r}; allowed: defect_type")
+    table = index.copy()
+    table["split"] = np.where(table["source"] == "train", "train_normal", "test")
+
+    defects = table[table["label"] == 1]
+    for (category, defect_type), group in defects.groupby(["category", "defect_type"], sort=True):
+        # Empty masks filed as defects teach nothing about the defect: never draw them as shots.
+        eligible = group[group["mask_area"] > 0].sort_values("image")
+        if shot > len(eligible) or shot >= len(group):
+            usable = min(len(eligible), len(group) - 1)
+            raise ValueError(
+                f"shot={shot} but defect type {category}/{defect_type} has only {len(group)} images "
+                f"({len(eligible)} with a non-empty mask); use shot <= {max(usable, 0)} so that at least one "
+                "is left for testing"
+            )
+        rng = np.random.default_rng([seed, _stable_hash(f"{category}/{defect_type}")])
+        chosen = rng.choice(eligible.index.to_numpy(), size=shot, replace=False)
+        table.loc[chosen, "split"] = "train_defect"
+
+    table = table.sort_values(["split", "category", "defect_type", "image"], kind="stable")
+    return table[SPLIT_COLUMNS].reset_index(drop=True)
+
+
+def category_split(table: pd.DataFrame, category: str) -> dict[str, pd.DataFrame]:
+    """The three parts of one category, each sorted by image path."""
+    part = table[table["category"] == category]
+    if part.empty:
+        raise ValueError(f"category {category!r} is not in the split table")
+    return {name: part[part["split"] == name].reset_index(drop=True) for name in SPLITS}
+
+
+def _stable_hash(text: str) -> int:
+    # Python's hash() is salted per process; crc32 keeps the draw identical across runs.
+    return zlib.crc32(text.encode("utf-8"))

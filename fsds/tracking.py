@@ -1,0 +1,125 @@
+"""MLflow tracking: one run per (variant, category) training, found again by the metrics stage.
+
+The default store is a SQLite file in the repository (``mlflow.tracking_uri``); the usual
+``MLFLOW_TRACKING_URI`` environment variable points it at a server instead. The store is
+contacted before training starts, so an unreachable server fails in seconds, not at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+from fsds.config import MlflowConfig
+
+
+def tracking_uri(cfg: MlflowConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}`` (MLflow params are flat)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class Tracker:
+    """A thin wrapper over the MLflow client that does nothing when tracking is disabled."""
+
+    def __init__(self, cfg: MlflowConfig) -> None:
+        self.enabled = cfg.enabled
+        self.uri = tracking_uri(cfg)
+        self.experiment = cfg.experiment
+        self._client = None
+        self._experiment_id: str | None = None
+        self._buffer: list = []
+
+    def connect(self) -> None:
+        """Open the store (creating the experiment); raise naming the URI if it cannot be reached."""
+        if not self.enabled or self._client is not None:
+            return
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=self.uri)
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                artifact_location = None
+                if self.uri.startswith("sqlite:///"):
+                    # Keep artifacts beside the local database, not wherever the process happens to run.
+                    db = Path(self.uri[len("sqlite:///"):]).resolve()
+                    artifact_location = (db.parent / "mlartifacts").as_uri()
+                self._experiment_id = client.create_experiment(self.experiment, artifact_location=artifact_location)
+            else:
+                self._experiment_id = exp.experiment_id
+        except Exception as exc:  # MLflow raises many kinds; all mean "cannot use this store"
+            raise RuntimeError(
+                f"MLflow tracking store {self.uri!r} cannot be used: {exc}. "
+                "Fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, or set mlflow.enabled: false"
+            ) from exc
+        self._client = client
+        mlflow.set_tracking_uri(self.uri)
+
+    def start_run(self, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> str | None:
+        if not self.enabled:
+            return None
+        self.connect()
+        run = self._client.create_run(self._experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in flatten(params).items()]
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self._client.log_batch(run.info.run_id, params=items[start : start + 100])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Queue metrics; they are sent in batches by :meth:`flush`."""
+        if run_id is None:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v == v)  # skip NaN
+
+    def flush(self, run_id: str | None) -> None:
+        if run_id is None or not self._buffer:
+            return
+        for start in range(0, len(self._buffer), 1000):
+            self._client.log_batch(run_id, metrics=self._buffer[start : start + 1000])
+        self._buffer.clear()
+
+    def log_artifact(self, run_id: str | None, path: str | Path) -> None:
+        if run_id is not None:
+            self._client.log_artifact(run_id, str(path))
+
+    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if run_id is not None:
+            self.flush(run_id)
+            self._client.set_terminated(run_id, status=status)
+
+    def log_test_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        """Attach the metrics stage's figures to the training run they belong to."""
+        if not self.enabled or not run_id:
+            return
+        self.connect()
+        self.log_metrics(run_id, {f"test_{k}": v for k, v in metrics.items()})
+        self.flush(run_id)

@@ -1,0 +1,256 @@
+"""Algorithm 1 of the paper: train a segmenter on K defect shots and a pool of normal images.
+
+One iteration samples ``m`` defect shots and ``m`` normal images. With the variant's switches:
+
+- ``nbr`` (none | cosine | euclidean): add the Normal Background Regularization loss between
+  the defect-free part of the defect images and the normal images (eqs. 1-3);
+- ``cap`` (none | plain | weighted): with probability ``cap_probability`` the segmentation loss
+  is computed on the crop-and-pasted image instead of the original (eq. 4), weighted by
+  lambda (eq. 6) for ``weighted`` or by 1 for ``plain``.
+
+All images of an iteration go through the encoder in one batch: NBR, lambda and the
+segmentation loss share those features, and the decoder runs only on the part that is segmented.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from fsds.augmentation import crop_and_paste
+from fsds.config import Config, Variant
+from fsds.images import load_images, load_masks, normalize
+from fsds.io import atomic_dir, atomic_path, write_json
+from fsds.losses import cap_lambda, nbr_loss, weighted_bce
+from fsds.model import Segmenter, build_model, model_args
+from fsds.split import category_split
+from fsds.tracking import Tracker, git_commit
+
+HISTORY_COLUMNS = ["iteration", "loss", "seg", "nbr", "lambda", "cap"]
+
+
+@dataclass
+class TrainData:
+    """A category's training images, decoded and resized once."""
+
+    defect_images: torch.Tensor  # (N, 3, S, S) uint8
+    defect_masks: torch.Tensor  # (N, 1, S, S) uint8 in {0, 1}
+    defect_names: list[str]
+    normal_images: torch.Tensor  # (M, 3, S, S) uint8
+
+
+def load_train_data(table: pd.DataFrame, category: str, size: int) -> TrainData:
+    parts = category_split(table, category)
+    shots, normals = parts["train_defect"], parts["train_normal"]
+    if shots.empty:
+        raise ValueError(f"category {category!r} has no training defect images in the split table")
+    if normals.empty:
+        raise ValueError(f"category {category!r} has no normal training images; NBR and CaP need some")
+    return TrainData(
+        defect_images=load_images(shots["image"].tolist(), size, desc=f"{category} shots"),
+        defect_masks=load_masks(shots["mask"].tolist(), size),
+        defect_names=shots["image"].tolist(),
+        normal_images=load_images(normals["image"].tolist(), size, desc=f"{category} normals"),
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: cuda requested but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. ``auto`` uses bf16 on CUDA GPUs that have it."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def train_segmenter(
+    cfg: Config,
+    variant: Variant,
+    data: TrainData,
+    *,
+    seed: int,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    progress_desc: str = "train",
+) -> tuple[Segmenter, torch.optim.Optimizer, pd.DataFrame]:
+    """Run Algorithm 1 and return the model, its optimizer and the per-iteration loss history."""
+    tc = cfg.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    device = resolve_device(tc.device)
+    amp_dtype = resolve_precision(tc.precision, device)
+    rng = seed_everything(seed)
+    model = build_model(cfg.model).to(device)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+
+    m = tc.resolved_batch_size(cfg.shot)
+    n_defect, n_normal = len(data.defect_images), len(data.normal_images)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(1, tc.iterations + 1), desc=progress_desc, unit="it", dynamic_ncols=True)
+    for it in bar:
+        idx_d = rng.integers(0, n_defect, size=m)
+        idx_n = rng.integers(0, n_normal, size=m)
+        use_cap = variant.cap != "none" and rng.random() < tc.cap_probability
+
+        x_d = normalize(data.defect_images[idx_d].to(device))
+        y = data.defect_masks[idx_d].to(device).float()
+        x_n = normalize(data.normal_images[idx_n].to(device))
+
+        # Which images the encoder must see this iteration, in one batch.
+        parts: dict[str, torch.Tensor] = {}
+        if not use_cap or variant.nbr != "none" or variant.cap == "weighted":
+            parts["defect"] = x_d
+        if variant.nbr != "none":
+            parts["normal"] = x_n
+        if use_cap:
+            parts["pasted"] = crop_and_paste(x_d, x_n, y)
+        slices = _batch_slices(parts, m)
+
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            features = model.encode(torch.cat(list(parts.values())))
+            deep = features[-1]  # (P*m, 512, S/32, S/32)
+            seg_part = "pasted" if use_cap else "defect"
+            logits = model.decode([f[slices[seg_part]] for f in features])
+
+        lam = None
+        if use_cap and variant.cap == "weighted":
+            lam = cap_lambda(deep[slices["defect"]], deep[slices["pasted"]])
+        seg = weighted_bce(logits, y, lam)
+        nbr = torch.zeros((), device=device)
+        if variant.nbr != "none":
+            nbr = nbr_loss(deep[slices["defect"]], deep[slices["normal"]], y, variant.nbr)
+        loss = seg + tc.nbr_weight * nbr
+
+        if not torch.isfinite(loss):
+            names = [Path(data.defect_names[i]).name for i in idx_d]
+            raise FloatingPointError(
+                f"non-finite loss at iteration {it}: seg={seg.item()}, nbr={nbr.item()}, "
+                f"cap={'yes' if use_cap else 'no'}, defect images {names}; lower train.lr or check these images"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        row = {
+            "iteration": it,
+            "loss": loss.item(),
+            "seg": seg.item(),
+            "nbr": nbr.item(),
+            "lambda": lam.mean().item() if lam is not None else math.nan,
+            "cap": float(use_cap),
+        }
+        history.append(row)
+        if on_log is not None:
+            on_log(it, row)
+        if it % tc.log_every == 0 or it == tc.iterations:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", seg=f"{row['seg']:.4f}", nbr=f"{row['nbr']:.3f}")
+    return model, optimizer, pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+def _batch_slices(parts: dict[str, torch.Tensor], m: int) -> dict[str, slice]:
+    return {name: slice(i * m, (i + 1) * m) for i, name in enumerate(parts)}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Segmenter,
+    optimizer: torch.optim.Optimizer,
+    cfg: Config,
+    iteration: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Everything needed to resume or to rebuild the model, written atomically."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "model_args": model_args(cfg.model),
+        "config": cfg.to_dict(),
+        "iteration": iteration,
+        **(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[Segmenter, dict[str, Any]]:
+    """Rebuild the network from a checkpoint alone; returns it in eval mode with the raw dict."""
+    from fsds.config import ModelConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; run the train stage first")
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(ModelConfig(**state["model_args"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, state
+
+
+def category_seed(seed: int, category: str) -> int:
+    """A per-category seed; every variant of a category starts from the same initial weights."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(category.encode())]).generate_state(1)[0])
+
+
+def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: str | Path, tracker: Tracker) -> None:
+    """Train one model per category for one variant; write ``<category>.pt``, ``<category>_history.csv``
+    and ``runs.json`` (the MLflow run of each category) into ``out_dir`` atomically."""
+    variant = cfg.variant(variant_name)
+    tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
+    categories = sorted(table["category"].unique())
+    runs: dict[str, str | None] = {}
+    commit = git_commit()
+    with atomic_dir(out_dir) as tmp:
+        for category in categories:
+            data = load_train_data(table, category, cfg.train.image_size)
+            tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
+                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "dataset": cfg.dataset}
+            params = {**cfg.to_dict(), "variant": {"name": variant_name, "nbr": variant.nbr, "cap": variant.cap},
+                      "resolved": {"batch_size": cfg.train.resolved_batch_size(cfg.shot), "category": category,
+                                   "n_shots": len(data.defect_images), "n_normals": len(data.normal_images)}}
+            params.pop("variants")
+            run_id = tracker.start_run(f"{variant_name}/{category}", tags, params)
+
+            def log(it: int, row: dict[str, float], run_id: str | None = run_id) -> None:
+                tracker.log_metrics(run_id, {k: row[k] for k in ("loss", "seg", "nbr", "lambda")}, it)
+                if it % cfg.train.log_every == 0:
+                    tracker.flush(run_id)
+
+            status = "FAILED"
+            try:
+                model, optimizer, history = train_segmenter(
+                    cfg, variant, data, seed=category_seed(cfg.seed, category), on_log=log,
+                    progress_desc=f"{variant_name}/{category}",
+                )
+                ckpt = tmp / f"{category}.pt"
+                save_checkpoint(ckpt, model, optimizer, cfg, cfg.train.iterations,
+                                {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id})
+                history.to_csv(tmp / f"{category}_history.csv", index=False)
+                tracker.log_artifact(run_id, ckpt)
+                status = "FINISHED"
+            finally:
+                tracker.end_run(run_id, status)
+            runs[category] = run_id
+        write_json(tmp / "runs.json", runs)

@@ -1,0 +1,21 @@
+"""Stage download: materialise the dataset named by `dataset` (MVTec AD layout)."""
+
+import argparse
+
+from fsds.config import load_config
+from fsds.datasets import prepare_dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", help="dataset folder to write")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    cfg = load_config(args.params)
+    path = prepare_dataset(cfg, args.out)
+    print(f"dataset {cfg.dataset!r} ready in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+import pytest
+import yaml
+
+from fsds.config import ConfigError, load_config, parse_config, variant_label
+from tests.conftest import REPO
+
+
+def test_repository_params_load():
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.dataset == "synthetic"
+    assert set(cfg.variants) == {"B", "B_NBR", "B_NBR_CaP"}
+    assert cfg.variant("B_NBR_CaP").cap == "weighted"
+    assert cfg.train.image_size % 32 == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"shot": 0}, r"^shot: must be >= 1"),
+        ({"shto": 1}, r"^shto: unknown key; allowed keys: .*shot"),
+        ({"train": {"image_size": 100}}, r"^train\.image_size: must be a positive multiple of 32"),
+        ({"train": {"lr": "fast"}}, r"^train\.lr: expected a number"),
+        ({"train": {"iteration": 5}}, r"^train\.iteration: unknown key; allowed keys: .*iterations"),
+        ({"train": {"precision": "fp8"}}, r"^train\.precision: expected one of auto, fp32, bf16, got 'fp8'"),
+        ({"train": {"batch_size": "big"}}, r"^train\.batch_size: "),
+        ({"dataset": "imagenet"}, r"^dataset: expected one of synthetic"),
+        ({"variants": {"X": {"nbr": "l1", "cap": "none"}}}, r"^variants\.\*\.nbr: expected one of none, cosine, euclidean"),
+        ({"variants": {"X": {"nbr": "none", "capp": "none"}}}, r"^variants\.X\.capp: unknown key"),
+        ({"variants": {"B+NBR": {}}}, r"^variants\.B\+NBR: variant ids must be file-safe"),
+        ({"data": {"categories": []}}, r"^data\.categories: "),
+        ({"mlflow": {"enabled": "yes"}}, r"^mlflow\.enabled: expected true or false"),
+    ],
+)
+def test_bad_values_are_rejected_by_name(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_unknown_variant_lists_the_known_ones(tiny_config):
+    with pytest.raises(ConfigError, match="unknown variant 'C'; params.yaml defines: B, B_NBR, B_NBR_CaP"):
+        tiny_config.variant("C")
+
+
+def test_batch_size_auto_follows_the_paper():
+    cfg = parse_config({})
+    assert cfg.train.resolved_batch_size(1) == 2
+    assert cfg.train.resolved_batch_size(5) == 4
+    assert parse_config({"train": {"batch_size": 3}}).train.resolved_batch_size(1) == 3
+
+
+def test_categories_list_and_overrides(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"categories": ["fabric"]}, "shot": 2}))
+    cfg = load_config(path, overrides={"shot": 5})
+    assert cfg.data.categories == ("fabric",)
+    assert cfg.shot == 5
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_variant_label():
+    assert variant_label("B_NBR_CaP") == "B+NBR+CaP"

@@ -1,0 +1,72 @@
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fsds.config import parse_config
+from fsds.datasets import index_dataset, list_categories, prepare_dataset
+
+
+def test_index_of_the_synthetic_layout(tiny_root, tiny_index):
+    assert list_categories(tiny_root) == ["fabric", "washer"]
+    counts = tiny_index.groupby(["category", "source", "label"]).size()
+    assert counts[("fabric", "train", 0)] == 6
+    assert counts[("fabric", "test", 0)] == 3
+    assert counts[("fabric", "test", 1)] == 12  # 3 types x 4
+    defects = tiny_index[tiny_index["label"] == 1]
+    assert (defects["mask_area"] > 0).all()
+    assert (tiny_index.loc[tiny_index["label"] == 0, "mask"] == "").all()
+    assert ((tiny_index["height"] == 64) & (tiny_index["width"] == 64)).all()
+
+
+def test_category_selection_and_unknown_category(tiny_root):
+    assert set(index_dataset(tiny_root, ["washer"])["category"]) == {"washer"}
+    with pytest.raises(ValueError, match="unknown category 'carpet'; .* has: fabric, washer"):
+        index_dataset(tiny_root, ["carpet"])
+    with pytest.raises(ValueError, match="does not exist; run the download stage first"):
+        index_dataset(tiny_root / "nope")
+
+
+@pytest.fixture()
+def copy_of(tiny_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    return root
+
+
+def test_missing_mask_is_named(copy_of):
+    mask = next((copy_of / "fabric" / "ground_truth" / "hole").iterdir())
+    mask.unlink()
+    with pytest.raises(ValueError, match=r"defect image .*hole/000\.png has no mask; expected .*000_mask\.png"):
+        index_dataset(copy_of)
+
+
+def test_mask_of_another_size_names_both_files(copy_of):
+    mask = copy_of / "washer" / "ground_truth" / "dent" / "001_mask.png"
+    Image.fromarray(np.zeros((32, 64), dtype=np.uint8)).save(mask)
+    with pytest.raises(ValueError, match=r"mask .*001_mask\.png is 64x32 but image .*dent/001\.png is 64x64"):
+        index_dataset(copy_of)
+
+
+def test_unreadable_image_is_named(copy_of):
+    (copy_of / "fabric" / "ground_truth" / "stain" / "002_mask.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read mask .*002_mask\.png"):
+        index_dataset(copy_of)
+
+
+def test_category_without_normals(copy_of):
+    for p in (copy_of / "fabric" / "train" / "good").iterdir():
+        p.unlink()
+    with pytest.raises(ValueError, match=r"category 'fabric' has no normal images"):
+        index_dataset(copy_of, ["fabric"])
+
+
+def test_prepare_synthetic_is_atomic_and_deterministic(tmp_path):
+    cfg = parse_config({"data": {"categories": ["fabric"], "synthetic": {"n_train_good": 2, "n_test_good": 1, "n_per_defect": 2, "size": 32}}})
+    out = prepare_dataset(cfg, tmp_path / "raw")
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")}
+    assert list_categories(out) == ["fabric"]
+    prepare_dataset(cfg, out)  # replaces the folder as a whole
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")} == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temporary folder left

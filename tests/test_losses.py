@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fsds.augmentation import crop_and_paste
+from fsds.losses import bce_per_image, cap_lambda, downsample_mask, nbr_loss, weighted_bce
+
+
+def test_nbr_identical_pooled_vectors_give_minus_one():
+    torch.manual_seed(0)
+    normal = torch.rand(2, 8, 4, 4)
+    mask = torch.zeros(2, 1, 128, 128)
+    assert nbr_loss(normal.clone(), normal, mask).item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_nbr_opposite_pooled_vectors_give_plus_one():
+    a = torch.ones(1, 4, 2, 2)
+    assert nbr_loss(a, -a, torch.zeros(1, 1, 64, 64)).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_nbr_masked_positions_do_not_count():
+    torch.manual_seed(0)
+    normal = torch.rand(1, 8, 4, 4)
+    defect = normal.mean(dim=(2, 3), keepdim=True).expand(1, 8, 4, 4).clone()
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., :32, :32] = 1  # covers feature cell (0, 0) at stride 32
+    defect[:, :4, 0, 0] = 100.0  # the defect's own features, far from normal
+    defect[:, 4:, 0, 0] = 0.0
+    assert nbr_loss(defect, normal, mask).item() == pytest.approx(-1.0, abs=1e-6)
+    # Without the mask the defect features do count and pull the loss away from -1.
+    assert nbr_loss(defect, normal, torch.zeros_like(mask)).item() > -0.9
+
+
+def test_nbr_cell_touched_by_one_defect_pixel_is_excluded():
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[0, 0, 40, 5] = 1
+    small = downsample_mask(mask, (2, 2))
+    assert small[0, 0].tolist() == [[0.0, 0.0], [1.0, 0.0]]
+
+
+def test_nbr_fully_defective_sample_is_left_out():
+    torch.manual_seed(0)
+    normal = torch.rand(2, 8, 2, 2)
+    defect = normal.clone()
+    defect[1] = -normal[1]  # would give +1 if it counted
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[1] = 1
+    assert nbr_loss(defect, normal, mask).item() == pytest.approx(-1.0, abs=1e-6)
+    everything = torch.ones(2, 1, 64, 64)
+    assert nbr_loss(defect, normal, everything).item() == 0.0
+
+
+def test_nbr_euclidean_is_zero_for_identical_and_grows_with_distance():
+    normal = torch.rand(1, 16, 2, 2)
+    mask = torch.zeros(1, 1, 64, 64)
+    assert nbr_loss(normal, normal, mask, "euclidean").item() == pytest.approx(0.0, abs=1e-6)
+    near = nbr_loss(normal + 0.1, normal, mask, "euclidean").item()
+    far = nbr_loss(normal + 1.0, normal, mask, "euclidean").item()
+    assert near == pytest.approx(0.1, rel=1e-4) and far == pytest.approx(1.0, rel=1e-4)
+
+
+def test_nbr_has_gradient_for_both_branches():
+    d = torch.rand(1, 4, 2, 2, requires_grad=True)
+    n = torch.rand(1, 4, 2, 2, requires_grad=True)
+    nbr_loss(d, n, torch.zeros(1, 1, 64, 64)).backward()
+    assert d.grad.abs().sum() > 0 and n.grad.abs().sum() > 0
+
+
+def test_crop_and_paste_is_pixel_exact_eq4():
+    torch.manual_seed(0)
+    defect = torch.rand(2, 3, 8, 8)
+    normal = torch.rand(2, 3, 8, 8)
+    mask = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    pasted = crop_and_paste(defect, normal, mask)
+    m = mask.bool().expand_as(defect)
+    assert torch.equal(pasted[m], defect[m])
+    assert torch.equal(pasted[~m], normal[~m])
+
+
+def test_crop_and_paste_rejects_mismatched_batches():
+    with pytest.raises(ValueError, match="differ in shape"):
+        crop_and_paste(torch.zeros(1, 3, 8, 8), torch.zeros(2, 3, 8, 8), torch.zeros(1, 1, 8, 8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(-5, 5))
+def test_cap_lambda_is_in_unit_interval(seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(3, 8, 2, 2, generator=g)
+    b = torch.randn(3, 8, 2, 2, generator=g) * scale
+    lam = cap_lambda(a, b)
+    assert lam.shape == (3,)
+    assert bool(((lam >= 0) & (lam <= 1)).all())
+
+
+def test_cap_lambda_is_one_for_the_same_image_and_carries_no_gradient():
+    a = torch.rand(2, 8, 2, 2, requires_grad=True)
+    lam = cap_lambda(a, a * 3)
+    assert torch.allclose(lam, torch.ones(2))
+    assert not lam.requires_grad
+
+
+def test_weighted_bce_matches_torch_and_scales_with_lambda():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 4, 4)
+    target = (torch.rand(2, 1, 4, 4) > 0.5).float()
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert weighted_bce(logits, target).item() == pytest.approx(ref.item(), rel=1e-6)
+    per_image = bce_per_image(logits, target)
+    lam = torch.tensor([0.25, 1.0])
+    assert weighted_bce(logits, target, lam).item() == pytest.approx(((per_image * lam).mean()).item(), rel=1e-6)
+    assert weighted_bce(logits, target, torch.ones(2)).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert not math.isnan(weighted_bce(logits, torch.zeros_like(target)).item())  # an empty mask is fine

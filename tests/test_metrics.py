@@ -1,0 +1,117 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
+
+from fsds.metrics import PixelHistogram, evaluate_category, image_accuracy, iou_dice, mean_over_categories, safe_auroc
+
+
+def test_iou_dice_hand_computed():
+    pred = np.array([[1, 1, 0], [0, 1, 0]], dtype=bool)
+    target = np.array([[1, 0, 0], [0, 1, 1]], dtype=bool)
+    # TP = 2, FP = 1, FN = 1
+    iou, dice = iou_dice(pred, target)
+    assert iou == pytest.approx(2 / 4)
+    assert dice == pytest.approx(4 / 6)
+
+
+def test_iou_dice_empty_cases():
+    empty = np.zeros((4, 4), dtype=bool)
+    full = np.ones((4, 4), dtype=bool)
+    assert iou_dice(empty, empty) == (1.0, 1.0)  # zero_division: nothing to find, nothing found
+    assert iou_dice(empty, empty, zero_division=0.0) == (0.0, 0.0)
+    assert iou_dice(empty, full) == (0.0, 0.0)
+    assert iou_dice(full, empty) == (0.0, 0.0)
+
+
+def test_iou_dice_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="differ in shape"):
+        iou_dice(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pred=arrays(bool, (6, 7)),
+    target=arrays(bool, (6, 7)),
+)
+def test_iou_dice_match_sklearn_bounds_and_symmetry(pred, target):
+    iou, dice = iou_dice(pred, target)
+    assert 0.0 <= iou <= dice <= 1.0
+    assert iou_dice(target, pred) == (iou, dice)
+    if pred.any() or target.any():
+        assert iou == pytest.approx(jaccard_score(target.ravel(), pred.ravel(), zero_division=1.0))
+        assert dice == pytest.approx(f1_score(target.ravel(), pred.ravel(), zero_division=1.0))
+        assert dice == pytest.approx(2 * iou / (1 + iou))
+
+
+def test_image_accuracy_uses_any_predicted_pixel():
+    labels = np.array([1, 1, 0, 0])
+    scores = np.array([0.2, 0.0, 0.0, 0.01])
+    assert image_accuracy(labels, scores) == pytest.approx(0.5)
+
+
+def test_safe_auroc_is_nan_with_one_class():
+    assert math.isnan(safe_auroc(np.array([1, 1]), np.array([0.1, 0.2])))
+    assert safe_auroc(np.array([0, 1]), np.array([0.1, 0.2])) == 1.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_pixel_histogram_auroc_equals_sklearn_on_quantised_scores(seed):
+    rng = np.random.default_rng(seed)
+    prob = rng.random((2, 9, 9))
+    target = rng.random((2, 9, 9)) < 0.3 + 0.4 * prob
+    hist = PixelHistogram()
+    for p, t in zip(prob, target):
+        hist.add(p, t)
+    quantised = np.rint(prob * 255)
+    if target.any() and not target.all():
+        assert hist.auroc() == pytest.approx(roc_auc_score(target.ravel(), quantised.ravel()), abs=1e-12)
+
+
+def test_pixel_histogram_auroc_nan_without_positives():
+    hist = PixelHistogram()
+    hist.add(np.random.default_rng(0).random((4, 4)), np.zeros((4, 4), dtype=bool))
+    assert math.isnan(hist.auroc())
+
+
+def test_evaluate_category_on_hand_made_predictions(tmp_path):
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[2:6, 2:6] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    test = pd.DataFrame(
+        {
+            "category": ["c", "c"],
+            "defect_type": ["hole", "good"],
+            "image": ["a.png", "b.png"],
+            "mask": [str(tmp_path / "m.png"), ""],
+            "label": [1, 0],
+            "height": [8, 8],
+            "width": [8, 8],
+        }
+    )
+    probs = np.zeros((2, 8, 8), dtype=np.uint8)
+    probs[0, 2:6, 2:4] = 255  # half the defect found
+    summary, rows = evaluate_category(probs, test, threshold=0.5)
+    assert summary["iou"] == pytest.approx(0.5)
+    assert summary["dice"] == pytest.approx(2 * 8 / (2 * 8 + 8))
+    assert summary["image_acc"] == 1.0
+    assert summary["image_auroc"] == 1.0
+    assert rows["score"].tolist() == [pytest.approx(8 / 64), 0.0]
+    assert math.isnan(rows["iou"].iloc[1])  # normal images have no IoU
+
+
+def test_mean_over_categories_skips_nan():
+    per_cat = {
+        "a": {"iou": 0.2, "dice": 0.4, "image_acc": 1.0, "image_auroc": math.nan, "pixel_auroc": 0.5},
+        "b": {"iou": 0.4, "dice": 0.6, "image_acc": 0.5, "image_auroc": 0.8, "pixel_auroc": 0.7},
+    }
+    mean = mean_over_categories(per_cat)
+    assert mean["iou"] == pytest.approx(0.3)
+    assert mean["image_auroc"] == pytest.approx(0.8)

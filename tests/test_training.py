@@ -1,0 +1,98 @@
+import dataclasses
+
+import pytest
+import torch
+
+from fsds.config import Variant, parse_config
+from fsds.training import (
+    category_seed,
+    load_checkpoint,
+    load_train_data,
+    resolve_precision,
+    save_checkpoint,
+    train_segmenter,
+)
+
+
+@pytest.fixture(scope="module")
+def washer_data(tiny_split):
+    return load_train_data(tiny_split, "washer", 64)
+
+
+def test_train_data_is_decoded_once_at_network_size(washer_data):
+    assert washer_data.defect_images.shape == (3, 3, 64, 64)  # one shot per defect type
+    assert washer_data.defect_images.dtype == torch.uint8
+    assert washer_data.defect_masks.shape == (3, 1, 64, 64)
+    assert set(washer_data.defect_masks.unique().tolist()) == {0, 1}
+    assert (washer_data.defect_masks.flatten(1).sum(1) > 0).all()  # no shot lost its defect
+    assert washer_data.normal_images.shape == (6, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [Variant("none", "none"), Variant("cosine", "none"), Variant("cosine", "weighted"), Variant("euclidean", "plain"), Variant("none", "plain")],
+)
+def test_every_variant_trains_and_logs_its_terms(tiny_config, washer_data, variant):
+    cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, cap_probability=1.0))
+    logged = []
+    model, optimizer, history = train_segmenter(cfg, variant, washer_data, seed=0, on_log=lambda it, row: logged.append(it))
+    assert logged == [1, 2, 3]
+    assert history["loss"].notna().all()
+    assert (history["cap"] == (0.0 if variant.cap == "none" else 1.0)).all()
+    if variant.cap == "weighted":
+        assert history["lambda"].between(0, 1).all()
+    else:
+        assert history["lambda"].isna().all()
+    if variant.nbr == "none":
+        assert (history["nbr"] == 0).all()
+    else:
+        assert (history["nbr"] != 0).all()
+    assert history["loss"].tolist() == pytest.approx((history["seg"] + history["nbr"]).tolist(), rel=1e-5)
+
+
+def test_same_seed_same_weights(tiny_config, washer_data):
+    variant = Variant("cosine", "weighted")
+    m1, _, h1 = train_segmenter(tiny_config, variant, washer_data, seed=7)
+    m2, _, h2 = train_segmenter(tiny_config, variant, washer_data, seed=7)
+    assert h1.equals(h2)
+    for (name, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), name
+    _, _, h3 = train_segmenter(tiny_config, variant, washer_data, seed=8)
+    assert not h1["loss"].equals(h3["loss"])
+
+
+def test_checkpoint_rebuilds_the_model(tmp_path, tiny_config, washer_data):
+    model, optimizer, _ = train_segmenter(tiny_config, Variant("none", "none"), washer_data, seed=0)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, optimizer, tiny_config, 3, {"category": "washer"})
+    rebuilt, state = load_checkpoint(path)
+    assert state["iteration"] == 3 and state["category"] == "washer"
+    assert state["config"]["train"]["image_size"] == 64
+    assert "state" in state["optimizer"] and state["optimizer"]["state"]
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), rebuilt(x))
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    with pytest.raises(FileNotFoundError, match="run the train stage first"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_non_finite_loss_names_iteration_and_images(tiny_config, washer_data):
+    bad = dataclasses.replace(washer_data, defect_masks=washer_data.defect_masks.clone())
+    cfg = parse_config({"train": {"image_size": 64, "iterations": 2, "lr": 0.5}, "mlflow": {"enabled": False}})
+    broken_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, nbr_weight=float("inf")))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at iteration 1: .*defect images \["):
+        train_segmenter(broken_cfg, Variant("cosine", "none"), bad, seed=0)
+
+
+def test_precision_resolution():
+    assert resolve_precision("fp32", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_precision("auto", torch.device("cpu")) is None
+
+
+def test_category_seed_is_stable_and_distinct():
+    assert category_seed(0, "fabric") == category_seed(0, "fabric")
+    assert category_seed(0, "fabric") != category_seed(0, "washer")
+    assert category_seed(0, "fabric") != category_seed(1, "fabric")
