@@ -16,3 +16,26 @@ def crop_and_paste(defect: torch.Tensor, normal: torch.Tensor, mask: torch.Tenso
         raise ValueError(f"defect and normal batches differ in shape: {tuple(defect.shape)} vs {tuple(normal.shape)}")
     mask = mask.to(defect.dtype)
     return defect * mask + normal * (1 - mask)
+
+
+def random_dihedral(images: torch.Tensor, masks: torch.Tensor | None, rng) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply one of the 8 flips/90-degree rotations to each sample (the same one to its mask).
+
+    Few-shot training sees each annotated defect hundreds of times; showing it in other
+    orientations keeps the network from memorising one pose. ``rng`` is a numpy Generator,
+    so the draw follows the training seed.
+    """
+    codes = rng.integers(0, 8, size=len(images))
+    out_images = images.clone()
+    out_masks = masks.clone() if masks is not None else None
+    for i, code in enumerate(codes):
+        out_images[i] = _dihedral(images[i], int(code))
+        if masks is not None:
+            out_masks[i] = _dihedral(masks[i], int(code))
+    return out_images, out_masks
+
+
+def _dihedral(x: torch.Tensor, code: int) -> torch.Tensor:
+    """``code`` in 0..7: rotate by ``code % 4`` quarter turns, then flip left-right if ``code >= 4``."""
+    x = torch.rot90(x, code % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if code >= 4 else x

@@ -66,6 +66,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     cap_probability: float = 0.5
+    augment: bool = False
     nbr_weight: float = 1.0
     device: str = "auto"
     precision: str = "auto"

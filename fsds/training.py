@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from fsds.augmentation import crop_and_paste
+from fsds.augmentation import crop_and_paste, random_dihedral
 from fsds.config import Config, Variant
 from fsds.images import load_images, load_masks, normalize
 from fsds.io import atomic_dir, atomic_path, write_json
@@ -115,9 +115,13 @@ def train_segmenter(
         idx_n = rng.integers(0, n_normal, size=m)
         use_cap = variant.cap != "none" and rng.random() < tc.cap_probability
 
-        x_d = normalize(data.defect_images[idx_d].to(device))
-        y = data.defect_masks[idx_d].to(device).float()
-        x_n = normalize(data.normal_images[idx_n].to(device))
+        img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
+        if tc.augment:
+            img_d, mask_d = random_dihedral(img_d, mask_d, rng)
+            img_n, _ = random_dihedral(img_n, None, rng)
+        x_d = normalize(img_d.to(device))
+        y = mask_d.to(device).float()
+        x_n = normalize(img_n.to(device))
 
         # Which images the encoder must see this iteration, in one batch.
         parts: dict[str, torch.Tensor] = {}

@@ -114,3 +114,23 @@ def test_weighted_bce_matches_torch_and_scales_with_lambda():
     assert weighted_bce(logits, target, lam).item() == pytest.approx(((per_image * lam).mean()).item(), rel=1e-6)
     assert weighted_bce(logits, target, torch.ones(2)).item() == pytest.approx(ref.item(), rel=1e-6)
     assert not math.isnan(weighted_bce(logits, torch.zeros_like(target)).item())  # an empty mask is fine
+
+
+def test_random_dihedral_moves_image_and_mask_together():
+    import numpy as np
+
+    from fsds.augmentation import random_dihedral
+
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    masks = torch.zeros(2, 1, 4, 4)
+    masks[:, 0, 0, 1] = 1
+    images[:, :, 0, 1] = -1  # the "defect" pixel
+    seen = set()
+    for seed in range(30):
+        out, out_masks = random_dihedral(images, masks, np.random.default_rng(seed))
+        assert torch.equal(out[:, 0][out_masks[:, 0].bool()], torch.full((2,), -1.0))  # mask still on the defect
+        assert torch.equal(out.sort(dim=-1)[0].sum(), images.sort(dim=-1)[0].sum())  # same pixels, moved
+        seen.add(tuple(out[0, 0].flatten().tolist()))
+        again, _ = random_dihedral(images, masks, np.random.default_rng(seed))
+        assert torch.equal(out, again)
+    assert len(seen) == 8  # all flips and rotations occur
