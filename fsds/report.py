@@ -42,7 +42,8 @@ def ablation_markdown(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], 
         "",
         f"Dataset `{cfg.dataset}`, {cfg.shot}-shot (K per {cfg.split.unit}), seed {cfg.seed}; "
         f"{tc.image_size} px, {tc.iterations} iterations, batch {tc.resolved_batch_size(cfg.shot)}, "
-        f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, arch `{cfg.model.arch}`, "
+        f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, flip/rotate augmentation {'on' if tc.augment else 'off'}, "
+        f"precision {tc.precision}, arch `{cfg.model.arch}`, "
         f"encoder weights `{cfg.model.encoder_weights}`. Threshold {cfg.metrics.threshold:g}.",
         "",
         "IoU and Dice are per-image means over the defective test images; image ACC/AUROC treat an image as "
