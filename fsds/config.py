@@ -16,13 +16,14 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "mvtec", "magnetic_tile", "folder")
 NBR_KINDS = ("none", "cosine", "euclidean")
 CAP_KINDS = ("none", "plain", "weighted")
 ARCHS = ("albunet34",)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-SPLIT_UNITS = ("defect_type",)
+SPLIT_UNITS = ("defect_type", "category")
+MVTEC_DOWNLOADS = ("per_category", "full")
 
 
 class ConfigError(ValueError):
@@ -45,8 +46,15 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    root: str = ""  # data already on disk (mvtec: an extraction; folder: MVTec layout); "" = fetch
     categories: tuple[str, ...] | Literal["all"] = "all"
+    mvtec_download: str = "per_category"  # per_category archives, or the full archive
+    test_normal_fraction: float = 0.2  # magnetic_tile: share of the normal images held out for testing
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.mvtec_download, MVTEC_DOWNLOADS, "data.mvtec_download")
+        _check(0 < self.test_normal_fraction < 1, "data.test_normal_fraction", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,11 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_choice(self.dataset, DATASETS, "dataset")
+        _check(
+            self.dataset != "folder" or bool(self.data.root),
+            "data.root",
+            "dataset 'folder' needs data.root: the folder in MVTec AD layout (see the README)",
+        )
         _check(self.shot >= 1, "shot", f"must be >= 1, got {self.shot}")
         _check(self.seed >= 0, "seed", "must be >= 0")
         for name in self.variants:

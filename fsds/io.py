@@ -86,5 +86,8 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(height, width)`` of an image without decoding its pixels."""
-    with Image.open(path) as img:
-        return img.height, img.width
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}; replace or remove the file") from exc

@@ -1,6 +1,7 @@
 """Segmentation and detection metrics, as the paper reports them.
 
-- IoU and Dice at a threshold, **per image, then averaged** over the defective test images.
+- IoU and Dice at a threshold, **per image, then averaged** over the defective test images
+  (those whose mask is not empty).
   An empty prediction on an empty mask scores 1 (``zero_division``); defective images have
   non-empty masks, so this only matters for callers that pass normal images.
 - Image level: an image is anomalous iff at least one pixel is predicted defective; its score
@@ -91,7 +92,8 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
             raise ValueError(f"mask {row.mask} is {target.shape[::-1]} but its image is {w}x{h}")
         pred = prob >= threshold
         hist.add(prob, target)
-        iou, dice = iou_dice(pred, target) if row.label else (math.nan, math.nan)
+        # A defect filed with an empty mask has nothing to segment: it counts at image level only.
+        iou, dice = iou_dice(pred, target) if row.label and target.any() else (math.nan, math.nan)
         rows.append(
             {
                 "category": row.category,
@@ -105,7 +107,7 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
             }
         )
     per_image = pd.DataFrame(rows)
-    defective = per_image[per_image["label"] == 1]
+    defective = per_image[per_image["iou"].notna()]
     summary = {
         "iou": float(defective["iou"].mean()) if len(defective) else math.nan,
         "dice": float(defective["dice"].mean()) if len(defective) else math.nan,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Mapping
+from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -32,7 +34,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def ablation_markdown(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], cfg: Config, counts: Mapping[str, Mapping[str, int]]) -> str:
+def ablation_markdown(
+    metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
+    cfg: Config,
+    counts: Mapping[str, Mapping[str, int]],
+    train_seconds: Mapping[str, float] | None = None,
+) -> str:
     """``reports/ablation.md``: variant x metric (like Table V), then one table per metric by category."""
     variants = list(metrics)
     categories = [c for c in next(iter(metrics.values())) if c != "mean"] if metrics else []
@@ -80,6 +87,13 @@ def ablation_markdown(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], 
             ),
             "",
         ]
+    if train_seconds:
+        parts += [
+            "## Training wall time (all categories)",
+            "",
+            _table(["variant", "seconds"], [[variant_label(v), f"{t:.0f}"] for v, t in train_seconds.items()]),
+            "",
+        ]
     if counts:
         parts += [
             "## Test images",
@@ -122,4 +136,22 @@ def count_test_images(per_image: pd.DataFrame) -> dict[str, dict[str, int]]:
     return {
         category: {"defective": int(part["label"].sum()), "normal": int((part["label"] == 0).sum())}
         for category, part in first.groupby("category")
+    }
+
+
+def training_seconds(models_dir: str | Path, variants: Iterable[str]) -> dict[str, float]:
+    """Training wall time of each variant, summed over categories (from the train stage's timing.json)."""
+    out = {}
+    for variant in variants:
+        timing = Path(models_dir) / variant / "timing.json"
+        if timing.is_file():
+            out[variant] = float(sum(json.loads(timing.read_text()).values()))
+    return out
+
+
+def load_histories(models_dir: str | Path, variants: Iterable[str]) -> dict[str, dict[str, pd.DataFrame]]:
+    """``{variant: {category: loss history}}`` from the train stage's ``<category>_history.csv`` files."""
+    return {
+        v: {p.name.removesuffix("_history.csv"): pd.read_csv(p) for p in sorted((Path(models_dir) / v).glob("*_history.csv"))}
+        for v in variants
     }

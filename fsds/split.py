@@ -1,8 +1,13 @@
 """K-shot sampling: which annotated defect images the model may train on.
 
-Rule (``split.unit: defect_type``): for each category and defect type, K defect images with a
-non-empty mask go to ``train_defect``; the rest of the defect images and all test normals form
-``test``; every training normal is in the ``train_normal`` pool.
+Two rules, chosen by ``split.unit``:
+
+- ``defect_type`` (default): K defect images per category and defect type;
+- ``category``: K defect images per category, drawn from all its defect types (the counts
+  of the paper's Table I, e.g. MVTec bottle: 63 defect images, 62 left for test at 1-shot).
+
+Only defect images with a non-empty mask are drawn. The other defect images and the test
+normals form ``test``; every training normal is in the ``train_normal`` pool.
 """
 
 from __future__ import annotations
@@ -13,30 +18,34 @@ import numpy as np
 import pandas as pd
 
 SPLITS = ("train_defect", "train_normal", "test")
+UNITS = ("defect_type", "category")
 SPLIT_COLUMNS = ["split", "category", "defect_type", "image", "mask", "label", "mask_area", "height", "width"]
 
 
 def k_shot_split(index: pd.DataFrame, shot: int, seed: int, unit: str = "defect_type") -> pd.DataFrame:
-    """Assign every indexed image to a split; the draw depends only on (seed, category, type)."""
+    """Assign every indexed image to a split; each unit's draw depends only on (seed, unit name)."""
     if shot < 1:
         raise ValueError(f"shot must be >= 1, got {shot}")
-    if unit != "defect_type":
-        raise ValueError(f"split.unit: unknown unit {unit!r}; allowed: defect_type")
+    if unit not in UNITS:
+        raise ValueError(f"split.unit: unknown unit {unit!r}; allowed: {', '.join(UNITS)}")
     table = index.copy()
     table["split"] = np.where(table["source"] == "train", "train_normal", "test")
 
     defects = table[table["label"] == 1]
-    for (category, defect_type), group in defects.groupby(["category", "defect_type"], sort=True):
+    keys = ["category", "defect_type"] if unit == "defect_type" else ["category"]
+    for key, group in defects.groupby(keys, sort=True):
+        name = "/".join(key) if isinstance(key, tuple) else str(key)
         # Empty masks filed as defects teach nothing about the defect: never draw them as shots.
         eligible = group[group["mask_area"] > 0].sort_values("image")
         if shot > len(eligible) or shot >= len(group):
             usable = min(len(eligible), len(group) - 1)
+            kind = "defect type" if unit == "defect_type" else "category"
             raise ValueError(
-                f"shot={shot} but defect type {category}/{defect_type} has only {len(group)} images "
+                f"shot={shot} but {kind} {name} has only {len(group)} defect images "
                 f"({len(eligible)} with a non-empty mask); use shot <= {max(usable, 0)} so that at least one "
                 "is left for testing"
             )
-        rng = np.random.default_rng([seed, _stable_hash(f"{category}/{defect_type}")])
+        rng = np.random.default_rng([seed, _stable_hash(name)])
         chosen = rng.choice(eligible.index.to_numpy(), size=shot, replace=False)
         table.loc[chosen, "split"] = "train_defect"
 

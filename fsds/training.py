@@ -15,6 +15,7 @@ segmentation loss share those features, and the decoder runs only on the part th
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
     categories = sorted(table["category"].unique())
     runs: dict[str, str | None] = {}
+    seconds: dict[str, float] = {}  # wall time of each category's training
     commit = git_commit()
     with atomic_dir(out_dir) as tmp:
         for category in categories:
@@ -243,6 +245,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                     tracker.flush(run_id)
 
             status = "FAILED"
+            start = time.perf_counter()
             try:
                 model, optimizer, history = train_segmenter(
                     cfg, variant, data, seed=category_seed(cfg.seed, category), on_log=log,
@@ -252,9 +255,12 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 save_checkpoint(ckpt, model, optimizer, cfg, cfg.train.iterations,
                                 {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id})
                 history.to_csv(tmp / f"{category}_history.csv", index=False)
+                seconds[category] = round(time.perf_counter() - start, 1)
+                tracker.log_metrics(run_id, {"train_seconds": seconds[category]})
                 tracker.log_artifact(run_id, ckpt)
                 status = "FINISHED"
             finally:
                 tracker.end_run(run_id, status)
             runs[category] = run_id
         write_json(tmp / "runs.json", runs)
+        write_json(tmp / "timing.json", seconds)

@@ -8,12 +8,13 @@ from fsds.datasets import prepare_dataset
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("out", help="dataset folder to write")
+    parser.add_argument("out", help="dataset folder to write (or a SOURCE.json pointing at data kept elsewhere)")
+    parser.add_argument("--downloads", default="data/downloads", help="cache of downloaded and extracted archives")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
     cfg = load_config(args.params)
-    path = prepare_dataset(cfg, args.out)
+    path = prepare_dataset(cfg, args.out, args.downloads)
     print(f"dataset {cfg.dataset!r} ready in {path}")
 
 

@@ -8,7 +8,14 @@ import pandas as pd
 
 from fsds.config import load_config
 from fsds.io import atomic_path, write_text
-from fsds.report import ablation_markdown, loss_curves, roc_curves, count_test_images
+from fsds.report import (
+    ablation_markdown,
+    count_test_images,
+    load_histories,
+    loss_curves,
+    roc_curves,
+    training_seconds,
+)
 
 
 def main() -> None:
@@ -24,11 +31,9 @@ def main() -> None:
     cfg = load_config(args.params)
     metrics = json.loads(Path(args.metrics).read_text())
     per_image = pd.read_csv(args.per_image)
-    histories = {
-        v: {p.name.removesuffix("_history.csv"): pd.read_csv(p) for p in sorted(Path(args.models, v).glob("*_history.csv"))}
-        for v in cfg.variants
-    }
-    write_text(args.report, ablation_markdown(metrics, cfg, count_test_images(per_image)))
+    histories = load_histories(args.models, cfg.variants)
+    seconds = training_seconds(args.models, cfg.variants)
+    write_text(args.report, ablation_markdown(metrics, cfg, count_test_images(per_image), seconds))
     for name, frame in (("train_loss.csv", loss_curves(histories)), ("roc.csv", roc_curves(per_image))):
         with atomic_path(Path(args.plots) / name) as tmp:
             frame.to_csv(tmp, index=False)

@@ -3,20 +3,23 @@
 import argparse
 
 from fsds.config import load_config
-from fsds.datasets import index_dataset
+from fsds.datasets import dataset_roots, empty_mask_warning, index_dataset
 from fsds.io import atomic_path
 from fsds.split import k_shot_split
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("dataset", help="dataset folder in MVTec AD layout")
+    parser.add_argument("dataset", help="the download stage's output folder")
     parser.add_argument("out", help="split table (CSV) to write")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
     cfg = load_config(args.params)
-    index = index_dataset(args.dataset, cfg.data.categories)
+    index = index_dataset(dataset_roots(args.dataset), cfg.data.categories)
+    warning = empty_mask_warning(index)
+    if warning:
+        print(warning)
     table = k_shot_split(index, cfg.shot, cfg.seed, cfg.split.unit)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)

@@ -64,9 +64,9 @@ def test_category_without_normals(copy_of):
 
 def test_prepare_synthetic_is_atomic_and_deterministic(tmp_path):
     cfg = parse_config({"data": {"categories": ["fabric"], "synthetic": {"n_train_good": 2, "n_test_good": 1, "n_per_defect": 2, "size": 32}}})
-    out = prepare_dataset(cfg, tmp_path / "raw")
+    out = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
     first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")}
     assert list_categories(out) == ["fabric"]
-    prepare_dataset(cfg, out)  # replaces the folder as a whole
+    prepare_dataset(cfg, out, tmp_path / "downloads")  # replaces the folder as a whole
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")} == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temporary folder left

@@ -104,6 +104,20 @@ def test_mlflow_holds_one_run_per_variant_and_category(repo_copy):
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"{run.data.tags['category']}.pt"]
 
 
+def test_mvtec_from_data_root_runs_the_whole_pipeline(repo_copy):
+    """`dataset: mvtec` with `data.root` on an extraction already on disk (here: the tiny synthetic set)."""
+    dest, env = repo_copy
+    root = dest / "data" / "raw"
+    if (root / "SOURCE.json").exists():  # an earlier experiment may have replaced it
+        pytest.skip("data/raw is not the synthetic dataset")
+    external = dest.parent / f"{dest.name}_mvtec"
+    shutil.copytree(root, external, dirs_exist_ok=True)
+    _run(["dvc", "exp", "run", "-S", "dataset=mvtec", "-S", f"data.root={external}", "-S", "data.categories=[washer]"], dest, env)
+    assert json.loads((dest / "data" / "raw" / "SOURCE.json").read_text())["roots"] == [str(external.resolve())]
+    metrics = json.loads((dest / "reports" / "metrics.json").read_text())
+    assert set(metrics["B_NBR_CaP"]) == {"mean", "washer"}
+
+
 def test_experiment_with_another_shot_and_metrics_diff(repo_copy):
     dest, env = repo_copy
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "baseline"]):

@@ -43,7 +43,7 @@ def test_different_seeds_draw_different_shots(tiny_index):
 
 
 def test_shot_too_large_names_the_type_and_count(tiny_index):
-    with pytest.raises(ValueError, match=r"defect type fabric/\w+ has only 4 images"):
+    with pytest.raises(ValueError, match=r"defect type fabric/\w+ has only 4 defect images"):
         k_shot_split(tiny_index, shot=4, seed=0)
     with pytest.raises(ValueError, match="shot must be >= 1"):
         k_shot_split(tiny_index, shot=0, seed=0)
@@ -59,7 +59,7 @@ def test_empty_masks_are_never_training_shots(tiny_index):
         table = k_shot_split(index, shot=1, seed=seed)
         chosen = table[(table["split"] == "train_defect") & (table["defect_type"] == first_type)]
         assert (chosen["mask_area"] > 0).all()
-    with pytest.raises(ValueError, match=r"has only 4 images \(1 with a non-empty mask\); use shot <= 1"):
+    with pytest.raises(ValueError, match=r"has only 4 defect images \(1 with a non-empty mask\); use shot <= 1"):
         k_shot_split(index, shot=2, seed=0)
 
 
