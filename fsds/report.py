@@ -28,7 +28,7 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -58,7 +58,7 @@ def ablation_markdown(
         "",
         "## Mean over categories",
         "",
-        _table(
+        markdown_table(
             ["variant", "NBR", "CaP"] + [HEADERS[m] for m in METRIC_NAMES],
             [
                 [variant_label(v), cfg.variant(v).nbr if v in cfg.variants else "?", cfg.variant(v).cap if v in cfg.variants else "?"]
@@ -80,7 +80,7 @@ def ablation_markdown(
         parts += [
             f"## {HEADERS[name]} by category",
             "",
-            _table(
+            markdown_table(
                 ["category"] + [variant_label(v) for v in variants],
                 [[c] + [_fmt(metrics[v][c][name]) for v in variants] for c in categories]
                 + [["**mean**"] + [_fmt(metrics[v]["mean"][name]) for v in variants]],
@@ -91,14 +91,14 @@ def ablation_markdown(
         parts += [
             "## Training wall time (all categories)",
             "",
-            _table(["variant", "seconds"], [[variant_label(v), f"{t:.0f}"] for v, t in train_seconds.items()]),
+            markdown_table(["variant", "seconds"], [[variant_label(v), f"{t:.0f}"] for v, t in train_seconds.items()]),
             "",
         ]
     if counts:
         parts += [
             "## Test images",
             "",
-            _table(["category", "defective", "normal"], [[c, str(n["defective"]), str(n["normal"])] for c, n in counts.items()]),
+            markdown_table(["category", "defective", "normal"], [[c, str(n["defective"]), str(n["normal"])] for c, n in counts.items()]),
             "",
         ]
     return "\n".join(parts)
