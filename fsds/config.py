@@ -112,7 +112,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self.arch, ARCHS, "model.arch")
-        _check_choice(self.encoder_weights, ("none",), "model.encoder_weights")
+        _check(bool(self.encoder_weights), "model.encoder_weights", "use none, imagenet or the path of a state dict")
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ lambda both work on the deepest encoder feature map.
 
 from __future__ import annotations
 
-from typing import Any
+import urllib.error
+from pathlib import Path
+from typing import Any, Mapping
 
 import segmentation_models_pytorch as smp
 import torch
+import torchvision
 from torch import nn
 
 from fsds.config import ModelConfig
@@ -38,12 +41,75 @@ class Segmenter(nn.Module):
         return self.decode(self.encode(x))
 
 
-def build_model(cfg: ModelConfig) -> Segmenter:
-    """Build the network named by ``model.arch`` with randomly initialised weights."""
+# torchvision's ImageNet weights for each encoder: smp's ResNet encoders use torchvision's
+# parameter names, so the same file serves (minus the classifier ``fc``).
+IMAGENET_URLS = {"albunet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url}
+
+
+def build_model(cfg: ModelConfig, encoder_state: Mapping[str, torch.Tensor] | None = None) -> Segmenter:
+    """Build the network named by ``model.arch``: random weights, or the given encoder weights."""
     if cfg.arch == "albunet34":
         net = smp.Unet(encoder_name="resnet34", encoder_weights=None, classes=1, activation=None)
-        return Segmenter(net.encoder, net.decoder, net.segmentation_head)
-    raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
+        model = Segmenter(net.encoder, net.decoder, net.segmentation_head)
+    else:
+        raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
+    if encoder_state is not None:
+        load_encoder_weights(model, encoder_state)
+    return model
+
+
+def encoder_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """Resolve ``model.encoder_weights`` to a state dict (or None) and a description of its source.
+
+    ``none``: random initialisation (the offline default). ``imagenet``: torchvision's file in
+    the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded there if the network
+    allows. Anything else: the path of a state dict (an encoder's, a torchvision ResNet's, or an
+    fsds checkpoint, whose encoder is taken). Called before training, so a missing file stops
+    the run at once.
+    """
+    spec = cfg.encoder_weights
+    if spec == "none":
+        return None, "none (random initialisation)"
+    if spec == "imagenet":
+        url = IMAGENET_URLS[cfg.arch]
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if not path.is_file():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(url, str(path), progress=True)
+            except (urllib.error.URLError, OSError) as exc:
+                raise FileNotFoundError(
+                    f"model.encoder_weights: imagenet needs {path}, which is not there, and {url} cannot be "
+                    f"downloaded ({exc}). Download it on a machine with internet and copy it to {path} "
+                    "(or point TORCH_HOME elsewhere), or use model.encoder_weights: none"
+                ) from exc
+        return torch.load(path, map_location="cpu", weights_only=True), f"imagenet ({path})"
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.encoder_weights: {path} is not a file; use none, imagenet or the path of a state dict")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # an fsds checkpoint
+    if not isinstance(state, dict):
+        raise ValueError(f"model.encoder_weights: {path} does not hold a state dict")
+    if any(k.startswith("encoder.") for k in state):
+        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    return state, str(path)
+
+
+def load_encoder_weights(model: Segmenter, state: Mapping[str, torch.Tensor]) -> None:
+    """Load encoder weights strictly (a classifier head ``fc.*`` is ignored)."""
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    # nn.Module's own method: smp's encoders override load_state_dict and report nothing back.
+    try:
+        result = nn.Module.load_state_dict(model.encoder, state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"encoder weights do not fit model.arch: {str(exc)[:500]}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"encoder weights do not fit model.arch: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
 
 
 def model_args(cfg: ModelConfig) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from fsds.config import Config, Variant
 from fsds.images import load_images, load_masks, normalize
 from fsds.io import atomic_dir, atomic_path, write_json
 from fsds.losses import cap_lambda, nbr_loss, weighted_bce
-from fsds.model import Segmenter, build_model, model_args
+from fsds.model import Segmenter, build_model, encoder_weights, model_args
 from fsds.split import category_split
 from fsds.tracking import Tracker, git_commit
 
@@ -95,6 +95,7 @@ def train_segmenter(
     seed: int,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     progress_desc: str = "train",
+    encoder_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Segmenter, torch.optim.Optimizer, pd.DataFrame]:
     """Run Algorithm 1 and return the model, its optimizer and the per-iteration loss history."""
     tc = cfg.train
@@ -103,7 +104,7 @@ def train_segmenter(
     device = resolve_device(tc.device)
     amp_dtype = resolve_precision(tc.precision, device)
     rng = seed_everything(seed)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model, encoder_state).to(device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
 
@@ -224,6 +225,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     and ``runs.json`` (the MLflow run of each category) into ``out_dir`` atomically."""
     variant = cfg.variant(variant_name)
     tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
+    encoder_state, weights_source = encoder_weights(cfg.model)  # a missing weights file fails now too
     categories = sorted(table["category"].unique())
     runs: dict[str, str | None] = {}
     seconds: dict[str, float] = {}  # wall time of each category's training
@@ -232,7 +234,8 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
         for category in categories:
             data = load_train_data(table, category, cfg.train.image_size)
             tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
-                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "dataset": cfg.dataset}
+                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "dataset": cfg.dataset,
+                    "encoder_weights": weights_source}
             params = {**cfg.to_dict(), "variant": {"name": variant_name, "nbr": variant.nbr, "cap": variant.cap},
                       "resolved": {"batch_size": cfg.train.resolved_batch_size(cfg.shot), "category": category,
                                    "n_shots": len(data.defect_images), "n_normals": len(data.normal_images)}}
@@ -249,11 +252,12 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
             try:
                 model, optimizer, history = train_segmenter(
                     cfg, variant, data, seed=category_seed(cfg.seed, category), on_log=log,
-                    progress_desc=f"{variant_name}/{category}",
+                    progress_desc=f"{variant_name}/{category}", encoder_state=encoder_state,
                 )
                 ckpt = tmp / f"{category}.pt"
                 save_checkpoint(ckpt, model, optimizer, cfg, cfg.train.iterations,
-                                {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id})
+                                {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id,
+                                 "encoder_weights": weights_source})
                 history.to_csv(tmp / f"{category}_history.csv", index=False)
                 seconds[category] = round(time.perf_counter() - start, 1)
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category]})

@@ -122,3 +122,35 @@ def test_magnetic_tile_from_the_mirror(tmp_path, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "downloads").iterdir()}
     prepare_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "downloads").iterdir()} == before
+
+
+@pytest.mark.parametrize("how", ["per_category", "full"])
+def test_mvtec_download_flow_through_the_mirror(tiny_root, tmp_path, monkeypatch, how):
+    """fetch -> verify -> extract -> SOURCE.json -> index, with a fake archive in the mirror folder."""
+    import tarfile
+
+    import fsds.datasets as datasets
+    from fsds.download import Archive
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    name = "washer.tar.xz" if how == "per_category" else "mvtec_anomaly_detection.tar.xz"
+    with tarfile.open(mirror / name, "w:xz") as tar:
+        if how == "per_category":
+            tar.add(tiny_root / "washer", arcname="washer")  # MVTec's per-category archives hold <category>/...
+        else:
+            for category in ("fabric", "washer"):
+                tar.add(tiny_root / category, arcname=category)
+    key = "mvtec/washer" if how == "per_category" else "mvtec"
+    fake = {**datasets.ARCHIVES, key: Archive(name, f"http://127.0.0.1:9/{name}", (mirror / name).stat().st_size)}
+    monkeypatch.setattr(datasets, "ARCHIVES", fake)
+    monkeypatch.setattr(datasets, "MVTEC_CATEGORIES", ("fabric", "washer"))
+    monkeypatch.setenv("FSDS_DATA_MIRROR", str(mirror))
+    cfg = parse_config({"dataset": "mvtec", "data": {"categories": ["washer"], "mvtec_download": how}})
+    out = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
+    roots = dataset_roots(out)
+    assert all(str(r).startswith(str((tmp_path / "downloads").resolve())) for r in roots)
+    index = index_dataset(roots, ["washer"])
+    assert set(index["category"]) == {"washer"} and (index["label"] == 1).sum() == 12
+    with pytest.raises(ValueError, match="unknown MVTec AD category 'bottle'"):
+        prepare_dataset(parse_config({"dataset": "mvtec", "data": {"categories": ["bottle"]}}), tmp_path / "r2", tmp_path / "downloads")
