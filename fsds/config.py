@@ -19,7 +19,7 @@ import yaml
 DATASETS = ("synthetic", "mvtec", "magnetic_tile", "folder")
 NBR_KINDS = ("none", "cosine", "euclidean")
 CAP_KINDS = ("none", "plain", "weighted")
-ARCHS = ("albunet34",)
+ARCHS = ("albunet34", "ternausnet11", "ternausnet16", "unet", "attention_unet", "unetplusplus")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 SPLIT_UNITS = ("defect_type", "category")
@@ -66,9 +66,25 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class Profile:
+    """Image size and iteration count: ``profiles.paper`` is the paper's 512 px / 1350 iterations."""
+
     image_size: int = 128
-    iterations: int = 150
+    iterations: int = 300
+
+    def __post_init__(self) -> None:
+        _check(
+            self.image_size >= 32 and self.image_size % 32 == 0,
+            "profiles.*.image_size",
+            f"must be a positive multiple of 32 (the encoders downsample 5 times), got {self.image_size}",
+        )
+        _check(self.iterations >= 1, "profiles.*.iterations", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    image_size: int = 128  # filled in from the selected profile
+    iterations: int = 300  # filled in from the selected profile
     batch_size: int | Literal["auto"] = "auto"
     lr: float = 1e-4
     beta1: float = 0.9
@@ -80,6 +96,8 @@ class TrainConfig:
     precision: str = "auto"
     num_threads: int = 0
     log_every: int = 10
+    eval_every: int = 0  # test IoU every N iterations (the paper's Fig. 9); 0 = off
+    eval_images: int = 32  # at most this many test images per category for it
 
     def __post_init__(self) -> None:
         _check(
@@ -97,6 +115,8 @@ class TrainConfig:
         _check_choice(self.precision, PRECISIONS, "train.precision")
         _check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = all cores)")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no test IoU during training)")
+        _check(self.eval_images >= 1, "train.eval_images", "must be >= 1")
 
     def resolved_batch_size(self, shot: int) -> int:
         """The paper's batch sizes: 2 for 1-shot, 4 for more shots."""
@@ -117,14 +137,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class Variant:
-    """One ablation variant: which NBR loss and which Crop-and-Paste flavour."""
+    """One method: a network (``arch``, default ``model.arch``), an NBR loss and a CaP flavour."""
 
     nbr: str = "none"
     cap: str = "none"
+    arch: str = ""  # "" = model.arch
+    label: str = ""  # display name in reports; "" = the id with '_' -> '+'
 
     def __post_init__(self) -> None:
         _check_choice(self.nbr, NBR_KINDS, "variants.*.nbr")
         _check_choice(self.cap, CAP_KINDS, "variants.*.cap")
+        if self.arch:
+            _check_choice(self.arch, ARCHS, "variants.*.arch")
 
 
 @dataclass(frozen=True)
@@ -155,11 +179,14 @@ class Config:
     dataset: str = "synthetic"
     shot: int = 1
     seed: int = 0
+    profile: str = "cpu"
+    methods: tuple[str, ...] = ()
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     variants: Mapping[str, Variant] = field(default_factory=dict)
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
     predict: PredictConfig = field(default_factory=PredictConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -179,18 +206,34 @@ class Config:
                 f"variants.{name}",
                 "variant ids must be file-safe (letters, digits, '_')",
             )
+        for name in self.methods:
+            _check(
+                name in self.variants,
+                "methods",
+                f"{name!r} is not a variant; params.yaml `variants` defines: {', '.join(self.variants)}",
+            )
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
             raise ConfigError(f"unknown variant {name!r}; params.yaml defines: {', '.join(self.variants)}")
         return self.variants[name]
 
+    def model_for(self, name: str) -> ModelConfig:
+        """The network of variant ``name``: its own ``arch``, else ``model.arch``."""
+        arch = self.variant(name).arch
+        return dataclasses.replace(self.model, arch=arch) if arch else self.model
+
+    def label(self, name: str) -> str:
+        return variant_label(name, self.variants.get(name))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def variant_label(name: str) -> str:
-    """Display name of a variant id: ``B_NBR_CaP`` -> ``B+NBR+CaP`` (the paper's notation)."""
+def variant_label(name: str, variant: Variant | None = None) -> str:
+    """Display name of a variant: its ``label``, else the id with ``B_NBR_CaP`` -> ``B+NBR+CaP``."""
+    if variant is not None and variant.label:
+        return variant.label
     return name.replace("_", "+")
 
 
@@ -214,8 +257,24 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     if not isinstance(variants, Mapping):
         raise ConfigError("variants: must be a mapping of variant id -> {nbr, cap}")
     parsed_variants = {str(k): _build(Variant, v, f"variants.{k}") for k, v in variants.items()}
-    cfg = _build(Config, raw, "")
-    return dataclasses.replace(cfg, variants=parsed_variants)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, Mapping):
+        raise ConfigError("profiles: must be a mapping of profile name -> {image_size, iterations}")
+    parsed_profiles = {str(k): _build(Profile, v, f"profiles.{k}") for k, v in profiles.items()}
+    profile = raw.get("profile", "cpu")
+    train = dict(raw.get("train") or {})
+    if parsed_profiles:
+        for key in ("image_size", "iterations"):
+            if key in train:
+                raise ConfigError(f"train.{key}: set it in profiles.<name>.{key} and choose the profile with `profile`")
+        if profile not in parsed_profiles:
+            raise ConfigError(f"profile: expected one of {', '.join(parsed_profiles)}, got {profile!r}")
+        chosen = parsed_profiles[profile]
+        raw["train"] = {**train, "image_size": chosen.image_size, "iterations": chosen.iterations}
+    methods = raw.pop("methods", None)
+    methods = tuple(parsed_variants) if methods is None else _coerce(methods, tuple[str, ...], "methods")
+    cfg = _build(Config, raw, "")  # the cross-checks of methods against variants run in replace()
+    return dataclasses.replace(cfg, variants=parsed_variants, profiles=parsed_profiles, methods=methods)
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

@@ -27,7 +27,7 @@ def evaluate_variants(
     categories = sorted(table["category"].unique())
     metrics: Metrics = {}
     per_image = []
-    for variant in cfg.variants:
+    for variant in cfg.methods:
         runs_file = models_dir / variant / "runs.json"
         runs = json.loads(runs_file.read_text()) if runs_file.is_file() else {}
         per_category = {}

@@ -1,9 +1,14 @@
-"""The segmentation network: encoder -> decoder -> head.
+"""The segmentation networks: encoder -> decoder -> head.
 
-The baseline B of the paper is AlbuNet-34, a U-Net whose encoder is ResNet-34; the
-``segmentation_models_pytorch`` U-Net with a ResNet-34 encoder has the same shape. The
-encoder is exposed on its own because Normal Background Regularization and the CaP weight
-lambda both work on the deepest encoder feature map.
+``model.arch`` (or a variant's ``arch``) names one of the paper's six networks:
+
+- ``albunet34``: the baseline B, a U-Net whose encoder is ResNet-34 (smp ``Unet``, resnet34);
+- ``ternausnet11`` / ``ternausnet16``: U-Net with a VGG-11 / VGG-16 encoder (smp ``Unet``, vgg11/vgg16);
+- ``unetplusplus``: U-Net++ with nested dense skips (smp ``UnetPlusPlus``, resnet34 encoder);
+- ``unet`` / ``attention_unet``: the original U-Net and Attention U-Net (:mod:`fsds.unet`).
+
+Every network is a :class:`Segmenter` whose ``encode`` returns the encoder's feature maps,
+deepest last: Normal Background Regularization and the CaP weight lambda work on that one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torchvision
 from torch import nn
 
 from fsds.config import ModelConfig
+from fsds.unet import unet_parts
 
 
 class Segmenter(nn.Module):
@@ -41,16 +47,33 @@ class Segmenter(nn.Module):
         return self.decode(self.encode(x))
 
 
-# torchvision's ImageNet weights for each encoder: smp's ResNet encoders use torchvision's
-# parameter names, so the same file serves (minus the classifier ``fc``).
-IMAGENET_URLS = {"albunet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url}
+# torchvision's ImageNet weights for each encoder: smp's ResNet and VGG encoders use
+# torchvision's parameter names, so the same files serve (minus the classifier). U-Net and
+# Attention U-Net have no pretrained encoder: they always start from random weights.
+_RESNET34 = torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url
+IMAGENET_URLS = {
+    "albunet34": _RESNET34,
+    "unetplusplus": _RESNET34,
+    "ternausnet11": torchvision.models.VGG11_Weights.IMAGENET1K_V1.url,
+    "ternausnet16": torchvision.models.VGG16_Weights.IMAGENET1K_V1.url,
+}
+_SMP = {  # arch -> (smp model class, encoder name)
+    "albunet34": (smp.Unet, "resnet34"),
+    "ternausnet11": (smp.Unet, "vgg11"),
+    "ternausnet16": (smp.Unet, "vgg16"),
+    "unetplusplus": (smp.UnetPlusPlus, "resnet34"),
+}
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 
 def build_model(cfg: ModelConfig, encoder_state: Mapping[str, torch.Tensor] | None = None) -> Segmenter:
     """Build the network named by ``model.arch``: random weights, or the given encoder weights."""
-    if cfg.arch == "albunet34":
-        net = smp.Unet(encoder_name="resnet34", encoder_weights=None, classes=1, activation=None)
+    if cfg.arch in _SMP:
+        cls, encoder = _SMP[cfg.arch]
+        net = cls(encoder_name=encoder, encoder_weights=None, classes=1, activation=None)
         model = Segmenter(net.encoder, net.decoder, net.segmentation_head)
+    elif cfg.arch in ("unet", "attention_unet"):
+        model = Segmenter(*unet_parts(attention=cfg.arch == "attention_unet"))
     else:
         raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
     if encoder_state is not None:
@@ -71,6 +94,8 @@ def encoder_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, s
     if spec == "none":
         return None, "none (random initialisation)"
     if spec == "imagenet":
+        if cfg.arch not in IMAGENET_URLS:
+            return None, f"none ({cfg.arch} has no ImageNet encoder; random initialisation)"
         url = IMAGENET_URLS[cfg.arch]
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
         if not path.is_file():
@@ -98,8 +123,8 @@ def encoder_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, s
 
 
 def load_encoder_weights(model: Segmenter, state: Mapping[str, torch.Tensor]) -> None:
-    """Load encoder weights strictly (a classifier head ``fc.*`` is ignored)."""
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    """Load encoder weights strictly (a classifier head, ``fc.*`` or ``classifier.*``, is ignored)."""
+    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     # nn.Module's own method: smp's encoders override load_state_dict and report nothing back.
     try:
         result = nn.Module.load_state_dict(model.encoder, state, strict=False)

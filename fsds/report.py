@@ -1,4 +1,4 @@
-"""The ablation report: markdown tables and the data behind the DVC plots (no drawing here)."""
+"""The report of one run: the paper-format tables and the data behind the DVC plots and figures."""
 
 from __future__ import annotations
 
@@ -11,79 +11,57 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from fsds.config import Config, variant_label
+from fsds.config import Config
 from fsds.metrics import METRIC_NAMES
+from fsds.model import build_model, count_parameters
+from fsds.tables import HEADERS, markdown_table, paper_tables, results_frame
 
-# The paper's Table V (MVTec AD, 512 px, 1350 iterations, mean over 15 categories): a
-# reference point only, since our data, image size and iteration budget differ.
-PAPER_TABLE_V = {
-    1: {"B": (0.3190, 0.3936), "B_NBR": (0.4241, 0.5245), "B_NBR_CaP": (0.4919, 0.5944)},
-    5: {"B": (0.5507, 0.6537), "B_NBR": (0.6039, 0.7101), "B_NBR_CaP": (0.6445, 0.7479)},
-}
-HEADERS = {"iou": "IoU", "dice": "Dice", "image_acc": "image ACC", "image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC"}
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 
 
-def _fmt(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+def settings_line(cfg: Config) -> str:
+    """The settings a reader needs to compare a report with the paper's."""
+    tc = cfg.train
+    return (
+        f"Dataset `{cfg.dataset}`, K per {cfg.split.unit}; profile `{cfg.profile}`: {tc.image_size} px, "
+        f"{tc.iterations} iterations, batch {tc.resolved_batch_size(1)} (1-shot) / {tc.resolved_batch_size(5)} (more shots), "
+        f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, flip/rotate augmentation {'on' if tc.augment else 'off'}, "
+        f"precision {tc.precision}, encoder weights `{cfg.model.encoder_weights}`, threshold {cfg.metrics.threshold:g}. "
+        "IoU and Dice are per-image means over the defective test images; image ACC/AUC treat an image as "
+        "anomalous iff any pixel is predicted defective, scored by predicted area; every figure is a mean over "
+        "categories unless it is per category."
+    )
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def parameter_counts(cfg: Config, methods: Iterable[str]) -> dict[str, int]:
+    """Trainable parameters of each method's network (NBR and CaP add none)."""
+    return {m: count_parameters(build_model(cfg.model_for(m))) for m in methods}
 
 
-def ablation_markdown(
+def run_report(
     metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
     cfg: Config,
     counts: Mapping[str, Mapping[str, int]],
     train_seconds: Mapping[str, float] | None = None,
 ) -> str:
-    """``reports/ablation.md``: variant x metric (like Table V), then one table per metric by category."""
-    variants = list(metrics)
+    """``reports/ablation.md`` of one run: the paper's tables its methods can fill, then details."""
+    frame = results_frame(metrics, cfg.shot, cfg.seed)
     categories = [c for c in next(iter(metrics.values())) if c != "mean"] if metrics else []
-    tc = cfg.train
     parts = [
-        "# Ablation: B, B+NBR, B+NBR+CaP",
+        f"# Results: {cfg.shot}-shot, seed {cfg.seed}",
         "",
-        f"Dataset `{cfg.dataset}`, {cfg.shot}-shot (K per {cfg.split.unit}), seed {cfg.seed}; "
-        f"{tc.image_size} px, {tc.iterations} iterations, batch {tc.resolved_batch_size(cfg.shot)}, "
-        f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, flip/rotate augmentation {'on' if tc.augment else 'off'}, "
-        f"precision {tc.precision}, arch `{cfg.model.arch}`, "
-        f"encoder weights `{cfg.model.encoder_weights}`. Threshold {cfg.metrics.threshold:g}.",
+        settings_line(cfg),
         "",
-        "IoU and Dice are per-image means over the defective test images; image ACC/AUROC treat an image as "
-        "anomalous iff any pixel is predicted defective, scored by predicted area; all are means over categories.",
-        "",
-        "## Mean over categories",
-        "",
-        markdown_table(
-            ["variant", "NBR", "CaP"] + [HEADERS[m] for m in METRIC_NAMES],
-            [
-                [variant_label(v), cfg.variant(v).nbr if v in cfg.variants else "?", cfg.variant(v).cap if v in cfg.variants else "?"]
-                + [_fmt(metrics[v]["mean"][m]) for m in METRIC_NAMES]
-                for v in variants
-            ],
-        ),
-        "",
+        paper_tables(frame, cfg.label, paper=cfg.dataset == "mvtec", parameters=parameter_counts(cfg, metrics)),
     ]
-    paper = PAPER_TABLE_V.get(cfg.shot)
-    if paper:
-        parts += [
-            f"For reference, the paper's Table V ({cfg.shot}-shot, MVTec AD, 512 px, 1350 iterations), IoU / Dice: "
-            + "; ".join(f"{variant_label(v)} {iou:.4f} / {dice:.4f}" for v, (iou, dice) in paper.items())
-            + ". Not comparable figure for figure: other data, image size and budget.",
-            "",
-        ]
     for name in METRIC_NAMES:
         parts += [
             f"## {HEADERS[name]} by category",
             "",
             markdown_table(
-                ["category"] + [variant_label(v) for v in variants],
-                [[c] + [_fmt(metrics[v][c][name]) for v in variants] for c in categories]
-                + [["**mean**"] + [_fmt(metrics[v]["mean"][name]) for v in variants]],
+                ["category"] + [cfg.label(v) for v in metrics],
+                [[c] + [_fmt(metrics[v][c][name]) for v in metrics] for c in categories]
+                + [["**mean**"] + [_fmt(metrics[v]["mean"][name]) for v in metrics]],
             ),
             "",
         ]
@@ -91,7 +69,7 @@ def ablation_markdown(
         parts += [
             "## Training wall time (all categories)",
             "",
-            markdown_table(["variant", "seconds"], [[variant_label(v), f"{t:.0f}"] for v, t in train_seconds.items()]),
+            markdown_table(["method", "seconds"], [[cfg.label(v), f"{t:.0f}"] for v, t in train_seconds.items()]),
             "",
         ]
     if counts:
@@ -104,11 +82,29 @@ def ablation_markdown(
     return "\n".join(parts)
 
 
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
 def loss_curves(histories: Mapping[str, Mapping[str, pd.DataFrame]], window: int = 10) -> pd.DataFrame:
     """Training loss per variant (mean over categories, moving average): columns iteration, <variant>..."""
+    return _history_curves(histories, "loss", window)
+
+
+def probe_curves(histories: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Test IoU during training (Fig. 9) per variant, mean over categories, at the evaluated iterations."""
+    frame = _history_curves(histories, "probe_iou", 1)
+    return frame.dropna(how="all", subset=[c for c in frame.columns if c != "iteration"])
+
+
+def _history_curves(histories: Mapping[str, Mapping[str, pd.DataFrame]], column: str, window: int) -> pd.DataFrame:
     columns = {}
     for variant, per_category in histories.items():
-        stacked = pd.concat([h.set_index("iteration")["loss"] for h in per_category.values()], axis=1)
+        if not per_category:
+            continue
+        stacked = pd.concat([h.set_index("iteration")[column] for h in per_category.values() if column in h], axis=1)
+        if stacked.empty:
+            continue
         columns[variant] = stacked.mean(axis=1).rolling(window, min_periods=1).mean()
     frame = pd.DataFrame(columns)
     frame.index.name = "iteration"
@@ -155,3 +151,61 @@ def load_histories(models_dir: str | Path, variants: Iterable[str]) -> dict[str,
         v: {p.name.removesuffix("_history.csv"): pd.read_csv(p) for p in sorted((Path(models_dir) / v).glob("*_history.csv"))}
         for v in variants
     }
+
+
+def example_rows(part: pd.DataFrame, categories: list[str], n: int) -> pd.DataFrame:
+    """Up to ``n`` defect images with non-empty masks, taken round-robin over categories and defect types."""
+    part = part[part["mask"] != ""].sort_values(["category", "defect_type", "image"])
+    queues = [group for _, group in part.groupby(["category", "defect_type"], sort=True) if group["category"].iloc[0] in categories]
+    picked, depth = [], 0
+    while len(picked) < n and any(depth < len(q) for q in queues):
+        picked += [q.iloc[depth] for q in queues if depth < len(q)][: n - len(picked)]
+        depth += 1
+    return pd.DataFrame(picked)
+
+
+def write_figures(cfg: Config, table: pd.DataFrame, curves: Mapping[str, pd.DataFrame],
+                  predictions_dir: str | Path, models_dir: str | Path, out_dir: str | Path, n_examples: int = 4) -> None:
+    """The paper's figures for one run: ROC (Fig. 7), test IoU during training (Fig. 9),
+    a qualitative grid (Figs. 6, 8) and crop-and-paste examples with lambda (Fig. 10)."""
+    from fsds.figures import cap_examples, plot_curves, qualitative_grid, save_figure
+    from fsds.prediction import load_probabilities
+    from fsds.training import load_checkpoint
+
+    out_dir, predictions_dir, models_dir = Path(out_dir), Path(predictions_dir), Path(models_dir)
+    labels = {m: cfg.label(m) for m in cfg.methods}
+    shot = f"{cfg.shot}-shot, seed {cfg.seed}"
+    save_figure(plot_curves(curves["roc"], "fpr", labels, title=f"Image-level ROC ({shot})",
+                            xlabel="false positive rate", ylabel="true positive rate", diagonal=True), out_dir / "roc.png")
+    save_figure(plot_curves(curves["probe_iou"], "iteration", labels, title=f"Test IoU during training ({shot})",
+                            xlabel="iteration", ylabel=f"IoU on up to {cfg.train.eval_images} test images"),
+                out_dir / "probe_iou.png")
+
+    categories = sorted(table["category"].unique())
+    test = table[table["split"] == "test"]
+    rows = example_rows(test, categories, n_examples)
+    predictions = {}
+    for method in cfg.methods:
+        maps = {}
+        for category in rows["category"].unique():
+            probs, images = load_probabilities(predictions_dir / method / f"{category}.npz")
+            maps.update(zip(images, probs))
+        predictions[labels[method]] = [maps[image] for image in rows["image"]]
+    save_figure(qualitative_grid(list(zip(rows["image"], rows["mask"])), predictions, cfg.metrics.threshold),
+                out_dir / "qualitative.png")
+
+    cap_methods = [m for m in cfg.methods if cfg.variant(m).cap == "weighted"] or \
+        [m for m in cfg.methods if cfg.variant(m).cap != "none"]
+    if not cap_methods:
+        return
+    shots = example_rows(table[table["split"] == "train_defect"], categories, n_examples)
+    rng = np.random.default_rng(cfg.seed)
+    rows, size = [], cfg.train.image_size
+    for category, group in shots.groupby("category", sort=True):
+        model, state = load_checkpoint(models_dir / cap_methods[0] / f"{category}.pt")
+        size = state["config"]["train"]["image_size"]
+        normals = table[(table["split"] == "train_normal") & (table["category"] == category)]["image"].tolist()
+        picks = rng.choice(len(normals), size=len(group), replace=len(normals) < len(group))
+        rows += [(model, image, mask, normals[i]) for image, mask, i in zip(group["image"], group["mask"], picks)]
+    fig, _ = cap_examples(rows, size)
+    save_figure(fig, out_dir / "cap_examples.png")

@@ -14,6 +14,7 @@ segmentation loss share those features, and the decoder runs only on the part th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import zlib
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from fsds.augmentation import crop_and_paste, random_dihedral
-from fsds.config import Config, Variant
+from fsds.config import Config, ModelConfig, Variant
 from fsds.images import load_images, load_masks, normalize
 from fsds.io import atomic_dir, atomic_path, write_json
 from fsds.losses import cap_lambda, nbr_loss, weighted_bce
@@ -35,7 +36,7 @@ from fsds.model import Segmenter, build_model, encoder_weights, model_args
 from fsds.split import category_split
 from fsds.tracking import Tracker, git_commit
 
-HISTORY_COLUMNS = ["iteration", "loss", "seg", "nbr", "lambda", "cap"]
+HISTORY_COLUMNS = ["iteration", "loss", "seg", "nbr", "lambda", "cap", "probe_iou"]
 
 
 @dataclass
@@ -61,6 +62,46 @@ def load_train_data(table: pd.DataFrame, category: str, size: int) -> TrainData:
         defect_names=shots["image"].tolist(),
         normal_images=load_images(normals["image"].tolist(), size, desc=f"{category} normals"),
     )
+
+
+@dataclass
+class ProbeSet:
+    """A few test defect images of a category, for the test IoU during training (Fig. 9)."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    masks: torch.Tensor  # (N, 1, S, S) uint8 in {0, 1}
+
+
+def load_probe(table: pd.DataFrame, category: str, size: int, n: int, seed: int) -> ProbeSet | None:
+    """Up to ``n`` test defect images, drawn with ``seed`` (the same ones for every variant)."""
+    test = category_split(table, category)["test"]
+    defects = test[test["mask"] != ""]
+    if defects.empty:
+        return None
+    if len(defects) > n:
+        keep = np.sort(np.random.default_rng(seed).choice(len(defects), size=n, replace=False))
+        defects = defects.iloc[keep]
+    return ProbeSet(load_images(defects["image"].tolist(), size, desc=f"{category} probe"),
+                    load_masks(defects["mask"].tolist(), size))
+
+
+@torch.no_grad()
+def probe_iou(model: Segmenter, probe: ProbeSet, device: torch.device, amp_dtype: torch.dtype | None,
+              threshold: float = 0.5, batch_size: int = 8) -> float:
+    """Mean per-image IoU on the probe images at network resolution; leaves the model in train mode."""
+    model.eval()
+    ious = []
+    for start in range(0, len(probe.images), batch_size):
+        x = normalize(probe.images[start : start + batch_size].to(device))
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x).float()
+        pred = torch.sigmoid(logits) >= threshold
+        target = probe.masks[start : start + batch_size].to(device).bool()
+        inter = (pred & target).sum(dim=(1, 2, 3)).float()
+        union = (pred | target).sum(dim=(1, 2, 3)).float()
+        ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)))
+    model.train()
+    return float(torch.cat(ious).mean())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,15 +137,21 @@ def train_segmenter(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     progress_desc: str = "train",
     encoder_state: dict[str, torch.Tensor] | None = None,
+    model_cfg: ModelConfig | None = None,
+    probe: ProbeSet | None = None,
 ) -> tuple[Segmenter, torch.optim.Optimizer, pd.DataFrame]:
-    """Run Algorithm 1 and return the model, its optimizer and the per-iteration loss history."""
+    """Run Algorithm 1 and return the model, its optimizer and the per-iteration loss history.
+
+    ``model_cfg`` is the network (default ``cfg.model``); with a ``probe`` and ``train.eval_every``
+    the history's ``probe_iou`` holds the probe IoU every ``eval_every`` iterations (NaN between).
+    """
     tc = cfg.train
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc.device)
     amp_dtype = resolve_precision(tc.precision, device)
     rng = seed_everything(seed)
-    model = build_model(cfg.model, encoder_state).to(device)
+    model = build_model(model_cfg or cfg.model, encoder_state).to(device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
 
@@ -167,7 +214,10 @@ def train_segmenter(
             "nbr": nbr.item(),
             "lambda": lam.mean().item() if lam is not None else math.nan,
             "cap": float(use_cap),
+            "probe_iou": math.nan,
         }
+        if probe is not None and tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
+            row["probe_iou"] = probe_iou(model, probe, device, amp_dtype, cfg.metrics.threshold)
         history.append(row)
         if on_log is not None:
             on_log(it, row)
@@ -187,12 +237,13 @@ def save_checkpoint(
     cfg: Config,
     iteration: int,
     extra: dict[str, Any] | None = None,
+    model_cfg: ModelConfig | None = None,
 ) -> None:
     """Everything needed to resume or to rebuild the model, written atomically."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "model_args": model_args(cfg.model),
+        "model_args": model_args(model_cfg or cfg.model),
         "config": cfg.to_dict(),
         "iteration": iteration,
         **(extra or {}),
@@ -203,8 +254,6 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[Segmenter, dict[str, Any]]:
     """Rebuild the network from a checkpoint alone; returns it in eval mode with the raw dict."""
-    from fsds.config import ModelConfig
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; run the train stage first")
@@ -224,8 +273,9 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     """Train one model per category for one variant; write ``<category>.pt``, ``<category>_history.csv``
     and ``runs.json`` (the MLflow run of each category) into ``out_dir`` atomically."""
     variant = cfg.variant(variant_name)
+    model_cfg = cfg.model_for(variant_name)
     tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
-    encoder_state, weights_source = encoder_weights(cfg.model)  # a missing weights file fails now too
+    encoder_state, weights_source = encoder_weights(model_cfg)  # a missing weights file fails now too
     categories = sorted(table["category"].unique())
     runs: dict[str, str | None] = {}
     seconds: dict[str, float] = {}  # wall time of each category's training
@@ -233,17 +283,22 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     with atomic_dir(out_dir) as tmp:
         for category in categories:
             data = load_train_data(table, category, cfg.train.image_size)
+            probe = None
+            if cfg.train.eval_every:
+                probe = load_probe(table, category, cfg.train.image_size, cfg.train.eval_images, cfg.seed)
             tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
-                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "dataset": cfg.dataset,
-                    "encoder_weights": weights_source}
-            params = {**cfg.to_dict(), "variant": {"name": variant_name, "nbr": variant.nbr, "cap": variant.cap},
+                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "arch": model_cfg.arch,
+                    "dataset": cfg.dataset, "encoder_weights": weights_source, "profile": cfg.profile}
+            params = {**cfg.to_dict(), "model": dataclasses.asdict(model_cfg),
+                      "variant": {"name": variant_name, **dataclasses.asdict(variant)},
                       "resolved": {"batch_size": cfg.train.resolved_batch_size(cfg.shot), "category": category,
                                    "n_shots": len(data.defect_images), "n_normals": len(data.normal_images)}}
-            params.pop("variants")
+            for key in ("variants", "profiles", "methods"):
+                params.pop(key)
             run_id = tracker.start_run(f"{variant_name}/{category}", tags, params)
 
             def log(it: int, row: dict[str, float], run_id: str | None = run_id) -> None:
-                tracker.log_metrics(run_id, {k: row[k] for k in ("loss", "seg", "nbr", "lambda")}, it)
+                tracker.log_metrics(run_id, {k: row[k] for k in ("loss", "seg", "nbr", "lambda", "probe_iou")}, it)
                 if it % cfg.train.log_every == 0:
                     tracker.flush(run_id)
 
@@ -253,11 +308,12 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 model, optimizer, history = train_segmenter(
                     cfg, variant, data, seed=category_seed(cfg.seed, category), on_log=log,
                     progress_desc=f"{variant_name}/{category}", encoder_state=encoder_state,
+                    model_cfg=model_cfg, probe=probe,
                 )
                 ckpt = tmp / f"{category}.pt"
                 save_checkpoint(ckpt, model, optimizer, cfg, cfg.train.iterations,
                                 {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id,
-                                 "encoder_weights": weights_source})
+                                 "encoder_weights": weights_source}, model_cfg=model_cfg)
                 history.to_csv(tmp / f"{category}_history.csv", index=False)
                 seconds[category] = round(time.perf_counter() - start, 1)
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category]})

@@ -1,4 +1,4 @@
-"""Stage report: the ablation tables (markdown) and the data of the loss and ROC plots."""
+"""Stage report: the paper-format tables (markdown), the plot data (CSV) and the figures (PNG)."""
 
 import argparse
 import json
@@ -9,34 +9,42 @@ import pandas as pd
 from fsds.config import load_config
 from fsds.io import atomic_path, write_text
 from fsds.report import (
-    ablation_markdown,
     count_test_images,
     load_histories,
     loss_curves,
+    probe_curves,
     roc_curves,
+    run_report,
     training_seconds,
+    write_figures,
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("split", help="split table (CSV)")
     parser.add_argument("metrics", help="metrics JSON")
     parser.add_argument("per_image", help="per-image table (CSV)")
-    parser.add_argument("models", help="folder holding one sub-folder of checkpoints per variant")
+    parser.add_argument("predictions", help="folder holding one sub-folder of probability maps per method")
+    parser.add_argument("models", help="folder holding one sub-folder of checkpoints per method")
     parser.add_argument("report", help="markdown report to write")
     parser.add_argument("plots", help="folder for the plot data (CSV)")
+    parser.add_argument("figures", help="folder for the figures (PNG)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
     cfg = load_config(args.params)
+    table = pd.read_csv(args.split, keep_default_na=False)
     metrics = json.loads(Path(args.metrics).read_text())
     per_image = pd.read_csv(args.per_image)
-    histories = load_histories(args.models, cfg.variants)
-    seconds = training_seconds(args.models, cfg.variants)
-    write_text(args.report, ablation_markdown(metrics, cfg, count_test_images(per_image), seconds))
-    for name, frame in (("train_loss.csv", loss_curves(histories)), ("roc.csv", roc_curves(per_image))):
-        with atomic_path(Path(args.plots) / name) as tmp:
+    histories = load_histories(args.models, cfg.methods)
+    seconds = training_seconds(args.models, cfg.methods)
+    write_text(args.report, run_report(metrics, cfg, count_test_images(per_image), seconds))
+    curves = {"train_loss": loss_curves(histories), "roc": roc_curves(per_image), "probe_iou": probe_curves(histories)}
+    for name, frame in curves.items():
+        with atomic_path(Path(args.plots) / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
+    write_figures(cfg, table, curves, args.predictions, args.models, args.figures)
 
 
 if __name__ == "__main__":

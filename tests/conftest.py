@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fsds.config import parse_config
 from fsds.datasets import index_dataset
@@ -46,3 +51,39 @@ def tiny_config():
             "mlflow": {"enabled": False},
         }
     )
+
+
+def run(args: list[str], cwd, env, timeout: int = 900) -> str:
+    """Run a command; fail the test with its output if it fails."""
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def tiny_repo(dest: Path, overrides: dict) -> tuple[Path, dict[str, str]]:
+    """A git repo at ``dest`` holding this project's files (no data, reports or lock) and
+    params.yaml merged with ``overrides``; returns it with the environment to run DVC in."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in listed:
+        if rel.startswith(("reports/", "data/")) or rel == "dvc.lock" or not (REPO / rel).is_file():
+            continue  # start from nothing, as a first `dvc repro` would
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest / rel)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False, allow_unicode=True))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["DVC_NO_ANALYTICS"] = "1"
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@fsds"], ["git", "config", "user.name", "ci"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        run(cmd, dest, env)
+    return dest, env

@@ -8,9 +8,31 @@ from tests.conftest import REPO
 def test_repository_params_load():
     cfg = load_config(REPO / "params.yaml")
     assert cfg.dataset == "synthetic"
-    assert set(cfg.variants) == {"B", "B_NBR", "B_NBR_CaP"}
+    assert cfg.methods == ("B", "B_NBR", "B_NBR_CaP")  # the default run: Table V
     assert cfg.variant("B_NBR_CaP").cap == "weighted"
-    assert cfg.train.image_size % 32 == 0
+    # the paper's benchmark networks are trained with plain CaP and ordinary BCE
+    nets = {"AlbuNet": "albunet34", "TernausNet11": "ternausnet11", "TernausNet16": "ternausnet16",
+            "UNet": "unet", "AttentionUNet": "attention_unet", "UNetPP": "unetplusplus"}
+    for name, arch in nets.items():
+        assert (cfg.model_for(name).arch, cfg.variant(name).cap, cfg.variant(name).nbr) == (arch, "plain", "none")
+    assert cfg.variant("B_NBR_CaP1").cap == "plain" and cfg.variant("B_NBReuc_CaP").nbr == "euclidean"
+    assert cfg.model_for("B").arch == cfg.model.arch == "albunet34"
+    assert (cfg.train.image_size, cfg.train.iterations) == (128, 300)
+
+
+def test_profiles_select_image_size_and_iterations():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    paper = parse_config({**raw, "profile": "paper"})
+    assert (paper.train.image_size, paper.train.iterations) == (512, 1350)
+    assert paper.train.resolved_batch_size(1) == 2 and paper.train.resolved_batch_size(5) == 4
+    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, cpu, quick, got 'fast'"):
+        parse_config({**raw, "profile": "fast"})
+    with pytest.raises(ConfigError, match=r"^train\.image_size: set it in profiles"):
+        parse_config({**raw, "train": {"image_size": 256}})
+    with pytest.raises(ConfigError, match=r"^profiles\.\*\.image_size: must be a positive multiple of 32"):
+        parse_config({**raw, "profiles": {"cpu": {"image_size": 100}}})
+    with pytest.raises(ConfigError, match=r"^methods: 'C' is not a variant"):
+        parse_config({**raw, "methods": ["B", "C"]})
 
 
 @pytest.mark.parametrize(
@@ -27,6 +49,8 @@ def test_repository_params_load():
         ({"variants": {"X": {"nbr": "l1", "cap": "none"}}}, r"^variants\.\*\.nbr: expected one of none, cosine, euclidean"),
         ({"variants": {"X": {"nbr": "none", "capp": "none"}}}, r"^variants\.X\.capp: unknown key"),
         ({"variants": {"B+NBR": {}}}, r"^variants\.B\+NBR: variant ids must be file-safe"),
+        ({"variants": {"X": {"arch": "resnet"}}}, r"^variants\.\*\.arch: expected one of albunet34, ternausnet11"),
+        ({"model": {"arch": "segformer"}}, r"^model\.arch: expected one of albunet34"),
         ({"data": {"categories": []}}, r"^data\.categories: "),
         ({"mlflow": {"enabled": "yes"}}, r"^mlflow\.enabled: expected true or false"),
     ],
@@ -60,3 +84,5 @@ def test_categories_list_and_overrides(tmp_path):
 
 def test_variant_label():
     assert variant_label("B_NBR_CaP") == "B+NBR+CaP"
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.label("UNetPP") == "U-Net++" and cfg.label("B_NBR") == "B+NBR"

@@ -1,0 +1,123 @@
+"""The paper's figures as PNG files (matplotlib, headless).
+
+- :func:`plot_curves`: one line per method over a shared x (the ROC of Fig. 7, the test IoU
+  during training of Fig. 9);
+- :func:`qualitative_grid`: test image, ground truth and each method's prediction (Figs. 6, 8);
+- :func:`cap_examples`: defect image, normal image and their crop-and-paste with its lambda
+  under a trained encoder (Fig. 10).
+
+The data behind the line plots is also written as CSV for ``dvc plots``; these functions only draw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from fsds.augmentation import crop_and_paste  # noqa: E402
+from fsds.images import load_images, load_masks, normalize  # noqa: E402
+from fsds.io import atomic_path  # noqa: E402
+from fsds.losses import cap_lambda  # noqa: E402
+from fsds.model import Segmenter  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> None:
+    """Write ``fig`` as PNG atomically and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(
+    frame: pd.DataFrame, x: str, labels: Mapping[str, str], *, title: str, xlabel: str, ylabel: str,
+    diagonal: bool = False,
+) -> plt.Figure:
+    """One line per column of ``frame`` named in ``labels`` (column -> legend text) against ``x``."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    for column, label in labels.items():
+        if column in frame:
+            part = frame[[x, column]].dropna()
+            ax.plot(part[x], part[column], label=label, linewidth=1.6)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _rgb(path: str, size: int) -> np.ndarray:
+    return load_images([path], size, desc="figure")[0].permute(1, 2, 0).numpy()
+
+
+def qualitative_grid(
+    rows: Sequence[tuple[str, str]],
+    predictions: Mapping[str, Sequence[np.ndarray]],
+    threshold: float,
+    size: int = 128,
+) -> plt.Figure:
+    """Rows of (test image, ground truth, one binarised prediction per method).
+
+    ``rows`` are (image path, mask path); ``predictions`` maps a method's label to its uint8
+    probability maps (0-255), one per row, at any resolution.
+    """
+    methods = list(predictions)
+    n_cols = 2 + len(methods)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.6 * n_cols, 1.6 * len(rows)), squeeze=False)
+    masks = load_masks([m for _, m in rows], size)
+    for r, (image, _) in enumerate(rows):
+        panels = [_rgb(image, size), masks[r, 0].numpy()]
+        for method in methods:
+            prob = torch.from_numpy(predictions[method][r].astype(np.float32) / 255.0)[None, None]
+            prob = torch.nn.functional.interpolate(prob, size=(size, size), mode="bilinear", align_corners=False)
+            panels.append((prob[0, 0] >= threshold).numpy())
+        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
+            ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title((["image", "ground truth"] + methods)[c], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def cap_examples(rows: Sequence[tuple[Segmenter, str, str, str]], size: int) -> tuple[plt.Figure, list[float]]:
+    """Fig. 10: rows of (trained model, defect image, its mask, normal image) -> the crop-and-paste
+    and its lambda.
+
+    Lambda (eq. 6) is ``|cos|`` of the pooled deepest features of the original defect image and
+    the pasted image under that row's model (each category has its own). Returns the figure and
+    the lambdas.
+    """
+    fig, axes = plt.subplots(len(rows), 4, figsize=(6.4, 1.7 * len(rows)), squeeze=False)
+    titles = ["defect image", "mask", "normal image", "crop-and-paste"]
+    lambdas = []
+    for r, (model, defect, mask_path, normal_path) in enumerate(rows):
+        model.eval()
+        device = next(model.parameters()).device
+        image = load_images([defect], size, desc="figure")
+        mask = load_masks([mask_path], size)
+        normal = load_images([normal_path], size, desc="figure")
+        pasted = (crop_and_paste(image.float(), normal.float(), mask) + 0.5).clamp(0, 255).to(torch.uint8)
+        feats = model.encode(normalize(torch.cat([image, pasted]).to(device)))[-1].float()
+        lam = float(cap_lambda(feats[:1], feats[1:])[0])
+        lambdas.append(lam)
+        panels = [image[0], mask[0, 0] * 255, normal[0], pasted[0]]
+        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
+            ax.imshow(panel.permute(1, 2, 0).numpy() if panel.ndim == 3 else panel.numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+        axes[r, 3].set_xlabel(f"λ = {lam:.3f}", fontsize=9)
+    fig.tight_layout()
+    return fig, lambdas

@@ -1,0 +1,268 @@
+"""Experiment grids run by DVC itself: one ``dvc exp run --queue`` per (shot, seed) cell.
+
+A grid file (``grids/*.yaml``) names the cells and the params every cell sets::
+
+    name: mt                      # experiment names are <name>-k<shot>-s<seed>
+    shots: [1, 5]
+    seeds: [0, 1, 2]
+    set:                          # dvc exp run -S key=value for every cell
+      dataset: magnetic_tile
+      profile: quick
+      methods: [B, B_NBR, B_NBR_CaP]
+
+Each cell is a full ``dvc repro`` of the pipeline (every method of ``methods`` trained,
+predicted, scored and reported) in DVC's experiment queue, run by ``dvc queue start -j N``.
+Resuming is DVC's: a cell whose experiment exists is not queued again, a cell still queued
+or running is left to its worker, and a cell that was killed half-way restarts with its
+finished stages restored from DVC's run cache instead of being trained again.
+
+Results are read back from the experiments' git refs (``refs/exps/...``), so the grid
+report needs nothing but the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from fsds.config import ConfigError, parse_config
+from fsds.tables import results_frame
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    set: Mapping[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[tuple[str, int, int]]:
+        """``(experiment name, shot, seed)`` of every cell, shots outer."""
+        return [(f"{self.name}-k{k}-s{s}", k, s) for k in self.shots for s in self.seeds]
+
+    def overrides(self, shot: int, seed: int) -> list[str]:
+        """The ``-S`` arguments of one cell."""
+        values = {**self.set, "shot": shot, "seed": seed}
+        return [f"{key}={_hydra(value)}" for key, value in values.items()]
+
+
+def _hydra(value: Any) -> str:
+    """A value in the override syntax of ``dvc exp run -S`` (lists as ``[a,b]``)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def load_grid(path: str | Path, params: str | Path = "params.yaml") -> Grid:
+    """Read and check a grid file: every cell's params must pass :func:`fsds.config.parse_config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"grid file {path} not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - {"name", "shots", "seeds", "set"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; allowed: name, shots, seeds, set")
+    name = str(raw.get("name", ""))
+    if not NAME.match(name):
+        raise ConfigError(f"{path}: name must be letters, digits, '-' or '_', got {name!r}")
+    for key in ("shots", "seeds"):
+        values = raw.get(key)
+        if not isinstance(values, list) or not values or not all(isinstance(v, int) and v >= 0 for v in values):
+            raise ConfigError(f"{path}: {key} must be a non-empty list of integers, got {values!r}")
+    grid = Grid(name, tuple(raw["shots"]), tuple(raw["seeds"]), dict(raw.get("set") or {}))
+    base = yaml.safe_load(Path(params).read_text()) or {}
+    for _, shot, seed in grid.cells():
+        parse_config(apply_overrides(base, {**grid.set, "shot": shot, "seed": seed}))
+    return grid
+
+
+def apply_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with dotted keys (``train.precision``) set, as ``dvc exp run -S`` would."""
+    out = json.loads(json.dumps(params))
+    for key, value in overrides.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _dvc(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> str:
+    proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def tracking_uri(repo: Path) -> str:
+    """The MLflow store of ``params.yaml`` with a relative SQLite path made absolute (to ``repo``)."""
+    cfg = parse_config(yaml.safe_load((repo / "params.yaml").read_text()) or {})
+    uri = cfg.mlflow.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str((repo / uri[len(prefix):]).resolve())
+    return uri
+
+
+def finished_experiments(repo: Path) -> dict[str, str]:
+    """``{experiment name: commit}`` of every finished experiment (newest wins on a repeated name)."""
+    out = subprocess.run(
+        ["git", "for-each-ref", "--sort=committerdate", "--format=%(refname) %(objectname)", "refs/exps"],
+        cwd=repo, capture_output=True, text=True, check=True,
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        ref, sha = line.split()
+        parts = ref.split("/")  # refs/exps/<2 hex>/<38 hex>/<name>; skip DVC's own refs (celery, exec)
+        if len(parts) == 5 and len(parts[2]) == 2:
+            found[parts[-1]] = sha
+    return found
+
+
+def queue_status(repo: Path) -> dict[str, str]:
+    """``{experiment name: status}`` from ``dvc queue status`` (Queued, Running, Success, Failed)."""
+    status = {}
+    for line in _dvc(["queue", "status"], repo).splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and cols[-1] in ("Queued", "Running", "Success", "Failed"):
+            status[cols[1]] = cols[-1]
+    return status
+
+
+def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 5.0,
+             log: Callable[[str], None] = print) -> dict[str, str]:
+    """Queue the missing cells, start ``jobs`` workers and wait; returns ``{name: commit}`` of the cells.
+
+    Raises when a cell fails, naming it and the command that shows its log.
+    """
+    repo = Path(repo)
+    done = finished_experiments(repo)
+    pending = {n: s for n, s in queue_status(repo).items() if s in ("Queued", "Running")}
+    todo = [c for c in grid.cells() if c[0] not in done and c[0] not in pending]
+    for name, shot, seed in grid.cells():
+        state = "finished" if name in done else pending.get(name, "queued now" if (name, shot, seed) in todo else "")
+        log(f"{name}: {state}")
+    for name, shot, seed in todo:
+        args = ["exp", "run", "--queue", "--name", name]
+        for override in grid.overrides(shot, seed):
+            args += ["-S", override]
+        _dvc(args, repo)
+    names = [c[0] for c in grid.cells()]
+    if todo or pending:
+        # Workers run each cell in a temporary copy of the repo: point MLflow at this one's store.
+        env = dict(os.environ)
+        env.setdefault("MLFLOW_TRACKING_URI", tracking_uri(repo))
+        _dvc(["queue", "start", "--jobs", str(jobs)], repo, env)
+    with tqdm(total=len(names), desc=f"grid {grid.name}", unit="cell") as bar:
+        while True:
+            done = finished_experiments(repo)
+            status = queue_status(repo)
+            failed = [n for n in names if status.get(n) == "Failed" and n not in done]
+            if failed:
+                raise RuntimeError(
+                    f"grid {grid.name}: cell(s) {', '.join(failed)} failed; see `dvc queue logs <name>`, "
+                    "fix the cause, `dvc queue remove --failed` and run the grid again (finished cells are kept)"
+                )
+            bar.update(sum(n in done for n in names) - bar.n)
+            if all(n in done for n in names):
+                return {n: done[n] for n in names}
+            if not any(status.get(n) in ("Queued", "Running") for n in names):
+                missing = [n for n in names if n not in done]
+                raise RuntimeError(f"grid {grid.name}: {', '.join(missing)} neither finished nor queued; run the grid again")
+            time.sleep(poll)
+
+
+def git_file(repo: Path, commit: str, path: str) -> bytes:
+    return subprocess.run(["git", "show", f"{commit}:{path}"], cwd=repo, capture_output=True, check=True).stdout
+
+
+def collect_results(grid: Grid, repo: str | Path = ".") -> tuple[pd.DataFrame, dict[str, str]]:
+    """The results frame of every finished cell (from its ``reports/metrics.json``) and ``{name: commit}``."""
+    repo = Path(repo)
+    done = finished_experiments(repo)
+    frames, commits = [], {}
+    for name, shot, seed in grid.cells():
+        if name not in done:
+            continue
+        commits[name] = done[name]
+        metrics = json.loads(git_file(repo, done[name], "reports/metrics.json"))
+        frames.append(results_frame(metrics, shot, seed))
+    if not frames:
+        raise RuntimeError(f"grid {grid.name}: no finished cell; run `python stages/grid.py run ...` first")
+    return pd.concat(frames, ignore_index=True), commits
+
+
+def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str | Path,
+                params: str | Path = "params.yaml") -> str:
+    """Write the grid's paper-format tables (mean (std) over seeds) and figures; returns the markdown.
+
+    Figures: ROC and test IoU during training averaged over seeds, per shot; the qualitative
+    grid and the crop-and-paste examples of the first seed, per shot (copied from its cell).
+    """
+    from io import BytesIO
+
+    from fsds.figures import plot_curves, save_figure
+    from fsds.io import write_text
+    from fsds.report import parameter_counts, settings_line
+    from fsds.tables import paper_tables
+
+    repo, figures = Path(repo), Path(figures)
+    frame, commits = collect_results(grid, repo)
+    base = yaml.safe_load(Path(params).read_text()) or {}
+    cfg = parse_config(apply_overrides(base, {**grid.set, "shot": grid.shots[0], "seed": grid.seeds[0]}))
+    labels = {m: cfg.label(m) for m in cfg.methods}
+    rel = figures.relative_to(Path(report).parent) if figures.is_relative_to(Path(report).parent) else figures
+    parts = [
+        f"# Experiment grid `{grid.name}`: {len(commits)} of {len(grid.cells())} cells",
+        "",
+        settings_line(cfg),
+        "",
+        f"Shots {list(grid.shots)}, seeds {list(grid.seeds)}; every cell is one `dvc exp run` with "
+        + ", ".join(f"`{k}={_hydra(v)}`" for k, v in grid.set.items())
+        + ". Cells are means over categories per seed; mean (sample std) over seeds.",
+        "",
+        paper_tables(frame, cfg.label, paper=cfg.dataset == "mvtec", parameters=parameter_counts(cfg, cfg.methods)),
+        "## Figures",
+        "",
+    ]
+    for shot in grid.shots:
+        cells = [(n, commits[n]) for n, k, _ in grid.cells() if k == shot and n in commits]
+        if not cells:
+            continue
+        for name, x, title, xlabel, ylabel in (
+            ("roc", "fpr", "Image-level ROC", "false positive rate", "true positive rate"),
+            ("probe_iou", "iteration", "Test IoU during training", "iteration", "IoU on test images"),
+        ):
+            curves = [pd.read_csv(BytesIO(git_file(repo, c, f"reports/plots/{name}.csv"))) for _, c in cells]
+            mean = pd.concat(curves).groupby(x, sort=True).mean().reset_index()
+            fig = plot_curves(mean, x, labels, title=f"{title}, {shot}-shot (mean of {len(cells)} seeds)",
+                              xlabel=xlabel, ylabel=ylabel, diagonal=name == "roc")
+            save_figure(fig, figures / f"{name}_k{shot}.png")
+            parts.append(f"![{title}, {shot}-shot]({rel}/{name}_k{shot}.png)")
+        first_name, first = cells[0]
+        for name in ("qualitative", "cap_examples"):
+            png = git_file(repo, first, f"reports/figures/{name}.png")
+            figures.mkdir(parents=True, exist_ok=True)
+            (figures / f"{name}_k{shot}.png").write_bytes(png)
+            parts.append(f"![{name}, {shot}-shot, {first_name}]({rel}/{name}_k{shot}.png)")
+        parts.append("")
+    parts += ["## Cells", "", "| experiment | commit |", "|---|---|"]
+    parts += [f"| {n} | `{c[:10]}` |" for n, c in commits.items()]
+    text = "\n".join(parts) + "\n"
+    write_text(report, text)
+    return text

@@ -1,0 +1,105 @@
+"""The experiment grid through DVC's queue: cells run once, an interrupted grid resumes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from fsds.config import ConfigError
+from fsds.grid import finished_experiments, load_grid
+from tests.conftest import REPO, run, tiny_repo
+
+TINY = {
+    "data": {"synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64},
+             "categories": ["fabric"]},
+    "profiles": {"cpu": {"image_size": 64, "iterations": 3}},
+    "train": {"eval_every": 0},
+    "methods": ["B", "B_NBR_CaP"],
+}
+
+
+def _write_grid(repo, seeds):
+    (repo / "grids").mkdir(exist_ok=True)
+    (repo / "grids" / "g.yaml").write_text(yaml.safe_dump({"name": "g", "shots": [1], "seeds": seeds, "set": {"split.unit": "defect_type"}}))
+    return "grids/g.yaml"
+
+
+def _grid(args, repo, env, **kwargs):
+    return run([sys.executable, "stages/grid.py", *args], repo, env, **kwargs)
+
+
+def _runs(repo, seed):
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fsds")
+    if exp is None:
+        return []
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("seed") == str(seed)]
+
+
+@pytest.mark.slow
+def test_grid_runs_each_cell_once_and_resumes_after_a_kill(tmp_path):
+    repo, env = tiny_repo(tmp_path / "repo", TINY)
+    grid = _write_grid(repo, [0, 1])
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "grid"], repo, env)
+
+    _grid(["run", grid], repo, env)
+    first = finished_experiments(repo)
+    assert set(first) == {"g-k1-s0", "g-k1-s1"}
+    assert {r.data.tags["variant"] for r in _runs(repo, 0)} == {"B", "B_NBR_CaP"}  # MLflow store of the repo
+
+    # Again: nothing is queued or trained twice.
+    out = _grid(["run", grid], repo, env)
+    assert "g-k1-s0: finished" in out and finished_experiments(repo) == first
+    assert len(_runs(repo, 0)) == 2
+
+    # A third seed, killed while its second method trains (DVC starts a stage once the one
+    # before it is done and saved), then resumed.
+    grid = _write_grid(repo, [0, 1, 2])
+    proc = subprocess.Popen([sys.executable, "stages/grid.py", "run", grid], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not any(r.data.tags["variant"] == "B_NBR_CaP" for r in _runs(repo, 2)):
+        assert time.time() < deadline and proc.poll() is None, "the third cell never trained a method"
+        time.sleep(0.5)
+    run(["dvc", "queue", "kill", "g-k1-s2"], repo, env)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert "g-k1-s2" not in finished_experiments(repo)
+    trained = {r.data.tags["variant"] for r in _runs(repo, 2) if r.info.status == "FINISHED"}
+    assert "B" in trained
+
+    run(["dvc", "queue", "remove", "--failed"], repo, env)
+    _grid(["run", grid], repo, env)
+    done = finished_experiments(repo)
+    assert set(done) == {"g-k1-s0", "g-k1-s1", "g-k1-s2"}
+    assert {k: done[k] for k in first} == first  # finished cells untouched
+    finished = [r.data.tags["variant"] for r in _runs(repo, 2) if r.info.status == "FINISHED"]
+    for variant in trained:  # restored from DVC's run cache, not trained again
+        assert finished.count(variant) == 1, variant
+    assert sorted(set(finished)) == ["B", "B_NBR_CaP"]
+
+    _grid(["report", grid, "reports/grid.md", "reports/grid"], repo, env)
+    report = (repo / "reports" / "grid.md").read_text()
+    assert "3 of 3 cells" in report and "## Table V" in report
+    assert " (" in report.split("## Table V")[1].splitlines()[4]  # mean (std) over three seeds
+    for name in ("roc_k1", "probe_iou_k1", "qualitative_k1", "cap_examples_k1"):
+        assert (repo / "reports" / "grid" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grid_file_is_checked_before_anything_runs(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "shots": [1], "seeds": [0], "set": {"methods": ["B", "Nope"]}}))
+    with pytest.raises(ConfigError, match="methods: 'Nope' is not a variant"):
+        load_grid(path, REPO / "params.yaml")
+    path.write_text(yaml.safe_dump({"name": "g", "shots": "1", "seeds": [0]}))
+    with pytest.raises(ConfigError, match="shots must be a non-empty list"):
+        load_grid(path, REPO / "params.yaml")
+    grid = load_grid(REPO / "grids" / "magnetic_tile.yaml", REPO / "params.yaml")
+    assert len(grid.cells()) == 6 and "profile=quick" in grid.overrides(1, 0)
