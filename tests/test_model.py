@@ -85,3 +85,54 @@ def test_bad_encoder_weights_are_named(tmp_path):
     loaded, _ = encoder_weights(ModelConfig(encoder_weights=str(tmp_path / "wrong.pt")))
     with pytest.raises(ValueError, match="encoder weights do not fit model.arch"):
         build_model(ModelConfig(), loaded)
+
+
+@pytest.mark.parametrize(
+    ("arch", "deep_channels", "stride", "params"),
+    [
+        ("albunet34", 512, 32, 24_436_369),
+        ("ternausnet11", 512, 32, 18_254_033),
+        ("ternausnet16", 512, 32, 23_748_241),
+        ("unet", 1024, 16, 31_037_633),
+        ("attention_unet", 1024, 16, 31_388_205),
+        ("unetplusplus", 512, 32, 26_078_609),
+    ],
+)
+def test_every_arch_segments_and_exposes_its_deepest_features(arch, deep_channels, stride, params):
+    from fsds.losses import cap_lambda, nbr_loss
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch))
+    assert count_parameters(model) == params
+    x = torch.randn(4, 3, 64, 96)
+    features = model.encode(x)
+    assert features[-1].shape == (4, deep_channels, 64 // stride, 96 // stride)
+    logits = model.decode([f[:2] for f in features])  # the decoder runs on a slice of the batch
+    assert logits.shape == (2, 1, 64, 96)
+    mask = torch.zeros(2, 1, 64, 96)
+    mask[:, :, 10:30, 20:50] = 1
+    loss = nbr_loss(features[-1][:2], features[-1][2:], mask) + torch.nn.functional.binary_cross_entropy_with_logits(logits, mask)
+    loss.backward()
+    assert cap_lambda(features[-1][:2], features[-1][2:]).shape == (2,)
+    assert all(p.grad is not None for p in model.encoder.parameters())  # NBR and BCE reach the whole encoder
+
+
+def test_vgg_encoder_weights_load_from_a_torchvision_state_dict(tmp_path):
+    import torchvision
+
+    from fsds.model import encoder_weights
+
+    torch.manual_seed(2)
+    state = torchvision.models.vgg11().state_dict()  # features.* and the classifier.*
+    torch.save(state, tmp_path / "vgg11.pth")
+    cfg = ModelConfig(arch="ternausnet11", encoder_weights=str(tmp_path / "vgg11.pth"))
+    loaded, _ = encoder_weights(cfg)
+    model = build_model(cfg, loaded)
+    assert torch.equal(model.encoder.state_dict()["features.0.weight"], state["features.0.weight"])
+
+
+def test_imagenet_on_a_network_without_a_pretrained_encoder_says_so():
+    from fsds.model import encoder_weights
+
+    state, source = encoder_weights(ModelConfig(arch="unet", encoder_weights="imagenet"))
+    assert state is None and source.startswith("none (unet has no ImageNet encoder")

@@ -96,3 +96,12 @@ def test_category_seed_is_stable_and_distinct():
     assert category_seed(0, "fabric") == category_seed(0, "fabric")
     assert category_seed(0, "fabric") != category_seed(0, "washer")
     assert category_seed(0, "fabric") != category_seed(1, "fabric")
+
+
+def test_timing_measures_a_step_of_any_method():
+    from fsds.timing import step_seconds
+
+    cfg = parse_config({"profiles": {"t": {"image_size": 64, "iterations": 3}}, "profile": "t",
+                        "variants": {"UNetPP": {"arch": "unetplusplus", "cap": "plain"}}, "mlflow": {"enabled": False}})
+    seconds = step_seconds(cfg, "UNetPP", 5, 3)
+    assert 0 < seconds < 60
