@@ -42,10 +42,12 @@ def plot_curves(
 ) -> plt.Figure:
     """One line per column of ``frame`` named in ``labels`` (column -> legend text) against ``x``."""
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    for column, label in labels.items():
+    colors = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors  # one colour per method
+    for i, (column, label) in enumerate(labels.items()):
         if column in frame:
             part = frame[[x, column]].dropna()
-            ax.plot(part[x], part[column], label=label, linewidth=1.6)
+            ax.plot(part[x], part[column], label=label, linewidth=1.6, color=colors[i % len(colors)],
+                    linestyle="-" if i < 10 else "--")
     if diagonal:
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)

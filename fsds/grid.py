@@ -29,7 +29,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import yaml
@@ -134,14 +134,18 @@ def finished_experiments(repo: Path) -> dict[str, str]:
     return found
 
 
-def queue_status(repo: Path) -> dict[str, str]:
-    """``{experiment name: status}`` from ``dvc queue status`` (Queued, Running, Success, Failed)."""
-    status = {}
+def queue_status(repo: Path) -> tuple[dict[str, str], int]:
+    """``{experiment name: status}`` from ``dvc queue status`` (Queued, Running, Success, Failed)
+    and the number of active workers."""
+    status, active = {}, 0
     for line in _dvc(["queue", "status"], repo).splitlines():
         cols = line.split()
         if len(cols) >= 4 and cols[-1] in ("Queued", "Running", "Success", "Failed"):
             status[cols[1]] = cols[-1]
-    return status
+        found = re.search(r"Worker status: (\d+) active", line)
+        if found:
+            active = int(found.group(1))
+    return status, active
 
 
 def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 5.0,
@@ -152,7 +156,15 @@ def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 5.
     """
     repo = Path(repo)
     done = finished_experiments(repo)
-    pending = {n: s for n, s in queue_status(repo).items() if s in ("Queued", "Running")}
+    status, active = queue_status(repo)
+    stale = [n for n, _, _ in grid.cells() if status.get(n) == "Running" and not active]
+    if stale:  # the worker died (machine stopped, process killed): DVC still lists the cell as running
+        raise RuntimeError(
+            f"grid {grid.name}: {', '.join(stale)} is marked running but no queue worker is alive; run "
+            f"`dvc queue kill {' '.join(stale)}` and `dvc queue remove --failed`, then this command again: "
+            "the cell restarts, its finished stages restored from the run cache"
+        )
+    pending = {n: s for n, s in status.items() if s in ("Queued", "Running")}
     todo = [c for c in grid.cells() if c[0] not in done and c[0] not in pending]
     for name, shot, seed in grid.cells():
         state = "finished" if name in done else pending.get(name, "queued now" if (name, shot, seed) in todo else "")
@@ -171,7 +183,7 @@ def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 5.
     with tqdm(total=len(names), desc=f"grid {grid.name}", unit="cell") as bar:
         while True:
             done = finished_experiments(repo)
-            status = queue_status(repo)
+            status, _ = queue_status(repo)
             failed = [n for n in names if status.get(n) == "Failed" and n not in done]
             if failed:
                 raise RuntimeError(
@@ -205,6 +217,25 @@ def collect_results(grid: Grid, repo: str | Path = ".") -> tuple[pd.DataFrame, d
     if not frames:
         raise RuntimeError(f"grid {grid.name}: no finished cell; run `python stages/grid.py run ...` first")
     return pd.concat(frames, ignore_index=True), commits
+
+
+def training_times(repo: Path, commits: Mapping[str, str], methods: Sequence[str], label: Callable[[str], str]) -> str:
+    """Methods down, cells across: each train stage's ``timing.json`` read from DVC's cache."""
+    import dvc.api
+
+    from fsds.tables import markdown_table
+
+    rows = []
+    for method in methods:
+        row = [label(method)]
+        for commit in commits.values():
+            try:
+                timing = json.loads(dvc.api.read(f"data/models/{method}/timing.json", repo=str(repo), rev=commit))
+                row.append(f"{sum(timing.values()):.0f}")
+            except Exception:  # noqa: BLE001 - not in the local cache (e.g. a fresh clone): say so
+                row.append("n/a")
+        rows.append(row)
+    return markdown_table(["method", *commits], rows)
 
 
 def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str | Path,
@@ -261,7 +292,9 @@ def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str |
             (figures / f"{name}_k{shot}.png").write_bytes(png)
             parts.append(f"![{name}, {shot}-shot, {first_name}]({rel}/{name}_k{shot}.png)")
         parts.append("")
-    parts += ["## Cells", "", "| experiment | commit |", "|---|---|"]
+    parts += ["## Training wall time per model (seconds, summed over categories)", "",
+              training_times(repo, commits, cfg.methods, cfg.label), "",
+              "## Cells", "", "| experiment | commit |", "|---|---|"]
     parts += [f"| {n} | `{c[:10]}` |" for n, c in commits.items()]
     text = "\n".join(parts) + "\n"
     write_text(report, text)
