@@ -73,12 +73,7 @@ class Profile:
     iterations: int = 300
 
     def __post_init__(self) -> None:
-        _check(
-            self.image_size >= 32 and self.image_size % 32 == 0,
-            "profiles.*.image_size",
-            f"must be a positive multiple of 32 (the encoders downsample 5 times), got {self.image_size}",
-        )
-        _check(self.iterations >= 1, "profiles.*.iterations", "must be >= 1")
+        _check_size_and_iterations(self.image_size, self.iterations, "profiles.*")
 
 
 @dataclass(frozen=True)
@@ -100,12 +95,7 @@ class TrainConfig:
     eval_images: int = 32  # at most this many test images per category for it
 
     def __post_init__(self) -> None:
-        _check(
-            self.image_size >= 32 and self.image_size % 32 == 0,
-            "train.image_size",
-            f"must be a positive multiple of 32 (the encoder downsamples 5 times), got {self.image_size}",
-        )
-        _check(self.iterations >= 1, "train.iterations", "must be >= 1")
+        _check_size_and_iterations(self.image_size, self.iterations, "train")
         _check(self.batch_size == "auto" or self.batch_size >= 1, "train.batch_size", "must be 'auto' or >= 1")
         _check(0 < self.lr < 1, "train.lr", "must be in (0, 1)")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
@@ -351,6 +341,15 @@ def _key(prefix: str, name: str) -> str:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def _check_size_and_iterations(image_size: int, iterations: int, prefix: str) -> None:
+    _check(
+        image_size >= 32 and image_size % 32 == 0,
+        f"{prefix}.image_size",
+        f"must be a positive multiple of 32 (the encoders downsample 5 times), got {image_size}",
+    )
+    _check(iterations >= 1, f"{prefix}.iterations", "must be >= 1")
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
