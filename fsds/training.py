@@ -233,21 +233,25 @@ def _batch_slices(parts: dict[str, torch.Tensor], m: int) -> dict[str, slice]:
 def save_checkpoint(
     path: str | Path,
     model: Segmenter,
-    optimizer: torch.optim.Optimizer,
     cfg: Config,
     iteration: int,
     extra: dict[str, Any] | None = None,
     model_cfg: ModelConfig | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
-    """Everything needed to resume or to rebuild the model, written atomically."""
+    """What rebuilds the model (and, given the ``optimizer``, continues training it), written atomically.
+
+    A finished model's checkpoint leaves the optimizer out: Adam's two moments would triple its size.
+    """
     state = {
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
         "model_args": model_args(model_cfg or cfg.model),
         "config": cfg.to_dict(),
         "iteration": iteration,
         **(extra or {}),
     }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -305,13 +309,13 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
             status = "FAILED"
             start = time.perf_counter()
             try:
-                model, optimizer, history = train_segmenter(
+                model, _, history = train_segmenter(
                     cfg, variant, data, seed=category_seed(cfg.seed, category), on_log=log,
                     progress_desc=f"{variant_name}/{category}", encoder_state=encoder_state,
                     model_cfg=model_cfg, probe=probe,
                 )
                 ckpt = tmp / f"{category}.pt"
-                save_checkpoint(ckpt, model, optimizer, cfg, cfg.train.iterations,
+                save_checkpoint(ckpt, model, cfg, cfg.train.iterations,
                                 {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id,
                                  "encoder_weights": weights_source}, model_cfg=model_cfg)
                 history.to_csv(tmp / f"{category}_history.csv", index=False)

@@ -64,11 +64,16 @@ def test_same_seed_same_weights(tiny_config, washer_data):
 def test_checkpoint_rebuilds_the_model(tmp_path, tiny_config, washer_data):
     model, optimizer, _ = train_segmenter(tiny_config, Variant("none", "none"), washer_data, seed=0)
     path = tmp_path / "m.pt"
-    save_checkpoint(path, model, optimizer, tiny_config, 3, {"category": "washer"})
+    save_checkpoint(path, model, tiny_config, 3, {"category": "washer"}, optimizer=optimizer)
     rebuilt, state = load_checkpoint(path)
     assert state["iteration"] == 3 and state["category"] == "washer"
     assert state["config"]["train"]["image_size"] == 64
     assert "state" in state["optimizer"] and state["optimizer"]["state"]
+    finished = tmp_path / "finished.pt"
+    save_checkpoint(finished, model, tiny_config, 3)  # a finished model leaves Adam's moments out
+    assert "optimizer" not in load_checkpoint(finished)[1]
+    assert finished.stat().st_size < path.stat().st_size / 2
+    finished.unlink()
     model.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
