@@ -26,6 +26,7 @@ def predict_probabilities(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     desc: str = "predict",
+    channels_last: bool = False,
 ) -> np.ndarray:
     """uint8 images ``(N, 3, S, S)`` -> uint8 probabilities ``(N, S, S)`` (round(255 * p))."""
     device = torch.device(device)
@@ -33,6 +34,8 @@ def predict_probabilities(
     out = np.empty((len(images), images.shape[-2], images.shape[-1]), dtype=np.uint8)
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
         x = normalize(images[start : start + batch_size].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
         prob = torch.sigmoid(logits.float())[:, 0]

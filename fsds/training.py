@@ -112,15 +112,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX-512 bf16 or AMX), which is what makes it pay."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. ``auto`` uses bf16 on CUDA GPUs that have it."""
+    """The autocast dtype, or None for plain fp32. ``auto``: bf16 on CUDA GPUs that have it and
+    on CPUs with native bf16, else fp32."""
     if name == "fp32":
         return None
     if name == "bf16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -156,66 +165,12 @@ def train_segmenter(
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
 
     m = tc.resolved_batch_size(cfg.shot)
-    n_defect, n_normal = len(data.defect_images), len(data.normal_images)
     history: list[dict[str, float]] = []
     bar = tqdm(range(1, tc.iterations + 1), desc=progress_desc, unit="it", dynamic_ncols=True)
     for it in bar:
-        idx_d = rng.integers(0, n_defect, size=m)
-        idx_n = rng.integers(0, n_normal, size=m)
-        use_cap = variant.cap != "none" and rng.random() < tc.cap_probability
-
-        img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
-        if tc.augment:
-            img_d, mask_d = random_dihedral(img_d, mask_d, rng)
-            img_n, _ = random_dihedral(img_n, None, rng)
-        x_d = normalize(img_d.to(device))
-        y = mask_d.to(device).float()
-        x_n = normalize(img_n.to(device))
-
-        # Which images the encoder must see this iteration, in one batch.
-        parts: dict[str, torch.Tensor] = {}
-        if not use_cap or variant.nbr != "none" or variant.cap == "weighted":
-            parts["defect"] = x_d
-        if variant.nbr != "none":
-            parts["normal"] = x_n
-        if use_cap:
-            parts["pasted"] = crop_and_paste(x_d, x_n, y)
-        slices = _batch_slices(parts, m)
-
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            features = model.encode(torch.cat(list(parts.values())))
-            deep = features[-1]  # (P*m, 512, S/32, S/32)
-            seg_part = "pasted" if use_cap else "defect"
-            logits = model.decode([f[slices[seg_part]] for f in features])
-
-        lam = None
-        if use_cap and variant.cap == "weighted":
-            lam = cap_lambda(deep[slices["defect"]], deep[slices["pasted"]])
-        seg = weighted_bce(logits, y, lam)
-        nbr = torch.zeros((), device=device)
-        if variant.nbr != "none":
-            nbr = nbr_loss(deep[slices["defect"]], deep[slices["normal"]], y, variant.nbr)
-        loss = seg + tc.nbr_weight * nbr
-
-        if not torch.isfinite(loss):
-            names = [Path(data.defect_names[i]).name for i in idx_d]
-            raise FloatingPointError(
-                f"non-finite loss at iteration {it}: seg={seg.item()}, nbr={nbr.item()}, "
-                f"cap={'yes' if use_cap else 'no'}, defect images {names}; lower train.lr or check these images"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-        row = {
-            "iteration": it,
-            "loss": loss.item(),
-            "seg": seg.item(),
-            "nbr": nbr.item(),
-            "lambda": lam.mean().item() if lam is not None else math.nan,
-            "cap": float(use_cap),
-            "probe_iou": math.nan,
-        }
+        batch = sample_batch(data, rng, m, variant, tc.cap_probability, tc.augment, device)
+        row = {"iteration": it, **train_step(model, optimizer, batch, variant, tc.nbr_weight, amp_dtype, it),
+               "probe_iou": math.nan}
         if probe is not None and tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
             row["probe_iou"] = probe_iou(model, probe, device, amp_dtype, cfg.metrics.threshold)
         history.append(row)
@@ -224,6 +179,81 @@ def train_segmenter(
         if it % tc.log_every == 0 or it == tc.iterations:
             bar.set_postfix(loss=f"{row['loss']:.4f}", seg=f"{row['seg']:.4f}", nbr=f"{row['nbr']:.3f}")
     return model, optimizer, pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+@dataclass
+class Batch:
+    """One iteration's images on the device: normalised defect and normal images, the masks."""
+
+    defect: torch.Tensor  # (m, 3, S, S) float
+    mask: torch.Tensor  # (m, 1, S, S) float in {0, 1}
+    normal: torch.Tensor  # (m, 3, S, S) float
+    use_cap: bool
+    names: list[str]
+
+
+def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Variant, cap_probability: float,
+                 augment: bool, device: torch.device) -> Batch:
+    """Draw ``m`` defect shots and ``m`` normal images (Algorithm 1) from the cached uint8 tensors."""
+    idx_d = rng.integers(0, len(data.defect_images), size=m)
+    idx_n = rng.integers(0, len(data.normal_images), size=m)
+    use_cap = variant.cap != "none" and rng.random() < cap_probability
+    img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
+    if augment:
+        img_d, mask_d = random_dihedral(img_d, mask_d, rng)
+        img_n, _ = random_dihedral(img_n, None, rng)
+    return Batch(normalize(img_d.to(device)), mask_d.to(device).float(), normalize(img_n.to(device)), use_cap,
+                 [Path(data.defect_names[i]).name for i in idx_d])
+
+
+def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch, variant: Variant,
+               nbr_weight: float, amp_dtype: torch.dtype | None, iteration: int = 0) -> dict[str, float]:
+    """One optimisation step of Algorithm 1; returns the loss terms.
+
+    All images the variant needs go through the encoder in one batch; NBR, lambda and the
+    segmentation loss share those features, and the decoder runs only on the segmented part.
+    """
+    m, y, use_cap = len(batch.defect), batch.mask, batch.use_cap
+    parts: dict[str, torch.Tensor] = {}
+    if not use_cap or variant.nbr != "none" or variant.cap == "weighted":
+        parts["defect"] = batch.defect
+    if variant.nbr != "none":
+        parts["normal"] = batch.normal
+    if use_cap:
+        parts["pasted"] = crop_and_paste(batch.defect, batch.normal, y)
+    slices = _batch_slices(parts, m)
+    device = y.device
+
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        features = model.encode(torch.cat(list(parts.values())))
+        deep = features[-1]  # (P*m, C, S/32, S/32)
+        seg_part = "pasted" if use_cap else "defect"
+        logits = model.decode([f[slices[seg_part]] for f in features])
+
+    lam = None
+    if use_cap and variant.cap == "weighted":
+        lam = cap_lambda(deep[slices["defect"]], deep[slices["pasted"]])
+    seg = weighted_bce(logits, y, lam)
+    nbr = torch.zeros((), device=device)
+    if variant.nbr != "none":
+        nbr = nbr_loss(deep[slices["defect"]], deep[slices["normal"]], y, variant.nbr)
+    loss = seg + nbr_weight * nbr
+
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}: seg={seg.item()}, nbr={nbr.item()}, "
+            f"cap={'yes' if use_cap else 'no'}, defect images {batch.names}; lower train.lr or check these images"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {
+        "loss": loss.item(),
+        "seg": seg.item(),
+        "nbr": nbr.item(),
+        "lambda": lam.mean().item() if lam is not None else math.nan,
+        "cap": float(use_cap),
+    }
 
 
 def _batch_slices(parts: dict[str, torch.Tensor], m: int) -> dict[str, slice]:
