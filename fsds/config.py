@@ -89,10 +89,12 @@ class TrainConfig:
     nbr_weight: float = 1.0
     device: str = "auto"
     precision: str = "auto"
+    channels_last: bool = True  # NHWC memory for the network and its inputs
     num_threads: int = 0
     log_every: int = 10
     eval_every: int = 0  # test IoU every N iterations (the paper's Fig. 9); 0 = off
     eval_images: int = 32  # at most this many test images per category for it
+    checkpoint_every: int = 50  # snapshot for resuming a killed training every N iterations; 0 = off
 
     def __post_init__(self) -> None:
         _check_size_and_iterations(self.image_size, self.iterations, "train")
@@ -107,6 +109,7 @@ class TrainConfig:
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no test IoU during training)")
         _check(self.eval_images >= 1, "train.eval_images", "must be >= 1")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = no snapshots)")
 
     def resolved_batch_size(self, shot: int) -> int:
         """The paper's batch sizes: 2 for 1-shot, 4 for more shots."""
@@ -151,10 +154,18 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    batch_size: int = 8
+    batch_size: int | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "predict.batch_size", "must be >= 1")
+        _check(self.batch_size == "auto" or self.batch_size >= 1, "predict.batch_size", "must be 'auto' or >= 1")
+
+    def resolved_batch_size(self, image_size: int) -> int:
+        """``auto``: about half a megapixel per batch (2 images at 512 px, 32 at 128). On a CPU,
+        batches much larger than that push the activations out of the caches and run slower
+        per image (reports/benchmark.md)."""
+        if self.batch_size == "auto":
+            return max(1, round(2 * 512**2 / image_size**2))
+        return int(self.batch_size)
 
 
 @dataclass(frozen=True)

@@ -148,9 +148,10 @@ def queue_status(repo: Path) -> tuple[dict[str, str], int]:
     return status, active
 
 
-def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 5.0,
+def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 30.0,
              log: Callable[[str], None] = print) -> dict[str, str]:
-    """Queue the missing cells, start ``jobs`` workers and wait; returns ``{name: commit}`` of the cells.
+    """Queue the missing cells, bring the queue's workers up to ``jobs`` and wait; returns
+    ``{name: commit}`` of the cells. (Each poll runs the DVC CLI, about a second of CPU: poll rarely.)
 
     Raises when a cell fails, naming it and the command that shows its log.
     """
@@ -175,11 +176,13 @@ def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 5.
             args += ["-S", override]
         _dvc(args, repo)
     names = [c[0] for c in grid.cells()]
-    if todo or pending:
-        # Workers run each cell in a temporary copy of the repo: point MLflow at this one's store.
+    if (todo or pending) and active < jobs:
+        # Workers run each cell in a temporary copy of the repo: point MLflow at this one's store,
+        # and keep training snapshots here, where a killed cell's next run finds them.
         env = dict(os.environ)
         env.setdefault("MLFLOW_TRACKING_URI", tracking_uri(repo))
-        _dvc(["queue", "start", "--jobs", str(jobs)], repo, env)
+        env.setdefault("FSDS_RESUME_DIR", str((repo / "data" / "resume").resolve()))
+        _dvc(["queue", "start", "--jobs", str(jobs - active)], repo, env)
     with tqdm(total=len(names), desc=f"grid {grid.name}", unit="cell") as bar:
         while True:
             done = finished_experiments(repo)

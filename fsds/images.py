@@ -43,11 +43,13 @@ def load_masks(paths: Sequence[str], size: int) -> torch.Tensor:
     return out
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> float, ImageNet-normalised."""
+def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float, ImageNet-normalised; in channels-last memory if asked
+    (the layout oneDNN's convolutions prefer; the shape stays NCHW)."""
     mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    out = (images.float() / 255.0 - mean) / std
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def resize_probabilities(prob: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -7,6 +7,7 @@ a stage that dies halfway leaves either the old file or nothing, never a torn on
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -18,11 +19,23 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
+def _sweep(path: Path) -> None:
+    """Remove what a writer of ``path`` that was killed left beside it (its temporary copies)."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    shutil.rmtree(path.with_name(f".{path.name}.old"), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+    Temporary copies left by an earlier writer that was killed are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -35,9 +48,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder; it replaces ``path`` only if the block succeeds."""
+    """Yield a fresh temporary folder; it replaces ``path`` only if the block succeeds.
+    Temporary folders left by an earlier writer that was killed are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -72,22 +87,46 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
 
 
+MID_GREY_LIMIT = 0.05  # anti-aliased edges are far fewer; a photograph filed as a mask is far more
+
+
 def read_mask(path: str | Path) -> np.ndarray:
-    """Decode a mask as a boolean ``(H, W)`` array (anti-aliased masks are binarised at 128)."""
+    """Decode a mask as a boolean ``(H, W)`` array (white = defect; anti-aliased edges are
+    binarised at 128). A colour image, or one with many mid-grey pixels, is refused: it is
+    most likely an image filed as a mask."""
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode not in ("1", "L", "P", "I", "I;16", "LA", "RGB", "RGBA"):
                 raise ValueError(f"mask {path} has unsupported mode {img.mode}; save it as 8-bit grayscale")
-            return np.asarray(img.convert("L")) > 127
+            if img.mode in ("P", "RGB", "RGBA"):
+                rgb = np.asarray(img.convert("RGB"))
+                if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+                    raise ValueError(f"mask {path} is a colour image; masks must be grayscale or binary, "
+                                     "white (>127) for defect pixels on black")
+            grey = np.asarray(img.convert("L"))
     except (OSError, UnidentifiedImageError) as exc:
         raise ValueError(f"cannot read mask {path}: {exc}; replace or remove the file") from exc
+    mid = np.count_nonzero((grey > 32) & (grey < 223)) / max(grey.size, 1)
+    if mid > MID_GREY_LIMIT:
+        raise ValueError(f"mask {path} is not binary: {mid:.0%} of its pixels are mid-grey; is it an image rather "
+                         "than a mask? Masks are white (>127) for defect pixels on black")
+    return grey > 127
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of an image without decoding its pixels."""
+    """``(height, width)`` of an image, checking that the file is whole without decoding its pixels
+    (PNG: every chunk's checksum; JPEG: the end-of-image marker)."""
     try:
         with Image.open(path) as img:
-            return img.height, img.width
-    except (OSError, UnidentifiedImageError) as exc:
+            size = img.height, img.width
+            fmt = img.format
+            img.verify()
+        if fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(max(0, Path(path).stat().st_size - 64))
+                if b"\xff\xd9" not in fh.read():
+                    raise OSError("truncated JPEG: no end-of-image marker")
+        return size
+    except (OSError, SyntaxError, UnidentifiedImageError) as exc:  # PIL's verify raises SyntaxError too
         raise ValueError(f"cannot read image {path}: {exc}; replace or remove the file") from exc

@@ -26,13 +26,14 @@ def predict_probabilities(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     desc: str = "predict",
+    channels_last: bool = False,
 ) -> np.ndarray:
     """uint8 images ``(N, 3, S, S)`` -> uint8 probabilities ``(N, S, S)`` (round(255 * p))."""
     device = torch.device(device)
     model.eval()
     out = np.empty((len(images), images.shape[-2], images.shape[-1]), dtype=np.uint8)
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        x = normalize(images[start : start + batch_size].to(device))
+        x = normalize(images[start : start + batch_size].to(device), channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
         prob = torch.sigmoid(logits.float())[:, 0]
@@ -50,6 +51,7 @@ def predict_category(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     desc: str = "predict",
+    channels_last: bool = False,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Predict one category's test images; returns the maps and a per-image score table.
 
@@ -57,7 +59,8 @@ def predict_category(
     image, measured at the image's original size.
     """
     images = load_images(test["image"].tolist(), image_size, desc=f"{desc} load")
-    probs = predict_probabilities(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype, desc=desc)
+    probs = predict_probabilities(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype, desc=desc,
+                                  channels_last=channels_last)
     scores = [
         float((resize_probabilities(p, int(h), int(w)) >= threshold).mean())
         for p, h, w in zip(probs, test["height"], test["width"])
@@ -87,11 +90,14 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
     with atomic_dir(out_dir) as tmp:
         for category in sorted(table["category"].unique()):
             model, state = load_checkpoint(models_dir / f"{category}.pt", device)
+            if cfg.train.channels_last:
+                model = model.to(memory_format=torch.channels_last)
             size = state["config"]["train"]["image_size"]
             test = category_split(table, category)["test"]
             probs, scores = predict_category(
-                model, test, size, cfg.metrics.threshold, batch_size=cfg.predict.batch_size,
+                model, test, size, cfg.metrics.threshold, batch_size=cfg.predict.resolved_batch_size(size),
                 device=device, amp_dtype=amp_dtype, desc=f"{models_dir.name}/{category}",
+                channels_last=cfg.train.channels_last,
             )
             save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())
             tables.append(scores)

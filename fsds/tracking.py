@@ -3,14 +3,18 @@
 The default store is a SQLite file in the repository (``mlflow.tracking_uri``); the usual
 ``MLFLOW_TRACKING_URI`` environment variable points it at a server instead. The store is
 contacted before training starts, so an unreachable server fails in seconds, not at the end.
+A store that goes away later costs no result: the tracker warns once, naming the URI, and
+stops tracking while the stage writes its outputs as usual.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from fsds.config import MlflowConfig
 
@@ -39,6 +43,29 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _survives_a_lost_store(method: F) -> F:
+    """After the start, a failing store turns tracking off (with one warning) instead of failing the stage."""
+
+    @functools.wraps(method)
+    def wrapper(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+        if self.lost:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # MLflow raises many kinds (HTTP, SQL, file system)
+            self.lost = True
+            self._buffer.clear()
+            print(f"warning: MLflow tracking store {self.uri!r} failed ({type(exc).__name__}: {exc}); "
+                  "tracking is off for the rest of this stage, its outputs are written as usual",
+                  file=sys.stderr, flush=True)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
 class Tracker:
     """A thin wrapper over the MLflow client that does nothing when tracking is disabled."""
 
@@ -46,6 +73,7 @@ class Tracker:
         self.enabled = cfg.enabled
         self.uri = tracking_uri(cfg)
         self.experiment = cfg.experiment
+        self.lost = False  # the store failed after the start; tracking is off
         self._client = None
         self._experiment_id: str | None = None
         self._buffer: list = []
@@ -77,10 +105,21 @@ class Tracker:
         self._client = client
         mlflow.set_tracking_uri(self.uri)
 
-    def start_run(self, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> str | None:
+    @_survives_a_lost_store
+    def start_run(self, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any],
+                  resume_run_id: str | None = None) -> str | None:
+        """A new run, or ``resume_run_id`` set running again when it is in this store (a resumed training)."""
         if not self.enabled:
             return None
         self.connect()
+        if resume_run_id:
+            try:
+                self._client.get_run(resume_run_id)
+            except Exception:  # not in this store: the training's earlier part was tracked elsewhere
+                pass
+            else:
+                self._client.update_run(resume_run_id, status="RUNNING")
+                return resume_run_id
         run = self._client.create_run(self._experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         from mlflow.entities import Param
 
@@ -91,7 +130,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int = 0) -> None:
         """Queue metrics; they are sent in batches by :meth:`flush`."""
-        if run_id is None:
+        if run_id is None or self.lost:
             return
         import time
 
@@ -100,6 +139,7 @@ class Tracker:
         now = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if v == v)  # skip NaN
 
+    @_survives_a_lost_store
     def flush(self, run_id: str | None) -> None:
         if run_id is None or not self._buffer:
             return
@@ -107,17 +147,21 @@ class Tracker:
             self._client.log_batch(run_id, metrics=self._buffer[start : start + 1000])
         self._buffer.clear()
 
+    @_survives_a_lost_store
     def log_artifact(self, run_id: str | None, path: str | Path) -> None:
         if run_id is not None:
             self._client.log_artifact(run_id, str(path))
 
+    @_survives_a_lost_store
     def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
         if run_id is not None:
             self.flush(run_id)
             self._client.set_terminated(run_id, status=status)
 
+    @_survives_a_lost_store
     def log_test_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
-        """Attach the metrics stage's figures to the training run they belong to."""
+        """Attach the metrics stage's figures to the training run they belong to (the metrics
+        stage's results do not depend on it: an unreachable store only warns)."""
         if not self.enabled or not run_id:
             return
         self.connect()

@@ -8,8 +8,8 @@ One iteration samples ``m`` defect shots and ``m`` normal images. With the varia
   is computed on the crop-and-pasted image instead of the original (eq. 4), weighted by
   lambda (eq. 6) for ``weighted`` or by 1 for ``plain``.
 
-All images of an iteration go through the encoder in one batch: NBR, lambda and the
-segmentation loss share those features, and the decoder runs only on the part that is segmented.
+NBR, lambda and the segmentation loss share one encoder pass per kind of image, and the
+decoder runs only on the part that is segmented.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from fsds.images import load_images, load_masks, normalize
 from fsds.io import atomic_dir, atomic_path, write_json
 from fsds.losses import cap_lambda, nbr_loss, weighted_bce
 from fsds.model import Segmenter, build_model, encoder_weights, model_args
+from fsds.resume import ResumeStore, fingerprint
 from fsds.split import category_split
 from fsds.tracking import Tracker, git_commit
 
@@ -87,12 +88,12 @@ def load_probe(table: pd.DataFrame, category: str, size: int, n: int, seed: int)
 
 @torch.no_grad()
 def probe_iou(model: Segmenter, probe: ProbeSet, device: torch.device, amp_dtype: torch.dtype | None,
-              threshold: float = 0.5, batch_size: int = 8) -> float:
+              threshold: float = 0.5, batch_size: int = 8, channels_last: bool = False) -> float:
     """Mean per-image IoU on the probe images at network resolution; leaves the model in train mode."""
     model.eval()
     ious = []
     for start in range(0, len(probe.images), batch_size):
-        x = normalize(probe.images[start : start + batch_size].to(device))
+        x = normalize(probe.images[start : start + batch_size].to(device), channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x).float()
         pred = torch.sigmoid(logits) >= threshold
@@ -112,15 +113,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX-512 bf16 or AMX), which is what makes it pay."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. ``auto`` uses bf16 on CUDA GPUs that have it."""
+    """The autocast dtype, or None for plain fp32. ``auto``: bf16 on CUDA GPUs that have it and
+    on CPUs with native bf16, else fp32."""
     if name == "fp32":
         return None
     if name == "bf16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -139,11 +149,16 @@ def train_segmenter(
     encoder_state: dict[str, torch.Tensor] | None = None,
     model_cfg: ModelConfig | None = None,
     probe: ProbeSet | None = None,
+    resume_state: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Segmenter, torch.optim.Optimizer, pd.DataFrame]:
     """Run Algorithm 1 and return the model, its optimizer and the per-iteration loss history.
 
     ``model_cfg`` is the network (default ``cfg.model``); with a ``probe`` and ``train.eval_every``
     the history's ``probe_iou`` holds the probe IoU every ``eval_every`` iterations (NaN between).
+    Every ``train.checkpoint_every`` iterations (and at the last) ``on_checkpoint`` gets the whole
+    loop state (:func:`loop_state`); given back as ``resume_state``, training continues from there
+    and ends where an uninterrupted run with the same seed ends.
     """
     tc = cfg.train
     if tc.num_threads:
@@ -152,82 +167,115 @@ def train_segmenter(
     amp_dtype = resolve_precision(tc.precision, device)
     rng = seed_everything(seed)
     model = build_model(model_cfg or cfg.model, encoder_state).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
 
     m = tc.resolved_batch_size(cfg.shot)
-    n_defect, n_normal = len(data.defect_images), len(data.normal_images)
     history: list[dict[str, float]] = []
-    bar = tqdm(range(1, tc.iterations + 1), desc=progress_desc, unit="it", dynamic_ncols=True)
+    first = 1
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        rng.bit_generator.state = resume_state["numpy_rng"]
+        torch.set_rng_state(resume_state["torch_rng"])
+        history = list(resume_state["history"])
+        first = resume_state["iteration"] + 1
+    bar = tqdm(range(first, tc.iterations + 1), desc=progress_desc, unit="it", dynamic_ncols=True,
+               initial=first - 1, total=tc.iterations)
     for it in bar:
-        idx_d = rng.integers(0, n_defect, size=m)
-        idx_n = rng.integers(0, n_normal, size=m)
-        use_cap = variant.cap != "none" and rng.random() < tc.cap_probability
-
-        img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
-        if tc.augment:
-            img_d, mask_d = random_dihedral(img_d, mask_d, rng)
-            img_n, _ = random_dihedral(img_n, None, rng)
-        x_d = normalize(img_d.to(device))
-        y = mask_d.to(device).float()
-        x_n = normalize(img_n.to(device))
-
-        # Which images the encoder must see this iteration, in one batch.
-        parts: dict[str, torch.Tensor] = {}
-        if not use_cap or variant.nbr != "none" or variant.cap == "weighted":
-            parts["defect"] = x_d
-        if variant.nbr != "none":
-            parts["normal"] = x_n
-        if use_cap:
-            parts["pasted"] = crop_and_paste(x_d, x_n, y)
-        slices = _batch_slices(parts, m)
-
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            features = model.encode(torch.cat(list(parts.values())))
-            deep = features[-1]  # (P*m, 512, S/32, S/32)
-            seg_part = "pasted" if use_cap else "defect"
-            logits = model.decode([f[slices[seg_part]] for f in features])
-
-        lam = None
-        if use_cap and variant.cap == "weighted":
-            lam = cap_lambda(deep[slices["defect"]], deep[slices["pasted"]])
-        seg = weighted_bce(logits, y, lam)
-        nbr = torch.zeros((), device=device)
-        if variant.nbr != "none":
-            nbr = nbr_loss(deep[slices["defect"]], deep[slices["normal"]], y, variant.nbr)
-        loss = seg + tc.nbr_weight * nbr
-
-        if not torch.isfinite(loss):
-            names = [Path(data.defect_names[i]).name for i in idx_d]
-            raise FloatingPointError(
-                f"non-finite loss at iteration {it}: seg={seg.item()}, nbr={nbr.item()}, "
-                f"cap={'yes' if use_cap else 'no'}, defect images {names}; lower train.lr or check these images"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-        row = {
-            "iteration": it,
-            "loss": loss.item(),
-            "seg": seg.item(),
-            "nbr": nbr.item(),
-            "lambda": lam.mean().item() if lam is not None else math.nan,
-            "cap": float(use_cap),
-            "probe_iou": math.nan,
-        }
+        batch = sample_batch(data, rng, m, variant, tc.cap_probability, tc.augment, device, tc.channels_last)
+        row = {"iteration": it, **train_step(model, optimizer, batch, variant, tc.nbr_weight, amp_dtype, it),
+               "probe_iou": math.nan}
         if probe is not None and tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
-            row["probe_iou"] = probe_iou(model, probe, device, amp_dtype, cfg.metrics.threshold)
+            row["probe_iou"] = probe_iou(model, probe, device, amp_dtype, cfg.metrics.threshold,
+                                         channels_last=tc.channels_last)
         history.append(row)
         if on_log is not None:
             on_log(it, row)
         if it % tc.log_every == 0 or it == tc.iterations:
             bar.set_postfix(loss=f"{row['loss']:.4f}", seg=f"{row['seg']:.4f}", nbr=f"{row['nbr']:.3f}")
+        if on_checkpoint is not None and tc.checkpoint_every and (it % tc.checkpoint_every == 0 or it == tc.iterations):
+            on_checkpoint(loop_state(it, model, optimizer, rng, history))
     return model, optimizer, pd.DataFrame(history, columns=HISTORY_COLUMNS)
 
 
-def _batch_slices(parts: dict[str, torch.Tensor], m: int) -> dict[str, slice]:
-    return {name: slice(i * m, (i + 1) * m) for i, name in enumerate(parts)}
+def loop_state(iteration: int, model: Segmenter, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+               history: list[dict[str, float]]) -> dict[str, Any]:
+    """Everything the training loop carries from one iteration to the next."""
+    return {"iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": list(history)}
+
+
+@dataclass
+class Batch:
+    """One iteration's images on the device: normalised defect and normal images, the masks."""
+
+    defect: torch.Tensor  # (m, 3, S, S) float
+    mask: torch.Tensor  # (m, 1, S, S) float in {0, 1}
+    normal: torch.Tensor  # (m, 3, S, S) float
+    use_cap: bool
+    names: list[str]
+
+
+def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Variant, cap_probability: float,
+                 augment: bool, device: torch.device, channels_last: bool = False) -> Batch:
+    """Draw ``m`` defect shots and ``m`` normal images (Algorithm 1) from the cached uint8 tensors."""
+    idx_d = rng.integers(0, len(data.defect_images), size=m)
+    idx_n = rng.integers(0, len(data.normal_images), size=m)
+    use_cap = variant.cap != "none" and rng.random() < cap_probability
+    img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
+    if augment:
+        img_d, mask_d = random_dihedral(img_d, mask_d, rng)
+        img_n, _ = random_dihedral(img_n, None, rng)
+    return Batch(normalize(img_d.to(device), channels_last), mask_d.to(device).float(),
+                 normalize(img_n.to(device), channels_last), use_cap,
+                 [Path(data.defect_names[i]).name for i in idx_d])
+
+
+def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch, variant: Variant,
+               nbr_weight: float, amp_dtype: torch.dtype | None, iteration: int = 0) -> dict[str, float]:
+    """One optimisation step of Algorithm 1; returns the loss terms.
+
+    The encoder sees each kind of image the variant needs (defect, normal, pasted) in its own
+    pass of ``m`` images: on a CPU, passes of ``m`` keep the activations closer to the caches
+    than one pass of ``3m`` and run faster (reports/benchmark.md measures both). NBR, lambda
+    and the segmentation loss share those features; the decoder runs once, on the segmented part.
+    """
+    y, use_cap = batch.mask, batch.use_cap
+    device = y.device
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        needs_defect = not use_cap or variant.nbr != "none" or variant.cap == "weighted"
+        f_defect = model.encode(batch.defect) if needs_defect else None
+        f_normal = model.encode(batch.normal) if variant.nbr != "none" else None
+        f_pasted = model.encode(crop_and_paste(batch.defect, batch.normal, y)) if use_cap else None
+        logits = model.decode(f_pasted if use_cap else f_defect)
+
+    lam = None
+    if use_cap and variant.cap == "weighted":
+        lam = cap_lambda(f_defect[-1], f_pasted[-1])
+    seg = weighted_bce(logits, y, lam)
+    nbr = torch.zeros((), device=device)
+    if variant.nbr != "none":
+        nbr = nbr_loss(f_defect[-1], f_normal[-1], y, variant.nbr)
+    loss = seg + nbr_weight * nbr
+
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}: seg={seg.item()}, nbr={nbr.item()}, "
+            f"cap={'yes' if use_cap else 'no'}, defect images {batch.names}; lower train.lr or check these images"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {
+        "loss": loss.item(),
+        "seg": seg.item(),
+        "nbr": nbr.item(),
+        "lambda": lam.mean().item() if lam is not None else math.nan,
+        "cap": float(use_cap),
+    }
 
 
 def save_checkpoint(
@@ -273,9 +321,14 @@ def category_seed(seed: int, category: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(category.encode())]).generate_state(1)[0])
 
 
-def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: str | Path, tracker: Tracker) -> None:
+def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: str | Path, tracker: Tracker,
+                  resume_dir: str | Path | None = None) -> None:
     """Train one model per category for one variant; write ``<category>.pt``, ``<category>_history.csv``
-    and ``runs.json`` (the MLflow run of each category) into ``out_dir`` atomically."""
+    and ``runs.json`` (the MLflow run of each category) into ``out_dir`` atomically.
+
+    With a ``resume_dir``, each category's training keeps a snapshot there (see :mod:`fsds.resume`)
+    and a killed run continues from it; the snapshots are removed once ``out_dir`` is complete.
+    """
     variant = cfg.variant(variant_name)
     model_cfg = cfg.model_for(variant_name)
     tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
@@ -284,9 +337,21 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     runs: dict[str, str | None] = {}
     seconds: dict[str, float] = {}  # wall time of each category's training
     commit = git_commit()
+    store = ResumeStore(resume_dir) if resume_dir else None
+    snapshots: list[Path] = []
     with atomic_dir(out_dir) as tmp:
         for category in categories:
             data = load_train_data(table, category, cfg.train.image_size)
+            snapshot, resumed = None, None
+            if store is not None:
+                key = fingerprint(cfg.to_dict(), dataclasses.asdict(variant), dataclasses.asdict(model_cfg), category,
+                                  [data.defect_images, data.defect_masks, data.normal_images], weights_source)
+                snapshot = store.path(variant_name, category, key)
+                snapshots.append(snapshot)
+                resumed = store.load(snapshot)
+                if resumed is not None:
+                    tqdm.write(f"{variant_name}/{category}: resuming at iteration {resumed['iteration']} of "
+                               f"{cfg.train.iterations} from {snapshot}")
             probe = None
             if cfg.train.eval_every:
                 probe = load_probe(table, category, cfg.train.image_size, cfg.train.eval_images, cfg.seed)
@@ -299,7 +364,9 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                                    "n_shots": len(data.defect_images), "n_normals": len(data.normal_images)}}
             for key in ("variants", "profiles", "methods"):
                 params.pop(key)
-            run_id = tracker.start_run(f"{variant_name}/{category}", tags, params)
+            run_id = tracker.start_run(f"{variant_name}/{category}", tags, params,
+                                       resume_run_id=(resumed or {}).get("mlflow_run_id"))
+            earlier = (resumed or {}).get("seconds", 0.0)  # training time before the interruption
 
             def log(it: int, row: dict[str, float], run_id: str | None = run_id) -> None:
                 tracker.log_metrics(run_id, {k: row[k] for k in ("loss", "seg", "nbr", "lambda", "probe_iou")}, it)
@@ -308,18 +375,25 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
 
             status = "FAILED"
             start = time.perf_counter()
+
+            def keep(state: dict[str, Any], path: Path | None = snapshot, run_id: str | None = run_id,
+                     earlier: float = earlier, start: float = start) -> None:
+                tracker.flush(run_id)  # what the snapshot has done is in MLflow too
+                store.save(path, {**state, "mlflow_run_id": run_id, "seconds": earlier + time.perf_counter() - start})
+
             try:
                 model, _, history = train_segmenter(
                     cfg, variant, data, seed=category_seed(cfg.seed, category), on_log=log,
                     progress_desc=f"{variant_name}/{category}", encoder_state=encoder_state,
-                    model_cfg=model_cfg, probe=probe,
+                    model_cfg=model_cfg, probe=probe, resume_state=resumed,
+                    on_checkpoint=keep if snapshot is not None else None,
                 )
                 ckpt = tmp / f"{category}.pt"
                 save_checkpoint(ckpt, model, cfg, cfg.train.iterations,
                                 {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id,
                                  "encoder_weights": weights_source}, model_cfg=model_cfg)
                 history.to_csv(tmp / f"{category}_history.csv", index=False)
-                seconds[category] = round(time.perf_counter() - start, 1)
+                seconds[category] = round(earlier + time.perf_counter() - start, 1)
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category]})
                 tracker.log_artifact(run_id, ckpt)
                 status = "FINISHED"
@@ -328,3 +402,5 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
             runs[category] = run_id
         write_json(tmp / "runs.json", runs)
         write_json(tmp / "timing.json", seconds)
+    if store is not None:
+        store.discard(snapshots)

@@ -19,6 +19,7 @@ def main() -> None:
     run = sub.add_parser("run", help="queue the missing cells and wait for them")
     run.add_argument("grid", help="grid file (YAML)")
     run.add_argument("--jobs", type=int, default=1, help="parallel DVC queue workers")
+    run.add_argument("--poll", type=float, default=30.0, help="seconds between looks at the queue")
     report = sub.add_parser("report", help="tables and figures of the finished cells")
     report.add_argument("grid", help="grid file (YAML)")
     report.add_argument("report", help="markdown file to write")
@@ -29,7 +30,7 @@ def main() -> None:
 
     grid = load_grid(args.grid, args.params)
     if args.command == "run":
-        run_grid(grid, ".", jobs=args.jobs)
+        run_grid(grid, ".", jobs=args.jobs, poll=args.poll)
     else:
         grid_report(grid, ".", args.report, args.figures, args.params)
 

@@ -1,6 +1,7 @@
 """Stage train: one model per category for one ablation variant (Algorithm 1)."""
 
 import argparse
+import os
 
 import pandas as pd
 
@@ -14,13 +15,15 @@ def main() -> None:
     parser.add_argument("split", help="split table (CSV)")
     parser.add_argument("out", help="folder for the checkpoints and loss histories")
     parser.add_argument("--variant", required=True, help="variant id from params.yaml `variants`")
+    parser.add_argument("--resume-dir", help="folder for mid-training snapshots (FSDS_RESUME_DIR overrides)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
     cfg = load_config(args.params)
     cfg.variant(args.variant)  # reject an unknown variant before loading anything
     table = pd.read_csv(args.split, keep_default_na=False)
-    train_variant(cfg, args.variant, table, args.out, Tracker(cfg.mlflow))
+    resume_dir = os.environ.get("FSDS_RESUME_DIR") or args.resume_dir
+    train_variant(cfg, args.variant, table, args.out, Tracker(cfg.mlflow), resume_dir=resume_dir)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ def test_profiles_select_image_size_and_iterations():
         ({"model": {"arch": "segformer"}}, r"^model\.arch: expected one of albunet34"),
         ({"data": {"categories": []}}, r"^data\.categories: "),
         ({"mlflow": {"enabled": "yes"}}, r"^mlflow\.enabled: expected true or false"),
+        ({"train": {"checkpoint_every": -1}}, r"^train\.checkpoint_every: must be >= 0"),
+        ({"train": {"channels_last": "yes"}}, r"^train\.channels_last: expected true or false"),
+        ({"predict": {"batch_size": 0}}, r"^predict\.batch_size: must be 'auto' or >= 1"),
     ],
 )
 def test_bad_values_are_rejected_by_name(raw, message):
@@ -70,6 +73,12 @@ def test_batch_size_auto_follows_the_paper():
     assert cfg.train.resolved_batch_size(1) == 2
     assert cfg.train.resolved_batch_size(5) == 4
     assert parse_config({"train": {"batch_size": 3}}).train.resolved_batch_size(1) == 3
+
+
+def test_predict_batch_auto_keeps_about_half_a_megapixel():
+    auto = parse_config({}).predict
+    assert [auto.resolved_batch_size(s) for s in (512, 256, 128, 64, 1024)] == [2, 8, 32, 128, 1]
+    assert parse_config({"predict": {"batch_size": 5}}).predict.resolved_batch_size(512) == 5
 
 
 def test_categories_list_and_overrides(tmp_path):

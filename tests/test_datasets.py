@@ -1,3 +1,4 @@
+import io
 import shutil
 
 import numpy as np
@@ -70,3 +71,47 @@ def test_prepare_synthetic_is_atomic_and_deterministic(tmp_path):
     prepare_dataset(cfg, out, tmp_path / "downloads")  # replaces the folder as a whole
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")} == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temporary folder left
+
+
+def _good_image(copy_of):
+    return sorted((copy_of / "fabric" / "train" / "good").glob("*.png"))[0]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image_is_named_when_indexed(copy_of, fmt):
+    """A file cut off mid-write has an intact header: the index checks the whole file, not only its size."""
+    image = _good_image(copy_of)
+    data = io.BytesIO()
+    Image.open(image).convert("RGB").save(data, fmt)
+    blob = data.getvalue()
+    image.write_bytes(blob[: len(blob) * 2 // 3])  # same name: the layout still lists it
+    with pytest.raises(ValueError, match=rf"cannot read image .*{image.name}.*replace or remove the file"):
+        index_dataset(copy_of)
+
+
+def test_colour_mask_is_refused_by_name(copy_of):
+    mask = sorted((copy_of / "fabric" / "ground_truth" / "stain").glob("*.png"))[0]
+    grey = np.asarray(Image.open(mask).convert("L"))
+    rgb = np.stack([grey, np.zeros_like(grey), np.zeros_like(grey)], axis=-1)  # a red annotation
+    Image.fromarray(rgb).save(mask)
+    with pytest.raises(ValueError, match=rf"mask .*{mask.name} is a colour image; masks must be grayscale"):
+        index_dataset(copy_of)
+
+
+def test_image_filed_as_a_mask_is_refused(copy_of):
+    mask = sorted((copy_of / "fabric" / "ground_truth" / "stain").glob("*.png"))[0]
+    h, w = np.asarray(Image.open(mask)).shape[:2]
+    ramp = np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))  # a grey photograph, not a mask
+    Image.fromarray(ramp).save(mask)
+    with pytest.raises(ValueError, match=rf"mask .*{mask.name} is not binary: \d+% of its pixels are mid-grey"):
+        index_dataset(copy_of)
+
+
+def test_grey_mask_saved_as_rgb_and_antialiased_edges_are_accepted(copy_of):
+    mask = sorted((copy_of / "fabric" / "ground_truth" / "stain").glob("*.png"))[0]
+    grey = np.asarray(Image.open(mask).convert("L")).copy()
+    edge = np.argwhere(grey > 127)[:3]
+    grey[tuple(edge.T)] = 160  # a few anti-aliased pixels
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(mask)
+    index = index_dataset(copy_of)
+    assert index.loc[index["mask"] == str(mask), "mask_area"].item() == np.count_nonzero(grey > 127)

@@ -49,20 +49,20 @@ def test_grid_runs_each_cell_once_and_resumes_after_a_kill(tmp_path):
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "grid"], repo, env)
 
-    _grid(["run", grid], repo, env)
+    _grid(["run", grid, "--poll", "2"], repo, env)
     first = finished_experiments(repo)
     assert set(first) == {"g-k1-s0", "g-k1-s1"}
     assert {r.data.tags["variant"] for r in _runs(repo, 0)} == {"B", "B_NBR_CaP"}  # MLflow store of the repo
 
     # Again: nothing is queued or trained twice.
-    out = _grid(["run", grid], repo, env)
+    out = _grid(["run", grid, "--poll", "2"], repo, env)
     assert "g-k1-s0: finished" in out and finished_experiments(repo) == first
     assert len(_runs(repo, 0)) == 2
 
     # A third seed, killed while its second method trains (DVC starts a stage once the one
     # before it is done and saved), then resumed.
     grid = _write_grid(repo, [0, 1, 2])
-    proc = subprocess.Popen([sys.executable, "stages/grid.py", "run", grid], cwd=repo, env=env,
+    proc = subprocess.Popen([sys.executable, "stages/grid.py", "run", grid, "--poll", "2"], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while not any(r.data.tags["variant"] == "B_NBR_CaP" for r in _runs(repo, 2)):
@@ -76,7 +76,7 @@ def test_grid_runs_each_cell_once_and_resumes_after_a_kill(tmp_path):
     assert "B" in trained
 
     run(["dvc", "queue", "remove", "--failed"], repo, env)
-    _grid(["run", grid], repo, env)
+    _grid(["run", grid, "--poll", "2"], repo, env)
     done = finished_experiments(repo)
     assert set(done) == {"g-k1-s0", "g-k1-s1", "g-k1-s2"}
     assert {k: done[k] for k in first} == first  # finished cells untouched

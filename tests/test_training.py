@@ -77,7 +77,7 @@ def test_checkpoint_rebuilds_the_model(tmp_path, tiny_config, washer_data):
     model.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(model(x), rebuilt(x))
+        assert torch.allclose(model(x), rebuilt(x), rtol=1e-4, atol=1e-4)  # same weights; the trained copy is channels-last
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
     with pytest.raises(FileNotFoundError, match="run the train stage first"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -91,10 +91,27 @@ def test_non_finite_loss_names_iteration_and_images(tiny_config, washer_data):
         train_segmenter(broken_cfg, Variant("cosine", "none"), bad, seed=0)
 
 
-def test_precision_resolution():
+def test_precision_resolution(monkeypatch):
+    import fsds.training
+
     assert resolve_precision("fp32", torch.device("cpu")) is None
     assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(fsds.training, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(fsds.training, "cpu_has_fast_bf16", lambda: False)  # bf16 emulated in fp32 is slower
     assert resolve_precision("auto", torch.device("cpu")) is None
+
+
+def test_channels_last_changes_the_layout_not_the_result(tiny_config, washer_data):
+    def train(channels_last):
+        tc = dataclasses.replace(tiny_config.train, precision="fp32", channels_last=channels_last)
+        return train_segmenter(dataclasses.replace(tiny_config, train=tc), Variant("cosine", "weighted"), washer_data, seed=3)
+
+    model, _, nhwc = train(True)
+    assert model.encode(torch.zeros(1, 3, 64, 64).contiguous(memory_format=torch.channels_last))[0].is_contiguous(
+        memory_format=torch.channels_last)
+    _, _, nchw = train(False)
+    assert nhwc["loss"].to_numpy() == pytest.approx(nchw["loss"].to_numpy(), rel=1e-3)
 
 
 def test_category_seed_is_stable_and_distinct():

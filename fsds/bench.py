@@ -1,0 +1,444 @@
+"""Speed benchmark: our training step and prediction against a naive reference, one process.
+
+    python -m fsds.bench                      # writes reports/benchmark.json and .md
+    python -m fsds.bench --sizes 64 --batches 2 --levers-at 64 2 --predict-size 64 --out /tmp/bench  # smoke
+
+The reference is Algorithm 1 written the obvious way: fp32, NCHW, images and masks decoded
+from disk and resized every iteration, and separate encoder passes for the defect, normal
+and pasted images. Ours is the code the pipeline trains with (:func:`fsds.training.sample_batch`
+and :func:`fsds.training.train_step` over images decoded once) with the ``train.precision`` and
+``train.channels_last`` of params.yaml as they resolve on this CPU. Both train the same network
+(B+NBR+CaP, AlbuNet-34) from the same weights on the same draws. At one size and batch each lever
+is also added in turn, to show what each pays, and one that does not pay here (a single encoder
+pass over defect, normal and pasted images together) is measured on top. Reported: medians over the timed steps (after
+warm-up), the ratios, the share of the step spent preparing data, peak resident memory of each
+setup, and achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) against the CPU's
+nominal peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import platform
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fsds.augmentation import crop_and_paste, random_dihedral
+from fsds.config import Config, ModelConfig, Variant, load_config
+from fsds.images import load_images, load_masks, normalize
+from fsds.io import read_rgb, write_json, write_text
+from fsds.losses import cap_lambda, nbr_loss, weighted_bce
+from fsds.model import Segmenter, build_model
+from fsds.prediction import predict_probabilities
+from fsds.training import Batch, TrainData, resolve_precision, sample_batch, train_step
+
+VARIANT = Variant(nbr="cosine", cap="weighted")
+
+
+# --- the machine --------------------------------------------------------------------------
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    mhz = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("cpu MHz") and mhz is None:
+                mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    flags = cpu_flags()
+    return {
+        "cpu": model, "cores": os.cpu_count(), "mhz": mhz, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability(),
+        "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+    }
+
+
+def peak_gflops(info: dict[str, Any], bf16: bool) -> float | None:
+    """Nominal peak: cores x clock x FLOPs per cycle (AVX-512 fp32: 2 FMA x 16 lanes x 2;
+    AMX bf16: 1024; AVX-512 bf16 dot products: 128)."""
+    if not info["mhz"]:
+        return None
+    if bf16:
+        per_cycle = 1024 if info["amx_bf16"] else 128 if info["avx512_bf16"] else 64
+    else:
+        per_cycle = 64 if "AVX512" in info["capability"] else 32
+    return info["cores"] * info["mhz"] / 1000 * per_cycle
+
+
+@contextmanager
+def peak_rss() -> Iterator[dict[str, float]]:
+    """Peak resident memory (MiB) of this process while the block runs, sampled every 5 ms."""
+    out = {"mib": 0.0}
+    stop = threading.Event()
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def sample() -> None:
+        while not stop.is_set():
+            rss = int(Path("/proc/self/statm").read_text().split()[1]) * page / 2**20
+            out["mib"] = max(out["mib"], rss)
+            stop.wait(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --- the data -----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Files:
+    defects: list[str]
+    masks: list[str]
+    normals: list[str]
+
+
+def make_files(root: Path, source_size: int, seed: int = 0) -> Files:
+    """A small synthetic category on disk (the images the reference decodes every step)."""
+    from fsds.synthetic import generate_synthetic
+
+    generate_synthetic(root, seed=seed, n_train_good=12, n_test_good=1, n_per_defect=2, size=source_size,
+                       categories=["fabric"])
+    cat = root / "fabric"
+    defects = sorted(p for p in (cat / "test").rglob("*.png") if p.parent.name != "good")
+    masks = [str(cat / "ground_truth" / d.parent.name / f"{d.stem}_mask.png") for d in defects]
+    return Files([str(d) for d in defects], masks, sorted(str(p) for p in (cat / "train" / "good").glob("*.png")))
+
+
+def decode(path: str, size: int) -> torch.Tensor:
+    """One image from disk, resized: uint8 ``(3, size, size)`` (what the reference does every step)."""
+    img = Image.fromarray(read_rgb(path)).resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+# --- the training step under each setup ----------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Which speed levers a training step uses; all off is the naive reference."""
+
+    cache: bool = False  # images decoded and resized once (uint8 in memory), not every step
+    bf16: bool = False  # bf16 autocast
+    channels_last: bool = False  # NHWC memory layout
+    batched: bool = False  # one encoder pass of 3m images instead of one per kind (measured, not kept)
+
+    def describe(self) -> str:
+        on = [name for name in ("cache", "bf16", "channels_last") if getattr(self, name)]
+        if self.batched:
+            on.append("one batched encoder pass")
+        return " + ".join(on) or "reference"
+
+
+REFERENCE = Setup()
+
+
+def pipeline_setup(cfg: Config) -> Setup:
+    """The levers the pipeline uses with these params, on this machine's CPU."""
+    bf16 = resolve_precision(cfg.train.precision, torch.device("cpu")) is not None
+    return Setup(cache=True, bf16=bf16, channels_last=cfg.train.channels_last)
+
+
+def lever_setups(ours: Setup) -> list[Setup]:
+    """Reference, then ours' levers switched on one at a time, then the batched pass on top."""
+    names = ("cache", "bf16", "channels_last")
+    setups = [REFERENCE]
+    for k in range(1, len(names) + 1):
+        setup = Setup(**{n: getattr(ours, n) and i < k for i, n in enumerate(names)})
+        if setup != setups[-1]:
+            setups.append(setup)
+    return setups + [dataclasses.replace(ours, batched=True)]
+
+
+def separate_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch,
+                  amp_dtype: torch.dtype | None = None) -> float:
+    """Algorithm 1's step written the obvious way: one encoder pass per kind of image; returns the loss."""
+    x_d, y, x_n = batch.defect, batch.mask, batch.normal
+    with torch.autocast("cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        f_d = model.encode(x_d)
+        f_n = model.encode(x_n)
+        f_p = model.encode(crop_and_paste(x_d, x_n, y)) if batch.use_cap else None
+        logits = model.decode(f_p if batch.use_cap else f_d)
+    lam = cap_lambda(f_d[-1], f_p[-1]) if batch.use_cap else None
+    loss = weighted_bce(logits, y, lam) + nbr_loss(f_d[-1], f_n[-1], y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def batched_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch,
+                 amp_dtype: torch.dtype | None = None) -> float:
+    """The same step with defect, normal and pasted images in one encoder pass of 3m images."""
+    x_d, y, x_n = batch.defect, batch.mask, batch.normal
+    parts = [x_d, x_n] + ([crop_and_paste(x_d, x_n, y)] if batch.use_cap else [])
+    m = len(x_d)
+    with torch.autocast("cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        features = model.encode(torch.cat(parts))
+        seg = slice(2 * m, 3 * m) if batch.use_cap else slice(0, m)
+        logits = model.decode([f[seg] for f in features])
+    deep = features[-1]
+    lam = cap_lambda(deep[:m], deep[2 * m :]) if batch.use_cap else None
+    loss = weighted_bce(logits, y, lam) + nbr_loss(deep[:m], deep[m : 2 * m], y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def draw_batch(setup: Setup, files: Files, data: TrainData | None, m: int, size: int, seed: int) -> Batch:
+    """The same draw for every setup (Algorithm 1's sampling with CaP at probability 0.5 and the
+    random flips/turns): from the uint8 cache through the pipeline's ``sample_batch``, or
+    decoded from disk in the same order."""
+    rng = np.random.default_rng(seed)
+    if setup.cache:
+        return sample_batch(data, rng, m, VARIANT, 0.5, True, torch.device("cpu"), setup.channels_last)
+    idx_d = rng.integers(0, len(files.defects), size=m)
+    idx_n = rng.integers(0, len(files.normals), size=m)
+    use_cap = bool(rng.random() < 0.5)
+    img_d = torch.stack([decode(files.defects[i], size) for i in idx_d])
+    mask_d = load_masks([files.masks[i] for i in idx_d], size)
+    img_n = torch.stack([decode(files.normals[i], size) for i in idx_n])
+    img_d, mask_d = random_dihedral(img_d, mask_d, rng)
+    img_n, _ = random_dihedral(img_n, None, rng)
+    return Batch(normalize(img_d, setup.channels_last), mask_d.float(), normalize(img_n, setup.channels_last),
+                 use_cap, [Path(files.defects[i]).name for i in idx_d])
+
+
+def step_function(setup: Setup) -> Callable[[Segmenter, torch.optim.Optimizer, Batch, torch.dtype | None], Any]:
+    """The reference's own step, the measured-but-dropped batched pass, or the pipeline's ``train_step``."""
+    if setup.batched:
+        return batched_step
+    if not setup.cache:
+        return separate_step
+    return lambda model, optimizer, batch, amp: train_step(model, optimizer, batch, VARIANT, 1.0, amp)
+
+
+def bench_setup(setup: Setup, base: Segmenter, files: Files, size: int, m: int, steps: int, warmup: int,
+                info: dict[str, Any]) -> dict[str, Any]:
+    """Median step time, data share, peak RSS and achieved GFLOP/s of one setup."""
+    model = build_model(ModelConfig())
+    model.load_state_dict(base.state_dict())
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    amp = torch.bfloat16 if setup.bf16 else None
+    step = step_function(setup)
+    totals, datas = [], []
+    with peak_rss() as mem:
+        data = None
+        if setup.cache:  # the one-off decode is part of the setup's memory, not of its steps
+            data = TrainData(load_images(files.defects, size, desc="cache"), load_masks(files.masks, size),
+                             files.defects, load_images(files.normals, size, desc="cache"))
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            batch = draw_batch(setup, files, data, m, size, seed=i)
+            drawn = time.perf_counter()
+            step(model, optimizer, batch, amp)
+            if i >= warmup:
+                totals.append(time.perf_counter() - start)
+                datas.append(drawn - start)
+    batch = draw_batch(setup, files, data, m, size, seed=0)
+    flops = count_flops(lambda: step(model, optimizer, batch, amp))
+    step_s = float(np.median(totals))
+    return {
+        "setup": setup.describe(), "it_per_s": 1 / step_s, "step_s": step_s,
+        "data_share": float(np.sum(datas) / np.sum(totals)), "peak_rss_mib": mem["mib"],
+        "gflop_per_step": flops / 1e9, "gflop_per_s": flops / 1e9 / step_s,
+        "peak_gflop_per_s": peak_gflops(info, setup.bf16),
+    }
+
+
+def count_flops(step: Callable[[], Any]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def bench_training(files: Files, size: int, m: int, ours: Setup, steps: int, warmup: int, info: dict[str, Any],
+                   levers: bool = False) -> dict[str, Any]:
+    """Reference against ours at one size and batch; with ``levers``, also each lever added in turn."""
+    torch.manual_seed(0)
+    base = build_model(ModelConfig())
+    setups = lever_setups(ours) if levers else [REFERENCE, ours]
+    rows = [bench_setup(s, base, files, size, m, steps, warmup, info) for s in setups]
+    mine = rows[setups.index(ours)]
+    return {"size": size, "batch": m, "reference": rows[0], "ours": mine, "steps": rows,
+            "speedup": rows[0]["step_s"] / mine["step_s"]}
+
+
+def bench_prediction(files: Files, size: int, n: int, ours: Setup, batch_size: int, repeats: int,
+                     info: dict[str, Any]) -> dict[str, Any]:
+    """Images per second: one image at a time, decoded from disk, fp32 NCHW (reference) against the
+    pipeline's ``predict_probabilities`` (decode once, ours' batch size, precision and layout)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig()).eval()
+    paths = ((files.defects + files.normals) * n)[:n]
+    amp = torch.bfloat16 if ours.bf16 else None
+    with torch.no_grad():
+        forward_flops = count_flops(lambda: model(normalize(decode(paths[0], size)[None])))
+
+    def reference() -> None:
+        with torch.no_grad():
+            for path in paths:
+                torch.sigmoid(model(normalize(decode(path, size)[None])))
+
+    fast = build_model(ModelConfig()).eval()
+    fast.load_state_dict(model.state_dict())
+    if ours.channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+
+    def pipeline() -> None:
+        images = load_images(paths, size, desc="predict load")
+        predict_probabilities(fast, images, batch_size=batch_size, amp_dtype=amp, channels_last=ours.channels_last)
+
+    out = {"size": size, "images": len(paths), "repeats": repeats, "batch": batch_size}
+    for name, run, bf16 in (("reference", reference, False), ("ours", pipeline, ours.bf16)):
+        times = []
+        with peak_rss() as mem:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - start)
+        seconds = float(np.median(times))
+        out[name] = {"setup": REFERENCE.describe() if name == "reference" else ours.describe(),
+                     "img_per_s": len(paths) / seconds, "peak_rss_mib": mem["mib"],
+                     "gflop_per_s": forward_flops * len(paths) / 1e9 / seconds, "peak_gflop_per_s": peak_gflops(info, bf16)}
+    out["speedup"] = out["ours"]["img_per_s"] / out["reference"]["img_per_s"]
+    return out
+
+
+def _gflops(row: dict[str, Any]) -> str:
+    peak = row["peak_gflop_per_s"]
+    return f"{row['gflop_per_s']:.0f}" + (f" ({row['gflop_per_s'] / peak:.0%} of {peak:.0f})" if peak else "")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    info = result["machine"]
+    lines = [
+        "# Benchmark: training step and prediction, ours against a naive reference",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores at {info['mhz']} MHz, torch {info['torch']} "
+        f"({info['threads']} threads, {info['capability']}, AMX bf16 {'yes' if info['amx_bf16'] else 'no'}, "
+        f"AVX-512 bf16 {'yes' if info['avx512_bf16'] else 'no'}). Command: `{result['command']}`; "
+        f"{result['seconds']:.0f} s in all. Medians over {result['steps']} timed steps after {result['warmup']} warm-up.",
+        "",
+        "Reference: fp32, NCHW, images decoded from disk every step, one encoder pass per kind of image. "
+        f"Ours: what the pipeline does with `{result['params']}` on this CPU ({result['ours']}). "
+        "Both train B+NBR+CaP (AlbuNet-34) from the same weights on the same draws. "
+        "GFLOP/s counts the network's FLOPs with `torch.utils.flop_counter`; the peak is cores x clock x "
+        "FLOPs per cycle (fp32 AVX-512: 64, bf16 AMX: 1024).",
+        "",
+        "## Training step",
+        "",
+        "| size | batch | reference it/s | ours it/s | speedup | data share ref / ours | peak RSS ref / ours (MiB) "
+        "| GFLOP/s ref | GFLOP/s ours |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["training"]:
+        a, b = r["reference"], r["ours"]
+        lines.append(
+            f"| {r['size']} | {r['batch']} | {a['it_per_s']:.3f} | {b['it_per_s']:.3f} | **{r['speedup']:.2f}x** | "
+            f"{a['data_share']:.1%} / {b['data_share']:.1%} | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | "
+            f"{_gflops(a)} | {_gflops(b)} |"
+        )
+    levers = [r for r in result["training"] if len(r["steps"]) > 2]
+    for r in levers:
+        lines += ["", f"## Each lever added in turn ({r['size']} px, batch {r['batch']})", "",
+                  "| setup | it/s | x reference | x previous row | data share | GFLOP/s |", "|---|---|---|---|---|---|"]
+        prev = None
+        for row in r["steps"]:
+            gain = f"{row['it_per_s'] / prev:.2f}x" if prev else ""
+            name = row["setup"] + (" (**ours**)" if row["setup"] == r["ours"]["setup"] else "")
+            lines.append(f"| {name} | {row['it_per_s']:.3f} | {row['it_per_s'] / r['reference']['it_per_s']:.2f}x "
+                         f"| {gain} | {row['data_share']:.1%} | {_gflops(row)} |")
+            prev = row["it_per_s"]
+    lines += ["", "## Prediction", "",
+              "| size | images | ours' batch | reference img/s | ours img/s | speedup | peak RSS ref / ours (MiB) "
+              "| GFLOP/s ref | GFLOP/s ours |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["prediction"]:
+        a, b = r["reference"], r["ours"]
+        lines.append(f"| {r['size']} | {r['images']} | {r['batch']} | {a['img_per_s']:.2f} | {b['img_per_s']:.2f} | "
+                     f"**{r['speedup']:.2f}x** | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | {_gflops(a)} | {_gflops(b)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = load_config(args.params)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    ours = pipeline_setup(cfg)
+    info = machine()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_files(Path(tmp), args.source_size)
+        training = [
+            bench_training(files, size, m, ours, args.steps, args.warmup, info,
+                           levers=(size, m) == tuple(args.levers_at))
+            for size in args.sizes for m in args.batches
+        ]
+        prediction = [bench_prediction(files, args.predict_size, args.predict_images, ours,
+                                       cfg.predict.resolved_batch_size(args.predict_size), args.repeats, info)]
+    return {"machine": info, "command": "python -m fsds.bench " + " ".join(sys.argv[1:]), "params": args.params,
+            "ours": ours.describe(), "steps": args.steps, "warmup": args.warmup,
+            "seconds": time.perf_counter() - start, "training": training, "prediction": prediction}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--batches", nargs="+", type=int, default=[2, 4], help="the paper's 1-shot / 5-shot batches")
+    parser.add_argument("--levers-at", nargs=2, type=int, default=[512, 2], metavar=("SIZE", "BATCH"),
+                        help="where to time each lever added in turn")
+    parser.add_argument("--predict-size", type=int, default=512)
+    parser.add_argument("--predict-images", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="prediction passes over the images (median)")
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per setup (median)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--source-size", type=int, default=512, help="size of the images on disk")
+    parser.add_argument("--params", default="params.yaml", help="whose train.precision/channels_last are ours")
+    parser.add_argument("--out", default="reports/benchmark", help="writes <out>.json and <out>.md")
+    args = parser.parse_args(argv)
+    for name in ("sizes", "batches"):
+        if any(v < 1 for v in getattr(args, name)):
+            parser.error(f"--{name} must be positive")
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+        parser.error("--steps and --repeats must be >= 1, --warmup >= 0")
+    result = run(args)
+    write_json(f"{args.out}.json", result)
+    write_text(f"{args.out}.md", markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

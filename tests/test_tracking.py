@@ -1,0 +1,70 @@
+"""MLflow that fails: an unreachable store stops training before it starts, naming the URI; a
+store that goes away later costs no result."""
+
+import dataclasses
+import socket
+import time
+
+import pandas as pd
+import pytest
+
+from fsds.config import MlflowConfig
+from fsds.tracking import Tracker
+from fsds.training import train_variant
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_retries(monkeypatch):
+    # MLflow's HTTP client retries with back-off by default; one attempt keeps the test short
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _config(tiny_config, uri):
+    return dataclasses.replace(
+        tiny_config,
+        mlflow=MlflowConfig(enabled=True, tracking_uri=uri),
+        train=dataclasses.replace(tiny_config.train, iterations=2, eval_every=0),
+    )
+
+
+def test_unreachable_store_stops_training_before_it_starts(tiny_config, tiny_split, tmp_path, no_retries):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    cfg = _config(tiny_config, uri)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=rf"MLflow tracking store '{uri}' cannot be used: .*mlflow\.enabled: false"):
+        train_variant(cfg, "B", tiny_split, tmp_path / "models", Tracker(cfg.mlflow))
+    assert time.perf_counter() - start < 60
+    assert not (tmp_path / "models").exists()
+
+
+def test_store_lost_during_training_costs_no_result(tiny_config, tiny_split, tmp_path, capfd):
+    cfg = _config(tiny_config, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = Tracker(cfg.mlflow)
+    tracker.connect()
+
+    def gone(*args, **kwargs):
+        raise ConnectionError("server went away")
+
+    tracker._client.log_batch = gone  # the store fails after training has started
+    split = tiny_split[tiny_split["category"] == "washer"]
+    train_variant(cfg, "B_NBR", split, tmp_path / "models", tracker)
+    assert tracker.lost
+    assert (tmp_path / "models" / "washer.pt").is_file()
+    assert len(pd.read_csv(tmp_path / "models" / "washer_history.csv")) == 2
+    err = capfd.readouterr().err
+    assert err.count("warning: MLflow tracking store") == 1 and "server went away" in err
+
+
+def test_test_metrics_for_an_unreachable_store_only_warn(no_retries, capfd):
+    tracker = Tracker(MlflowConfig(enabled=True, tracking_uri=f"http://127.0.0.1:{_closed_port()}"))
+    tracker.log_test_metrics("0123abcd", {"iou": 0.5})  # the metrics stage writes its files regardless
+    assert tracker.lost
+    assert "tracking is off for the rest of this stage" in capfd.readouterr().err
