@@ -103,3 +103,45 @@ def test_grid_file_is_checked_before_anything_runs(tmp_path):
         load_grid(path, REPO / "params.yaml")
     grid = load_grid(REPO / "grids" / "magnetic_tile.yaml", REPO / "params.yaml")
     assert len(grid.cells()) == 6 and "profile=quick" in grid.overrides(1, 0)
+
+
+@pytest.fixture
+def fake_queue(monkeypatch):
+    """run_grid against a scripted `dvc queue status`: records the DVC commands it would run."""
+    import fsds.grid
+
+    calls, state = [], {"status": {}, "active": 0, "done": {}}
+    monkeypatch.setattr(fsds.grid, "queue_status", lambda repo: (dict(state["status"]), state["active"]))
+    monkeypatch.setattr(fsds.grid, "finished_experiments", lambda repo: dict(state["done"]))
+    monkeypatch.setattr(fsds.grid, "tracking_uri", lambda repo: "sqlite:////tmp/x.db")
+
+    def dvc(args, cwd, env=None):
+        calls.append(args)
+        if args[:2] == ["exp", "run"]:  # queued cells finish at once in this script
+            state["done"][args[args.index("--name") + 1]] = "abc"
+        return ""
+
+    monkeypatch.setattr(fsds.grid, "_dvc", dvc)
+    return calls, state
+
+
+def test_a_cell_running_without_a_worker_is_refused_with_the_fix(fake_queue):
+    from fsds.grid import Grid, run_grid
+
+    _, state = fake_queue
+    state["status"] = {"g-k1-s0": "Running"}  # the worker died: DVC still lists the cell as running
+    with pytest.raises(RuntimeError, match=r"g-k1-s0 is marked running but no queue worker is alive; run "
+                                           r"`dvc queue kill g-k1-s0` and `dvc queue remove --failed`"):
+        run_grid(Grid("g", (1,), (0,)), ".", poll=0, log=lambda line: None)
+
+
+@pytest.mark.parametrize(("active", "started"), [(0, ["2"]), (1, ["1"]), (2, [])])
+def test_run_brings_the_workers_up_to_jobs(fake_queue, active, started):
+    from fsds.grid import Grid, run_grid
+
+    calls, state = fake_queue
+    state["active"] = active
+    run_grid(Grid("g", (1,), (0, 1)), ".", jobs=2, poll=0, log=lambda line: None)
+    assert [c for c in calls if c[:2] == ["exp", "run"]] == [
+        ["exp", "run", "--queue", "--name", f"g-k1-s{s}", "-S", "shot=1", "-S", f"seed={s}"] for s in (0, 1)]
+    assert [c[-1] for c in calls if c[:2] == ["queue", "start"]] == started

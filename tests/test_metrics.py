@@ -44,6 +44,10 @@ def test_iou_dice_match_sklearn_bounds_and_symmetry(pred, target):
     iou, dice = iou_dice(pred, target)
     assert 0.0 <= iou <= dice <= 1.0
     assert iou_dice(target, pred) == (iou, dice)
+    if not (pred.any() or target.any()):
+        assert (iou, dice) == (1.0, 1.0)  # both empty: a defect-free image predicted defect-free
+    if pred.any() != target.any():
+        assert (iou, dice) == (0.0, 0.0)  # one empty, the other not: nothing overlaps
     if pred.any() or target.any():
         assert iou == pytest.approx(jaccard_score(target.ravel(), pred.ravel(), zero_division=1.0))
         assert dice == pytest.approx(f1_score(target.ravel(), pred.ravel(), zero_division=1.0))

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,3 +70,48 @@ def test_category_split_parts(tiny_split):
     assert (parts["test"]["label"] == 0).sum() == 3
     with pytest.raises(ValueError, match="not in the split table"):
         category_split(tiny_split, "nope")
+
+
+@st.composite
+def indexes(draw):
+    """A random dataset index: 1-3 categories, 1-3 defect types each, 1-6 images per type (some
+    with empty masks), 0-4 normal training and test images."""
+    rows = []
+    for c in range(draw(st.integers(1, 3))):
+        category = f"cat{c}"
+        for source, n in (("train", draw(st.integers(1, 4))), ("test", draw(st.integers(0, 4)))):
+            rows += [{"category": category, "source": source, "defect_type": "good", "label": 0, "mask": "",
+                      "mask_area": 0, "image": f"{category}/{source}/good/{i}.png"} for i in range(n)]
+        for t in range(draw(st.integers(1, 3))):
+            for i in range(draw(st.integers(1, 6))):
+                rows.append({"category": category, "source": "test", "defect_type": f"type{t}", "label": 1,
+                             "image": f"{category}/test/type{t}/{i}.png", "mask": f"{category}/m/type{t}/{i}.png",
+                             "mask_area": draw(st.sampled_from([0, 5, 5, 5]))})
+    frame = pd.DataFrame(rows)
+    frame["height"] = frame["width"] = 64
+    return frame
+
+
+@settings(max_examples=80, deadline=None)
+@given(index=indexes(), shot=st.integers(1, 4), seed=st.integers(0, 2**32 - 1),
+       unit=st.sampled_from(["defect_type", "category"]))
+def test_split_properties_on_random_indexes(index, shot, seed, unit):
+    """Any index: either the split is a partition with exactly K non-empty shots per unit, the same
+    for the same seed whatever the row order, or the error names a unit that is too small."""
+    keys = ["category", "defect_type"] if unit == "defect_type" else ["category"]
+    defects = index[index["label"] == 1]
+    groups = defects.groupby(keys)
+    feasible = all(shot <= (g["mask_area"] > 0).sum() and shot < len(g) for _, g in groups)
+    if not feasible:
+        with pytest.raises(ValueError, match=rf"shot={shot} but (defect type|category) \S+ has only \d+ defect images"):
+            k_shot_split(index, shot, seed, unit)
+        return
+    table = k_shot_split(index, shot, seed, unit)
+    assert len(table) == len(index) and table["image"].is_unique and set(table["image"]) == set(index["image"])
+    shots = table[table["split"] == "train_defect"]
+    assert (shots["mask_area"] > 0).all() and (shots["label"] == 1).all()
+    assert (shots.groupby(keys).size() == shot).all() and shots.groupby(keys).ngroups == groups.ngroups
+    assert set(shots["image"]).isdisjoint(table[table["split"] == "test"]["image"])
+    assert (table[table["split"] == "train_normal"]["label"] == 0).all()
+    shuffled = index.sample(frac=1.0, random_state=seed % 997)
+    assert k_shot_split(shuffled, shot, seed, unit).equals(table)
