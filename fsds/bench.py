@@ -40,7 +40,7 @@ from fsds.images import load_images, load_masks, normalize
 from fsds.io import read_rgb, write_json, write_text
 from fsds.losses import cap_lambda, nbr_loss, weighted_bce
 from fsds.model import Segmenter, build_model
-from fsds.prediction import predict_probabilities
+from fsds.prediction import inference_model, predict_probabilities
 from fsds.training import Batch, TrainData, resolve_precision, sample_batch, train_step
 
 VARIANT = Variant(nbr="cosine", cap="weighted")
@@ -299,7 +299,7 @@ def bench_training(files: Files, size: int, m: int, ours: Setup, steps: int, war
 def bench_prediction(files: Files, size: int, n: int, ours: Setup, batch_size: int, repeats: int,
                      info: dict[str, Any]) -> dict[str, Any]:
     """Images per second: one image at a time, decoded from disk, fp32 NCHW (reference) against the
-    pipeline's ``predict_probabilities`` (decode once, ours' batch size, precision and layout)."""
+    pipeline's prediction (decode once, batch norms folded, ours' batch size, precision and layout)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig()).eval()
     paths = ((files.defects + files.normals) * n)[:n]
@@ -312,10 +312,9 @@ def bench_prediction(files: Files, size: int, n: int, ours: Setup, batch_size: i
             for path in paths:
                 torch.sigmoid(model(normalize(decode(path, size)[None])))
 
-    fast = build_model(ModelConfig()).eval()
+    fast = build_model(ModelConfig())
     fast.load_state_dict(model.state_dict())
-    if ours.channels_last:
-        fast = fast.to(memory_format=torch.channels_last)
+    fast = inference_model(fast, ours.channels_last)  # what the predict stage does after loading
 
     def pipeline() -> None:
         images = load_images(paths, size, desc="predict load")

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from fsds.config import Config
@@ -15,6 +17,40 @@ from fsds.io import atomic_dir, atomic_path
 from fsds.model import Segmenter
 from fsds.split import category_split
 from fsds.training import load_checkpoint, resolve_device, resolve_precision
+
+
+def fold_batch_norms(module: nn.Module) -> int:
+    """Fold each BatchNorm2d that directly follows a Conv2d into that convolution, in place; returns
+    how many were folded. For inference only (eval mode: running statistics). Two patterns are
+    certain to run the convolution straight into its batch norm: consecutive children of an
+    ``nn.Sequential`` (smp's Conv2dReLU, ResNet's downsample, fsds' double_conv) and torchvision's
+    ``conv<i>``/``bn<i>`` pairs (the ResNet stem and blocks)."""
+    folded = 0
+    for child in module.children():
+        folded += fold_batch_norms(child)
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for a, b in zip(names, names[1:]):
+            conv, norm = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                module._modules[a] = fuse_conv_bn_eval(conv, norm)
+                module._modules[b] = nn.Identity()
+                folded += 1
+    for i in range(1, 4):
+        conv, norm = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, norm))
+            setattr(module, f"bn{i}", nn.Identity())
+            folded += 1
+    return folded
+
+
+def inference_model(model: Segmenter, channels_last: bool = False) -> Segmenter:
+    """The trained model made fast for prediction, in place: eval mode, batch norms folded into
+    their convolutions, channels-last if asked (reports/benchmark.md measures both)."""
+    model.eval()
+    fold_batch_norms(model)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 @torch.no_grad()
@@ -90,8 +126,7 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
     with atomic_dir(out_dir) as tmp:
         for category in sorted(table["category"].unique()):
             model, state = load_checkpoint(models_dir / f"{category}.pt", device)
-            if cfg.train.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            model = inference_model(model, cfg.train.channels_last)
             size = state["config"]["train"]["image_size"]
             test = category_split(table, category)["test"]
             probs, scores = predict_category(
