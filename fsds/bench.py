@@ -9,17 +9,20 @@ and pasted images. Ours is the code the pipeline trains with (:func:`fsds.traini
 and :func:`fsds.training.train_step` over images decoded once) with the ``train.precision`` and
 ``train.channels_last`` of params.yaml as they resolve on this CPU. Both train the same network
 (B+NBR+CaP, AlbuNet-34) from the same weights on the same draws. At one size and batch each lever
-is also added in turn, to show what each pays, and one that does not pay here (a single encoder
-pass over defect, normal and pasted images together) is measured on top. Reported: medians over the timed steps (after
-warm-up), the ratios, the share of the step spent preparing data, peak resident memory of each
-setup, and achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) against the CPU's
-nominal peak.
+is also added in turn, to show what each pays, and one more is measured on top (a single encoder
+pass over defect, normal and pasted images together, which the pipeline does not use).
+
+Reported: medians over the timed steps after warm-up (the setups take their steps in turn, so
+drifts in the machine's speed weigh on all alike), the ratios, the share of the step spent
+preparing data, the peak resident memory of each setup, and achieved GFLOP/s (FLOPs counted by
+``torch.utils.flop_counter``) against the CPU's nominal peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import sys
 import platform
@@ -240,40 +243,56 @@ def step_function(setup: Setup) -> Callable[[Segmenter, torch.optim.Optimizer, B
     return lambda model, optimizer, batch, amp: train_step(model, optimizer, batch, VARIANT, 1.0, amp)
 
 
-def bench_setup(setup: Setup, base: Segmenter, files: Files, size: int, m: int, steps: int, warmup: int,
-                info: dict[str, Any]) -> dict[str, Any]:
-    """Median step time, data share, peak RSS and achieved GFLOP/s of one setup."""
-    model = build_model(ModelConfig())
-    model.load_state_dict(base.state_dict())
-    if setup.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    amp = torch.bfloat16 if setup.bf16 else None
-    step = step_function(setup)
-    totals, datas = [], []
+class Runner:
+    """One setup's model, optimizer and data, stepping on the shared draws."""
+
+    def __init__(self, setup: Setup, base: Segmenter, files: Files, size: int, m: int) -> None:
+        self.setup, self.files, self.size, self.m = setup, files, size, m
+        model = build_model(ModelConfig())
+        model.load_state_dict(base.state_dict())
+        if setup.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model.train()
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.amp = torch.bfloat16 if setup.bf16 else None
+        self.step_fn = step_function(setup)
+        self.data = None
+        if setup.cache:  # decoded once, before the timed steps
+            self.data = TrainData(load_images(files.defects, size, desc="cache"), load_masks(files.masks, size),
+                                  files.defects, load_images(files.normals, size, desc="cache"))
+        self.totals: list[float] = []
+        self.datas: list[float] = []
+
+    def step(self, i: int, timed: bool = True) -> None:
+        start = time.perf_counter()
+        batch = draw_batch(self.setup, self.files, self.data, self.m, self.size, seed=i)
+        drawn = time.perf_counter()
+        self.step_fn(self.model, self.optimizer, batch, self.amp)
+        if timed:
+            self.totals.append(time.perf_counter() - start)
+            self.datas.append(drawn - start)
+
+    def result(self, info: dict[str, Any]) -> dict[str, Any]:
+        batch = draw_batch(self.setup, self.files, self.data, self.m, self.size, seed=0)
+        flops = count_flops(lambda: self.step_fn(self.model, self.optimizer, batch, self.amp))
+        step_s = float(np.median(self.totals))
+        return {
+            "setup": self.setup.describe(), "it_per_s": 1 / step_s, "step_s": step_s,
+            "step_s_all": self.totals, "data_share": float(np.sum(self.datas) / np.sum(self.totals)),
+            "gflop_per_step": flops / 1e9, "gflop_per_s": flops / 1e9 / step_s,
+            "peak_gflop_per_s": peak_gflops(info, self.setup.bf16),
+        }
+
+
+def peak_step_memory(setup: Setup, base: Segmenter, files: Files, size: int, m: int) -> float:
+    """Peak resident memory (MiB) of the process while one setup, alone, is built and takes a step."""
+    gc.collect()
     with peak_rss() as mem:
-        data = None
-        if setup.cache:  # the one-off decode is part of the setup's memory, not of its steps
-            data = TrainData(load_images(files.defects, size, desc="cache"), load_masks(files.masks, size),
-                             files.defects, load_images(files.normals, size, desc="cache"))
-        for i in range(warmup + steps):
-            start = time.perf_counter()
-            batch = draw_batch(setup, files, data, m, size, seed=i)
-            drawn = time.perf_counter()
-            step(model, optimizer, batch, amp)
-            if i >= warmup:
-                totals.append(time.perf_counter() - start)
-                datas.append(drawn - start)
-    batch = draw_batch(setup, files, data, m, size, seed=0)
-    flops = count_flops(lambda: step(model, optimizer, batch, amp))
-    step_s = float(np.median(totals))
-    return {
-        "setup": setup.describe(), "it_per_s": 1 / step_s, "step_s": step_s,
-        "data_share": float(np.sum(datas) / np.sum(totals)), "peak_rss_mib": mem["mib"],
-        "gflop_per_step": flops / 1e9, "gflop_per_s": flops / 1e9 / step_s,
-        "peak_gflop_per_s": peak_gflops(info, setup.bf16),
-    }
+        runner = Runner(setup, base, files, size, m)
+        runner.step(0, timed=False)
+        del runner
+    gc.collect()
+    return mem["mib"]
 
 
 def count_flops(step: Callable[[], Any]) -> float:
@@ -290,7 +309,16 @@ def bench_training(files: Files, size: int, m: int, ours: Setup, steps: int, war
     torch.manual_seed(0)
     base = build_model(ModelConfig())
     setups = lever_setups(ours) if levers else [REFERENCE, ours]
-    rows = [bench_setup(s, base, files, size, m, steps, warmup, info) for s in setups]
+    # Interleaved: step i of every setup runs before step i + 1 of any, so a machine that slows
+    # down or speeds up during the run (other tenants, turbo) weighs on all setups alike.
+    runners = [Runner(s, base, files, size, m) for s in setups]
+    for i in range(warmup + steps):
+        for runner in runners:
+            runner.step(i, timed=i >= warmup)
+    rows = [runner.result(info) for runner in runners]
+    del runners
+    for row, setup in zip(rows, setups):
+        row["peak_rss_mib"] = peak_step_memory(setup, base, files, size, m)
     mine = rows[setups.index(ours)]
     return {"size": size, "batch": m, "reference": rows[0], "ours": mine, "steps": rows,
             "speedup": rows[0]["step_s"] / mine["step_s"]}
@@ -321,16 +349,23 @@ def bench_prediction(files: Files, size: int, n: int, ours: Setup, batch_size: i
         predict_probabilities(fast, images, batch_size=batch_size, amp_dtype=amp, channels_last=ours.channels_last)
 
     out = {"size": size, "images": len(paths), "repeats": repeats, "batch": batch_size}
-    for name, run, bf16 in (("reference", reference, False), ("ours", pipeline, ours.bf16)):
-        times = []
-        with peak_rss() as mem:
-            for _ in range(repeats):
+    runs = (("reference", reference, False), ("ours", pipeline, ours.bf16))
+    times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    memory: dict[str, float] = {}
+    for rep in range(repeats + 1):  # interleaved; the first round (warm-up) also measures peak memory
+        for name, run, _ in runs:
+            with peak_rss() as mem:
                 start = time.perf_counter()
                 run()
-                times.append(time.perf_counter() - start)
-        seconds = float(np.median(times))
+                seconds = time.perf_counter() - start
+            if rep:
+                times[name].append(seconds)
+            else:
+                memory[name] = mem["mib"]
+    for name, _, bf16 in runs:
+        seconds = float(np.median(times[name]))
         out[name] = {"setup": REFERENCE.describe() if name == "reference" else ours.describe(),
-                     "img_per_s": len(paths) / seconds, "peak_rss_mib": mem["mib"],
+                     "img_per_s": len(paths) / seconds, "peak_rss_mib": memory[name],
                      "gflop_per_s": forward_flops * len(paths) / 1e9 / seconds, "peak_gflop_per_s": peak_gflops(info, bf16)}
     out["speedup"] = out["ours"]["img_per_s"] / out["reference"]["img_per_s"]
     return out
@@ -349,7 +384,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores at {info['mhz']} MHz, torch {info['torch']} "
         f"({info['threads']} threads, {info['capability']}, AMX bf16 {'yes' if info['amx_bf16'] else 'no'}, "
         f"AVX-512 bf16 {'yes' if info['avx512_bf16'] else 'no'}). Command: `{result['command']}`; "
-        f"{result['seconds']:.0f} s in all. Medians over {result['steps']} timed steps after {result['warmup']} warm-up.",
+        f"{result['seconds']:.0f} s in all. Medians over {result['steps']} timed steps after {result['warmup']} warm-up; "
+        "the setups take their steps in turn (step i of each before step i + 1 of any), so drifts in the "
+        "machine's speed weigh on all alike. Peak RSS: one setup alone building its data and taking a step.",
         "",
         "Reference: fp32, NCHW, images decoded from disk every step, one encoder pass per kind of image. "
         f"Ours: what the pipeline does with `{result['params']}` on this CPU ({result['ours']}). "
@@ -422,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predict-size", type=int, default=512)
     parser.add_argument("--predict-images", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="prediction passes over the images (median)")
-    parser.add_argument("--steps", type=int, default=4, help="timed training steps per setup (median)")
+    parser.add_argument("--steps", type=int, default=6, help="timed training steps per setup (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--source-size", type=int, default=512, help="size of the images on disk")
     parser.add_argument("--params", default="params.yaml", help="whose train.precision/channels_last are ours")
