@@ -299,6 +299,11 @@ def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str |
               training_times(repo, commits, cfg.methods, cfg.label), "",
               "## Cells", "", "| experiment | commit |", "|---|---|"]
     parts += [f"| {n} | `{c[:10]}` |" for n, c in commits.items()]
+    parts += ["", f"Every number above, per cell, method and category: [`{rel}/results.csv`]({rel}/results.csv). "
+              "The cells themselves are DVC experiments (git refs under `refs/exps`), which a clone does not "
+              "copy: `dvc exp push <remote> <name>` shares them, `dvc exp pull` brings them back."]
     text = "\n".join(parts) + "\n"
+    figures.mkdir(parents=True, exist_ok=True)
+    write_text(figures / "results.csv", frame.to_csv(index=False))
     write_text(report, text)
     return text

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -91,6 +92,9 @@ def test_grid_runs_each_cell_once_and_resumes_after_a_kill(tmp_path):
     assert " (" in report.split("## Table V")[1].splitlines()[4]  # mean (std) over three seeds
     for name in ("roc_k1", "probe_iou_k1", "qualitative_k1", "cap_examples_k1"):
         assert (repo / "reports" / "grid" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    results = pd.read_csv(repo / "reports" / "grid" / "results.csv")
+    assert sorted(results["seed"].unique()) == [0, 1, 2] and set(results["shot"]) == {1}
+    assert sorted(results["method"].unique()) == ["B", "B_NBR_CaP"]
 
 
 def test_grid_file_is_checked_before_anything_runs(tmp_path):

@@ -26,7 +26,9 @@ def fake_magnetic_tile(tmp_path_factory) -> Path:
         imgs = top / folder / "Imgs"
         imgs.mkdir(parents=True)
         for i in range(count):
-            h, w = 10 + i % 7, 14 + i % 5  # not square, not all the same
+            # Not square, not all the same; large enough that the anti-aliased edge below stays a
+            # small share of the mask (masks that are mostly mid-grey are refused as images).
+            h, w = 30 + i % 7, 40 + i % 5
             Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), mode="L").save(imgs / f"exp{i}_num_{i}.jpg")
             mask = np.zeros((h, w), dtype=np.uint8)
             if defect_type != "good" and not (defect_type == "uneven" and i < EMPTY_UNEVEN):
