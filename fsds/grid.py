@@ -16,8 +16,13 @@ Resuming is DVC's: a cell whose experiment exists is not queued again, a cell st
 or running is left to its worker, and a cell that was killed half-way restarts with its
 finished stages restored from DVC's run cache instead of being trained again.
 
-Results are read back from the experiments' git refs (``refs/exps/...``), so the grid
-report needs nothing but the repository.
+Each finished cell's results are read back from its experiment's git ref (``refs/exps/...``)
+and archived under the grid's ``archive`` folder (default ``reports/grids/<name>``): metrics,
+ROC and test-IoU curves, training times, and for the first seed the qualitative grid and the
+crop-and-paste examples. Experiment refs live only in the repository that ran them (a clone
+does not copy them); the archive is committed with the report, so a fresh clone knows which
+cells are finished, never trains them again and can redraw the report. An archived cell whose
+params differ from the grid file's is stale: it is run again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -47,6 +53,10 @@ class Grid:
     shots: tuple[int, ...]
     seeds: tuple[int, ...]
     set: Mapping[str, Any] = field(default_factory=dict)
+    archive: str = ""  # folder of the finished cells' results, in the repository; default reports/grids/<name>
+
+    def archive_dir(self, repo: str | Path = ".") -> Path:
+        return Path(repo) / (self.archive or f"reports/grids/{self.name}")
 
     def cells(self) -> list[tuple[str, int, int]]:
         """``(experiment name, shot, seed)`` of every cell, shots outer."""
@@ -73,9 +83,9 @@ def load_grid(path: str | Path, params: str | Path = "params.yaml") -> Grid:
     if not path.is_file():
         raise ConfigError(f"grid file {path} not found")
     raw = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(raw) - {"name", "shots", "seeds", "set"})
+    unknown = sorted(set(raw) - {"name", "shots", "seeds", "set", "archive"})
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; allowed: name, shots, seeds, set")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; allowed: name, shots, seeds, set, archive")
     name = str(raw.get("name", ""))
     if not NAME.match(name):
         raise ConfigError(f"{path}: name must be letters, digits, '-' or '_', got {name!r}")
@@ -83,7 +93,10 @@ def load_grid(path: str | Path, params: str | Path = "params.yaml") -> Grid:
         values = raw.get(key)
         if not isinstance(values, list) or not values or not all(isinstance(v, int) and v >= 0 for v in values):
             raise ConfigError(f"{path}: {key} must be a non-empty list of integers, got {values!r}")
-    grid = Grid(name, tuple(raw["shots"]), tuple(raw["seeds"]), dict(raw.get("set") or {}))
+    archive = raw.get("archive", "")
+    if not isinstance(archive, str) or Path(archive).is_absolute() or ".." in Path(archive).parts:
+        raise ConfigError(f"{path}: archive must be a folder inside the repository, got {archive!r}")
+    grid = Grid(name, tuple(raw["shots"]), tuple(raw["seeds"]), dict(raw.get("set") or {}), archive)
     base = yaml.safe_load(Path(params).read_text()) or {}
     for _, shot, seed in grid.cells():
         parse_config(apply_overrides(base, {**grid.set, "shot": shot, "seed": seed}))
@@ -151,12 +164,13 @@ def queue_status(repo: Path) -> tuple[dict[str, str], int]:
 def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 30.0,
              log: Callable[[str], None] = print) -> dict[str, str]:
     """Queue the missing cells, bring the queue's workers up to ``jobs`` and wait; returns
-    ``{name: commit}`` of the cells. (Each poll runs the DVC CLI, about a second of CPU: poll rarely.)
+    ``{name: commit}`` of the cells, each archived as it finishes (:func:`finished_cells`).
+    (Each poll runs the DVC CLI, about a second of CPU: poll rarely.)
 
     Raises when a cell fails, naming it and the command that shows its log.
     """
     repo = Path(repo)
-    done = finished_experiments(repo)
+    done = finished_cells(grid, repo)
     status, active = queue_status(repo)
     stale = [n for n, _, _ in grid.cells() if status.get(n) == "Running" and not active]
     if stale:  # the worker died (machine stopped, process killed): DVC still lists the cell as running
@@ -185,7 +199,7 @@ def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 30
         _dvc(["queue", "start", "--jobs", str(jobs - active)], repo, env)
     with tqdm(total=len(names), desc=f"grid {grid.name}", unit="cell") as bar:
         while True:
-            done = finished_experiments(repo)
+            done = finished_cells(grid, repo)
             status, _ = queue_status(repo)
             failed = [n for n in names if status.get(n) == "Failed" and n not in done]
             if failed:
@@ -206,63 +220,117 @@ def git_file(repo: Path, commit: str, path: str) -> bytes:
     return subprocess.run(["git", "show", f"{commit}:{path}"], cwd=repo, capture_output=True, check=True).stdout
 
 
-def collect_results(grid: Grid, repo: str | Path = ".") -> tuple[pd.DataFrame, dict[str, str]]:
-    """The results frame of every finished cell (from its ``reports/metrics.json``) and ``{name: commit}``."""
-    repo = Path(repo)
-    done = finished_experiments(repo)
-    frames, commits = [], {}
-    for name, shot, seed in grid.cells():
-        if name not in done:
-            continue
-        commits[name] = done[name]
-        metrics = json.loads(git_file(repo, done[name], "reports/metrics.json"))
-        frames.append(results_frame(metrics, shot, seed))
-    if not frames:
-        raise RuntimeError(f"grid {grid.name}: no finished cell; run `python stages/grid.py run ...` first")
-    return pd.concat(frames, ignore_index=True), commits
+# What a cell's archive holds: archived name -> path in the experiment's commit.
+CELL_FILES = {
+    "metrics.json": "reports/metrics.json",
+    "roc.csv": "reports/plots/roc.csv",
+    "probe_iou.csv": "reports/plots/probe_iou.csv",
+}
+FIRST_SEED_FILES = {  # pictures, kept for the first seed of each shot only
+    "qualitative.png": "reports/figures/qualitative.png",
+    "cap_examples.png": "reports/figures/cap_examples.png",
+}
 
 
-def training_times(repo: Path, commits: Mapping[str, str], methods: Sequence[str], label: Callable[[str], str]) -> str:
-    """Methods down, cells across: each train stage's ``timing.json`` read from DVC's cache."""
+def archive_cell(grid: Grid, repo: Path, name: str, shot: int, seed: int, commit: str) -> None:
+    """Copy a finished experiment's results into ``<archive>/<name>/`` (atomically), with
+    ``cell.json``: the experiment's commit, the cell's params and each model's training time."""
+    from fsds.io import atomic_dir, write_json
+
+    files = {**CELL_FILES, **(FIRST_SEED_FILES if seed == grid.seeds[0] else {})}
+    with atomic_dir(grid.archive_dir(repo) / name) as tmp:
+        for archived, source in files.items():
+            (tmp / archived).write_bytes(git_file(repo, commit, source))
+        methods = list(json.loads((tmp / "metrics.json").read_text()))
+        write_json(tmp / "cell.json", {"experiment": name, "commit": commit, "params": grid.overrides(shot, seed),
+                                       "train_seconds": _training_seconds(repo, commit, methods)})
+
+
+def _training_seconds(repo: Path, commit: str, methods: Sequence[str]) -> dict[str, float | None]:
+    """Each method's training wall time (summed over categories), read from DVC's cache; None when
+    the cache does not hold it."""
     import dvc.api
 
+    seconds: dict[str, float | None] = {}
+    for method in methods:
+        try:
+            timing = json.loads(dvc.api.read(f"data/models/{method}/timing.json", repo=str(repo), rev=commit))
+            seconds[method] = round(sum(timing.values()), 1)
+        except Exception:  # noqa: BLE001 - not in the local cache: say so in the report
+            seconds[method] = None
+    return seconds
+
+
+def archived_cells(grid: Grid, repo: str | Path = ".") -> dict[str, dict[str, Any]]:
+    """``{name: cell.json}`` of the archived cells whose params are the grid file's (others are stale)."""
+    found = {}
+    for name, shot, seed in grid.cells():
+        meta = grid.archive_dir(repo) / name / "cell.json"
+        if meta.is_file():
+            cell = json.loads(meta.read_text())
+            if cell.get("params") == grid.overrides(shot, seed):
+                found[name] = cell
+    return found
+
+
+def finished_cells(grid: Grid, repo: str | Path = ".") -> dict[str, str]:
+    """``{name: commit}`` of the grid's finished cells: the archived ones, after archiving every
+    cell whose experiment has finished here since."""
+    repo = Path(repo)
+    done = {name: cell["commit"] for name, cell in archived_cells(grid, repo).items()}
+    experiments = finished_experiments(repo)
+    for name, shot, seed in grid.cells():
+        if name in experiments and done.get(name) != experiments[name]:
+            archive_cell(grid, repo, name, shot, seed, experiments[name])
+            done[name] = experiments[name]
+    return done
+
+
+def collect_results(grid: Grid, repo: str | Path = ".") -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """The results frame of every finished cell (from its archived ``metrics.json``) and ``{name: cell.json}``."""
+    repo = Path(repo)
+    finished_cells(grid, repo)
+    cells = archived_cells(grid, repo)
+    frames = [results_frame(json.loads((grid.archive_dir(repo) / name / "metrics.json").read_text()), shot, seed)
+              for name, shot, seed in grid.cells() if name in cells]
+    if not frames:
+        raise RuntimeError(f"grid {grid.name}: no finished cell; run `python stages/grid.py run ...` first")
+    return pd.concat(frames, ignore_index=True), cells
+
+
+def training_times(cells: Mapping[str, Mapping[str, Any]], methods: Sequence[str], label: Callable[[str], str]) -> str:
+    """Methods down, cells across: each model's training time in seconds (n/a where unknown)."""
     from fsds.tables import markdown_table
 
     rows = []
     for method in methods:
-        row = [label(method)]
-        for commit in commits.values():
-            try:
-                timing = json.loads(dvc.api.read(f"data/models/{method}/timing.json", repo=str(repo), rev=commit))
-                row.append(f"{sum(timing.values()):.0f}")
-            except Exception:  # noqa: BLE001 - not in the local cache (e.g. a fresh clone): say so
-                row.append("n/a")
-        rows.append(row)
-    return markdown_table(["method", *commits], rows)
+        times = [cell["train_seconds"].get(method) for cell in cells.values()]
+        rows.append([label(method), *("n/a" if t is None else f"{t:.0f}" for t in times)])
+    return markdown_table(["method", *cells], rows)
 
 
 def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str | Path,
                 params: str | Path = "params.yaml") -> str:
     """Write the grid's paper-format tables (mean (std) over seeds) and figures; returns the markdown.
 
-    Figures: ROC and test IoU during training averaged over seeds, per shot; the qualitative
-    grid and the crop-and-paste examples of the first seed, per shot (copied from its cell).
+    Everything is read from the archive (cells finished here since are archived first), so the
+    report redraws from a fresh clone. Figures: ROC and test IoU during training averaged over
+    seeds, per shot; the qualitative grid and the crop-and-paste examples of the first seed.
     """
-    from io import BytesIO
-
     from fsds.figures import plot_curves, save_figure
     from fsds.io import write_text
     from fsds.report import parameter_counts, settings_line
     from fsds.tables import paper_tables
 
     repo, figures = Path(repo), Path(figures)
-    frame, commits = collect_results(grid, repo)
+    frame, cells = collect_results(grid, repo)
+    archive = grid.archive_dir(repo)
     base = yaml.safe_load(Path(params).read_text()) or {}
     cfg = parse_config(apply_overrides(base, {**grid.set, "shot": grid.shots[0], "seed": grid.seeds[0]}))
     labels = {m: cfg.label(m) for m in cfg.methods}
     rel = figures.relative_to(Path(report).parent) if figures.is_relative_to(Path(report).parent) else figures
     parts = [
-        f"# Experiment grid `{grid.name}`: {len(commits)} of {len(grid.cells())} cells",
+        f"# Experiment grid `{grid.name}`: {len(cells)} of {len(grid.cells())} cells",
         "",
         settings_line(cfg),
         "",
@@ -274,36 +342,35 @@ def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str |
         "## Figures",
         "",
     ]
+    figures.mkdir(parents=True, exist_ok=True)
     for shot in grid.shots:
-        cells = [(n, commits[n]) for n, k, _ in grid.cells() if k == shot and n in commits]
-        if not cells:
+        names = [n for n, k, _ in grid.cells() if k == shot and n in cells]
+        if not names:
             continue
         for name, x, title, xlabel, ylabel in (
             ("roc", "fpr", "Image-level ROC", "false positive rate", "true positive rate"),
             ("probe_iou", "iteration", "Test IoU during training", "iteration", "IoU on test images"),
         ):
-            curves = [pd.read_csv(BytesIO(git_file(repo, c, f"reports/plots/{name}.csv"))) for _, c in cells]
+            curves = [pd.read_csv(archive / n / f"{name}.csv") for n in names]
             mean = pd.concat(curves).groupby(x, sort=True).mean().reset_index()
-            fig = plot_curves(mean, x, labels, title=f"{title}, {shot}-shot (mean of {len(cells)} seeds)",
+            fig = plot_curves(mean, x, labels, title=f"{title}, {shot}-shot (mean of {len(names)} seeds)",
                               xlabel=xlabel, ylabel=ylabel, diagonal=name == "roc")
             save_figure(fig, figures / f"{name}_k{shot}.png")
             parts.append(f"![{title}, {shot}-shot]({rel}/{name}_k{shot}.png)")
-        first_name, first = cells[0]
-        for name in ("qualitative", "cap_examples"):
-            png = git_file(repo, first, f"reports/figures/{name}.png")
-            figures.mkdir(parents=True, exist_ok=True)
-            (figures / f"{name}_k{shot}.png").write_bytes(png)
-            parts.append(f"![{name}, {shot}-shot, {first_name}]({rel}/{name}_k{shot}.png)")
+        pictured = next((n for n in names if (archive / n / "qualitative.png").is_file()), None)
+        for name in ("qualitative", "cap_examples") if pictured else ():
+            shutil.copyfile(archive / pictured / f"{name}.png", figures / f"{name}_k{shot}.png")
+            parts.append(f"![{name}, {shot}-shot, {pictured}]({rel}/{name}_k{shot}.png)")
         parts.append("")
     parts += ["## Training wall time per model (seconds, summed over categories)", "",
-              training_times(repo, commits, cfg.methods, cfg.label), "",
+              training_times(cells, cfg.methods, cfg.label), "",
               "## Cells", "", "| experiment | commit |", "|---|---|"]
-    parts += [f"| {n} | `{c[:10]}` |" for n, c in commits.items()]
+    parts += [f"| {n} | `{c['commit'][:10]}` |" for n, c in cells.items()]
     parts += ["", f"Every number above, per cell, method and category: [`{rel}/results.csv`]({rel}/results.csv). "
-              "The cells themselves are DVC experiments (git refs under `refs/exps`), which a clone does not "
-              "copy: `dvc exp push <remote> <name>` shares them, `dvc exp pull` brings them back."]
+              f"Each cell's results are archived in `{grid.archive_dir('')}/<cell>/` (committed: a clone "
+              "knows the finished cells without their experiments); the experiments themselves are git refs "
+              "under `refs/exps`, which a clone does not copy: `dvc exp push <remote> <name>` shares them."]
     text = "\n".join(parts) + "\n"
-    figures.mkdir(parents=True, exist_ok=True)
     write_text(figures / "results.csv", frame.to_csv(index=False))
     write_text(report, text)
     return text

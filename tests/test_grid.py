@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -96,6 +97,18 @@ def test_grid_runs_each_cell_once_and_resumes_after_a_kill(tmp_path):
     assert sorted(results["seed"].unique()) == [0, 1, 2] and set(results["shot"]) == {1}
     assert sorted(results["method"].unique()) == ["B", "B_NBR_CaP"]
 
+    # The archive is committed; a clone (which has no experiment refs) trains nothing and redraws the report.
+    assert (repo / "reports" / "grids" / "g" / "g-k1-s0" / "qualitative.png").is_file()
+    assert not (repo / "reports" / "grids" / "g" / "g-k1-s1" / "qualitative.png").exists()  # first seed only
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "grid results"], repo, env)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    out = _grid(["run", grid, "--poll", "2"], clone, env)
+    assert all(f"g-k1-s{s}: finished" in out for s in (0, 1, 2)) and finished_experiments(clone) == {}
+    _grid(["report", grid, "reports/grid.md", "reports/grid"], clone, env)
+    assert (clone / "reports" / "grid.md").read_text() == report
+
 
 def test_grid_file_is_checked_before_anything_runs(tmp_path):
     path = tmp_path / "g.yaml"
@@ -118,6 +131,7 @@ def fake_queue(monkeypatch):
     monkeypatch.setattr(fsds.grid, "queue_status", lambda repo: (dict(state["status"]), state["active"]))
     monkeypatch.setattr(fsds.grid, "finished_experiments", lambda repo: dict(state["done"]))
     monkeypatch.setattr(fsds.grid, "tracking_uri", lambda repo: "sqlite:////tmp/x.db")
+    monkeypatch.setattr(fsds.grid, "archive_cell", lambda *args: None)  # no experiment commits to read
 
     def dvc(args, cwd, env=None):
         calls.append(args)
@@ -129,23 +143,41 @@ def fake_queue(monkeypatch):
     return calls, state
 
 
-def test_a_cell_running_without_a_worker_is_refused_with_the_fix(fake_queue):
+def test_a_cell_running_without_a_worker_is_refused_with_the_fix(fake_queue, tmp_path):
     from fsds.grid import Grid, run_grid
 
     _, state = fake_queue
     state["status"] = {"g-k1-s0": "Running"}  # the worker died: DVC still lists the cell as running
     with pytest.raises(RuntimeError, match=r"g-k1-s0 is marked running but no queue worker is alive; run "
                                            r"`dvc queue kill g-k1-s0` and `dvc queue remove --failed`"):
-        run_grid(Grid("g", (1,), (0,)), ".", poll=0, log=lambda line: None)
+        run_grid(Grid("g", (1,), (0,)), tmp_path, poll=0, log=lambda line: None)
 
 
 @pytest.mark.parametrize(("active", "started"), [(0, ["2"]), (1, ["1"]), (2, [])])
-def test_run_brings_the_workers_up_to_jobs(fake_queue, active, started):
+def test_run_brings_the_workers_up_to_jobs(fake_queue, tmp_path, active, started):
     from fsds.grid import Grid, run_grid
 
     calls, state = fake_queue
     state["active"] = active
-    run_grid(Grid("g", (1,), (0, 1)), ".", jobs=2, poll=0, log=lambda line: None)
+    run_grid(Grid("g", (1,), (0, 1)), tmp_path, jobs=2, poll=0, log=lambda line: None)
     assert [c for c in calls if c[:2] == ["exp", "run"]] == [
         ["exp", "run", "--queue", "--name", f"g-k1-s{s}", "-S", "shot=1", "-S", f"seed={s}"] for s in (0, 1)]
     assert [c[-1] for c in calls if c[:2] == ["queue", "start"]] == started
+
+
+def test_archived_cells_are_not_run_again_unless_their_params_changed(fake_queue, tmp_path):
+    """A clone has no experiment refs: the committed archive says which cells are finished."""
+    from fsds.grid import Grid, run_grid
+
+    calls, _ = fake_queue
+    grid = Grid("g", (1,), (0, 1, 2), {"profile": "quick"}, archive="reports/g")
+    for seed, params in ((0, grid.overrides(1, 0)), (1, ["profile=cpu", "shot=1", "seed=1"])):
+        cell = tmp_path / "reports" / "g" / f"g-k1-s{seed}"
+        cell.mkdir(parents=True)
+        (cell / "cell.json").write_text(json.dumps({"commit": f"c{seed}", "params": params}))
+    lines = []
+    done = run_grid(grid, tmp_path, poll=0, log=lines.append)
+    assert lines[0] == "g-k1-s0: finished"
+    queued = [c[c.index("--name") + 1] for c in calls if c[:2] == ["exp", "run"]]
+    assert queued == ["g-k1-s1", "g-k1-s2"]  # s1 was archived with other params: stale, run again
+    assert done["g-k1-s0"] == "c0"
