@@ -1,0 +1,108 @@
+"""`fsds predict` and `fsds export`: a trained model used outside the pipeline."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fsds.cli import main
+from fsds.deploy import ONNX_TOLERANCE, deployed_from_checkpoint
+from fsds.images import load_images, resize_probabilities
+from fsds.model import build_model
+from fsds.prediction import inference_model, predict_probabilities
+from fsds.training import save_checkpoint
+
+
+@pytest.fixture()
+def checkpoint(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    model = build_model(tiny_config.model)
+    # A bias on the head puts the probabilities around 0.5, so thresholds make a difference.
+    with torch.no_grad():
+        model.head[0].bias.fill_(0.0)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model.eval(), tiny_config, 3)
+    return path
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """Images of other sizes than the network's, colour and grey, PNG and JPEG."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(folder / "wide.png")
+    Image.fromarray(rng.integers(0, 256, (90, 40), dtype=np.uint8)).save(folder / "tall_grey.jpg", quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_predict_writes_masks_overlays_and_decisions_at_each_images_size(checkpoint, photos, tmp_path, tiny_config):
+    out = tmp_path / "out"
+    main(["predict", "--model", str(checkpoint), str(photos), "--out", str(out), "--threshold", "0.5"])
+    rows = {Path(r["image"]).name: r for r in _rows(out / "predictions.csv")}
+    assert set(rows) == {"wide.png", "tall_grey.jpg"}  # notes.txt is not an image
+    net = build_model(tiny_config.model)
+    net.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+    net = inference_model(net)
+    for name, (h, w) in (("wide.png", (50, 70)), ("tall_grey.jpg", (90, 40))):
+        mask = np.asarray(Image.open(out / "masks" / f"{Path(name).stem}.png"))
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        assert np.asarray(Image.open(out / "overlays" / f"{Path(name).stem}.png")).shape == (h, w, 3)
+        # The same map as the pipeline's predict stage (resize, network, back to the original size).
+        probs = predict_probabilities(net, load_images([str(photos / name)], 64))
+        expected = resize_probabilities(probs[0], h, w) >= 0.5
+        assert (np.mean((mask > 0) != expected)) < 0.002  # a pixel or two at exactly 0.5 may round apart
+        row = rows[name]
+        assert (int(row["height"]), int(row["width"])) == (h, w)
+        assert float(row["score"]) == pytest.approx((mask > 0).mean(), abs=1e-6)
+        assert row["decision"] == ("defect" if (mask > 0).any() else "good")
+
+
+def test_the_threshold_and_min_area_flags_decide(checkpoint, photos, tmp_path):
+    low, high = tmp_path / "low", tmp_path / "high"
+    main(["predict", "--model", str(checkpoint), str(photos / "wide.png"), "--out", str(low), "--threshold", "0.05"])
+    main(["predict", "--model", str(checkpoint), str(photos / "wide.png"), "--out", str(high), "--threshold", "0.95",
+          "--min-area", "0.5"])
+    (lo,), (hi,) = _rows(low / "predictions.csv"), _rows(high / "predictions.csv")
+    assert float(lo["score"]) > float(hi["score"])
+    assert lo["decision"] == "defect" and hi["decision"] == "good"
+
+
+def test_console_script_and_clear_errors(checkpoint, photos, tmp_path):
+    script = Path(sys.executable).with_name("fsds")
+    assert script.is_file(), "pip install -e . installs the fsds console script"
+    proc = subprocess.run([str(script), "predict", "--model", str(checkpoint), str(tmp_path / "missing"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing: no such image or folder" in proc.stderr
+    proc = subprocess.run([str(script), "predict", "--model", str(tmp_path / "nope.pt"), str(photos),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "neither a checkpoint file nor an MLflow model URI" in proc.stderr
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", str(checkpoint), str(checkpoint), "--out", str(tmp_path / "o"), "--threshold", "1.5"])
+
+
+def test_onnx_export_matches_pytorch_under_onnxruntime(checkpoint, tmp_path):
+    import onnxruntime as ort
+
+    path = tmp_path / "model.onnx"
+    main(["export", "--model", str(checkpoint), "--format", "onnx", "--out", str(path)])
+    model = deployed_from_checkpoint(checkpoint)
+    images = torch.rand((3, 3, 64, 64), generator=torch.Generator().manual_seed(5))  # another batch size
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert got.shape == (3, 1, 64, 64)
+    assert np.abs(got - expected).max() <= ONNX_TOLERANCE
+    assert not list(tmp_path.glob(".model.onnx.*"))  # no temporary file left
