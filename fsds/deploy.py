@@ -48,6 +48,14 @@ class DeployedModel(nn.Module):
         return torch.sigmoid(self.net((images - self.mean) / self.std))
 
 
+def deployable(net: Segmenter, image_size: int) -> DeployedModel:
+    """A copy of a trained network made deployable (fp32, contiguous, batch norms folded, eval mode)."""
+    import copy
+
+    net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
+    return DeployedModel(inference_model(net), image_size).eval()
+
+
 def deployed_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> DeployedModel:
     """The deployable model of an fsds checkpoint, batch norms folded, in eval mode."""
     from fsds.training import load_checkpoint

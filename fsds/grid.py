@@ -124,12 +124,10 @@ def _dvc(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> st
 
 def tracking_uri(repo: Path) -> str:
     """The MLflow store of ``params.yaml`` with a relative SQLite path made absolute (to ``repo``)."""
+    from fsds.tracking import absolute_store
+
     cfg = parse_config(yaml.safe_load((repo / "params.yaml").read_text()) or {})
-    uri = cfg.mlflow.tracking_uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str((repo / uri[len(prefix):]).resolve())
-    return uri
+    return absolute_store(cfg.mlflow.tracking_uri, repo)
 
 
 def finished_experiments(repo: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ stops tracking while the stage writes its outputs as usual.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -19,8 +20,22 @@ from typing import Any, Callable, Mapping, TypeVar
 from fsds.config import MlflowConfig
 
 
+SQLITE = "sqlite:///"
+
+
+def absolute_store(uri: str, root: str | Path) -> str:
+    """A relative SQLite store (``sqlite:///mlflow.db``) made absolute against ``root``; other URIs as they are."""
+    if uri.startswith(SQLITE) and not uri[len(SQLITE):].startswith("/"):
+        return SQLITE + str((Path(root) / uri[len(SQLITE):]).resolve())
+    return uri
+
+
 def tracking_uri(cfg: MlflowConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    """``MLFLOW_TRACKING_URI``, else ``mlflow.tracking_uri``. A relative SQLite store lives in the
+    repository: DVC runs queued experiments (``dvc queue start``) in temporary copies of it, and
+    names the repository itself in ``DVC_ROOT``, so their runs land in the one store too."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    return absolute_store(uri, os.environ.get("DVC_ROOT") or ".")
 
 
 def git_commit() -> str:
@@ -90,9 +105,9 @@ class Tracker:
             exp = client.get_experiment_by_name(self.experiment)
             if exp is None:
                 artifact_location = None
-                if self.uri.startswith("sqlite:///"):
+                if self.uri.startswith(SQLITE):
                     # Keep artifacts beside the local database, not wherever the process happens to run.
-                    db = Path(self.uri[len("sqlite:///"):]).resolve()
+                    db = Path(self.uri[len(SQLITE):]).resolve()
                     artifact_location = (db.parent / "mlartifacts").as_uri()
                 self._experiment_id = client.create_experiment(self.experiment, artifact_location=artifact_location)
             else:
@@ -148,9 +163,29 @@ class Tracker:
         self._buffer.clear()
 
     @_survives_a_lost_store
-    def log_artifact(self, run_id: str | None, path: str | Path) -> None:
-        if run_id is not None:
-            self._client.log_artifact(run_id, str(path))
+    def log_model(self, run_id: str | None, model: Any, signature: Any, metadata: Mapping[str, Any]) -> None:
+        """The deployable model as an MLflow PyTorch model under the run's ``model/``, so that
+        ``mlflow.pytorch.load_model("runs:/<run id>/model")`` rebuilds it; fsds' code travels with it."""
+        if run_id is None:
+            return
+        import tempfile
+        from importlib.metadata import version
+
+        import mlflow.pytorch
+
+        import fsds
+
+        requirements = [f"{name}=={version(name)}" for name in
+                        ("torch", "torchvision", "segmentation-models-pytorch", "numpy", "pillow")]
+        options = {}
+        if "serialization_format" in inspect.signature(mlflow.pytorch.save_model).parameters:
+            options["serialization_format"] = "pickle"  # the module itself (newer MLflow defaults to a traced graph)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model"
+            mlflow.pytorch.save_model(model, str(path), signature=signature, metadata=dict(metadata),
+                                      code_paths=[str(Path(fsds.__file__).parent)], pip_requirements=requirements,
+                                      **options)
+            self._client.log_artifacts(run_id, str(path), "model")
 
     @_survives_a_lost_store
     def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:

@@ -329,6 +329,8 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     With a ``resume_dir``, each category's training keeps a snapshot there (see :mod:`fsds.resume`)
     and a killed run continues from it; the snapshots are removed once ``out_dir`` is complete.
     """
+    from fsds.deploy import deployable, signature  # fsds.deploy needs this module: imported here, not at the top
+
     variant = cfg.variant(variant_name)
     model_cfg = cfg.model_for(variant_name)
     tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
@@ -395,7 +397,10 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 history.to_csv(tmp / f"{category}_history.csv", index=False)
                 seconds[category] = round(earlier + time.perf_counter() - start, 1)
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category]})
-                tracker.log_artifact(run_id, ckpt)
+                tracker.log_model(run_id, deployable(model, cfg.train.image_size), signature(cfg.train.image_size),
+                                  {"variant": variant_name, "category": category, "arch": model_cfg.arch,
+                                   "image_size": cfg.train.image_size, "threshold": cfg.metrics.threshold,
+                                   "encoder_weights": weights_source})
                 status = "FINISHED"
             finally:
                 tracker.end_run(run_id, status)

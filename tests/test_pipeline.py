@@ -106,7 +106,8 @@ def test_mlflow_holds_one_run_per_variant_and_category(repo_copy):
         assert len(client.get_metric_history(run.info.run_id, "probe_iou")) == 2  # Fig. 9 in MLflow
         assert run.data.tags["arch"] == ("unet" if run.data.tags["variant"] == "UNet" else "albunet34")
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
-        assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"{run.data.tags['category']}.pt"]
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model"]  # the MLflow PyTorch model
+        assert "model/MLmodel" in [a.path for a in client.list_artifacts(run.info.run_id, "model")]
 
 
 def test_mvtec_from_data_root_runs_the_whole_pipeline(repo_copy):
