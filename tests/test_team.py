@@ -130,8 +130,8 @@ def shared(tmp_path_factory):
 
 def test_another_engineer_gets_results_and_experiments_through_the_remotes(shared):
     root, a, env = shared
-    run(["dvc", "exp", "run", "--name", "seed1", "-S", "seed=1"], a, env)
-    run(["dvc", "exp", "run", "--name", "shot2", "-S", "shot=2"], a, env)
+    for name, change in (("seed1", "seed=1"), ("shot2", "shot=2")):  # --temp: A's workspace stays as pushed
+        run(["dvc", "exp", "run", "--temp", "--name", name, "-S", change], a, env)
     run(["dvc", "exp", "push", "origin", "seed1", "shot2"], a, env)  # git refs to origin, outputs to the DVC remote
 
     b = root / "b"
