@@ -31,7 +31,7 @@ from fsds.model import Segmenter
 from fsds.prediction import inference_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-ONNX_TOLERANCE = 1e-4  # largest difference allowed between ONNX Runtime's and PyTorch's probabilities
+ONNX_TOLERANCE = 1e-3  # largest difference allowed between the probabilities of ONNX Runtime and PyTorch (a quarter of a uint8 level)
 
 
 class DeployedModel(nn.Module):
