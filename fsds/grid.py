@@ -316,7 +316,7 @@ def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str |
     seeds, per shot; the qualitative grid and the crop-and-paste examples of the first seed.
     """
     from fsds.figures import plot_curves, save_figure
-    from fsds.io import write_text
+    from fsds.io import atomic_path, write_text
     from fsds.report import parameter_counts, settings_line
     from fsds.tables import paper_tables
 
@@ -357,7 +357,8 @@ def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str |
             parts.append(f"![{title}, {shot}-shot]({rel}/{name}_k{shot}.png)")
         pictured = next((n for n in names if (archive / n / "qualitative.png").is_file()), None)
         for name in ("qualitative", "cap_examples") if pictured else ():
-            shutil.copyfile(archive / pictured / f"{name}.png", figures / f"{name}_k{shot}.png")
+            with atomic_path(figures / f"{name}_k{shot}.png") as tmp:
+                shutil.copyfile(archive / pictured / f"{name}.png", tmp)
             parts.append(f"![{name}, {shot}-shot, {pictured}]({rel}/{name}_k{shot}.png)")
         parts.append("")
     parts += ["## Training wall time per model (seconds, summed over categories)", "",
