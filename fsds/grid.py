@@ -159,6 +159,15 @@ def queue_status(repo: Path) -> tuple[dict[str, str], int]:
     return status, active
 
 
+def _start_workers(repo: Path, n: int) -> None:
+    """``dvc queue start --jobs n``. Workers run each cell in a temporary copy of the repo: point
+    MLflow at this one's store, and keep training snapshots here, where a killed cell's next run finds them."""
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_TRACKING_URI", tracking_uri(repo))
+    env.setdefault("FSDS_RESUME_DIR", str((repo / "data" / "resume").resolve()))
+    _dvc(["queue", "start", "--jobs", str(n)], repo, env)
+
+
 def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 30.0,
              log: Callable[[str], None] = print) -> dict[str, str]:
     """Queue the missing cells, bring the queue's workers up to ``jobs`` and wait; returns
@@ -189,16 +198,19 @@ def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 30
         _dvc(args, repo)
     names = [c[0] for c in grid.cells()]
     if (todo or pending) and active < jobs:
-        # Workers run each cell in a temporary copy of the repo: point MLflow at this one's store,
-        # and keep training snapshots here, where a killed cell's next run finds them.
-        env = dict(os.environ)
-        env.setdefault("MLFLOW_TRACKING_URI", tracking_uri(repo))
-        env.setdefault("FSDS_RESUME_DIR", str((repo / "data" / "resume").resolve()))
-        _dvc(["queue", "start", "--jobs", str(jobs - active)], repo, env)
+        _start_workers(repo, jobs - active)
+    idle = 0  # polls in a row with cells queued but no worker and nothing running
     with tqdm(total=len(names), desc=f"grid {grid.name}", unit="cell") as bar:
         while True:
             done = finished_cells(grid, repo)
-            status, _ = queue_status(repo)
+            status, active = queue_status(repo)
+            left = [n for n in names if n not in done]
+            waiting = any(status.get(n) == "Queued" for n in left) and not any(status.get(n) == "Running" for n in left)
+            idle = idle + 1 if waiting and not active else 0
+            if idle == 2:  # the workers have gone (seen here: one exited after its first cell); start them again
+                log(f"grid {grid.name}: cells are queued but no worker is running; starting {jobs}")
+                _start_workers(repo, jobs)
+                idle = 0
             failed = [n for n in names if status.get(n) == "Failed" and n not in done]
             if failed:
                 raise RuntimeError(

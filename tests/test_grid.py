@@ -181,3 +181,28 @@ def test_archived_cells_are_not_run_again_unless_their_params_changed(fake_queue
     queued = [c[c.index("--name") + 1] for c in calls if c[:2] == ["exp", "run"]]
     assert queued == ["g-k1-s1", "g-k1-s2"]  # s1 was archived with other params: stale, run again
     assert done["g-k1-s0"] == "c0"
+
+
+def test_workers_that_went_away_are_started_again(fake_queue, tmp_path, monkeypatch):
+    """Cells still queued, no worker and nothing running for two polls: the runner starts workers."""
+    import fsds.grid
+    from fsds.grid import Grid, run_grid
+
+    calls, state = fake_queue
+    state["status"] = {"g-k1-s0": "Queued"}
+    state["active"] = 1  # a worker is up at the start, so none is started then
+    polls = iter(range(100))
+
+    def status(repo):
+        n = next(polls)
+        if n >= 1:
+            state["active"] = 0  # ... then it exits without taking the cell
+        if any(c[:2] == ["queue", "start"] for c in calls):
+            state["done"]["g-k1-s0"] = "abc"  # the new worker runs it
+        return dict(state["status"]), state["active"]
+
+    monkeypatch.setattr(fsds.grid, "queue_status", status)
+    lines = []
+    run_grid(Grid("g", (1,), (0,)), tmp_path, jobs=1, poll=0, log=lines.append)
+    assert [c for c in calls if c[:2] == ["queue", "start"]] == [["queue", "start", "--jobs", "1"]]
+    assert any("no worker is running" in line for line in lines)
