@@ -363,7 +363,7 @@ def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str |
         ):
             curves = [pd.read_csv(archive / n / f"{name}.csv") for n in names]
             mean = pd.concat(curves).groupby(x, sort=True).mean().reset_index()
-            fig = plot_curves(mean, x, labels, title=f"{title}, {shot}-shot (mean of {len(names)} seeds)",
+            fig = plot_curves(mean, x, labels, title=f"{title}, {shot}-shot (mean of {len(names)} seed{'s' if len(names) > 1 else ''})",
                               xlabel=xlabel, ylabel=ylabel, diagonal=name == "roc")
             save_figure(fig, figures / f"{name}_k{shot}.png")
             parts.append(f"![{title}, {shot}-shot]({rel}/{name}_k{shot}.png)")
