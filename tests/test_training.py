@@ -111,7 +111,12 @@ def test_channels_last_changes_the_layout_not_the_result(tiny_config, washer_dat
     assert model.encode(torch.zeros(1, 3, 64, 64).contiguous(memory_format=torch.channels_last))[0].is_contiguous(
         memory_format=torch.channels_last)
     _, _, nchw = train(False)
-    assert nhwc["loss"].to_numpy() == pytest.approx(nchw["loss"].to_numpy(), rel=1e-3)
+    # The first loss comes from the same weights on the same batch: only the summation order differs.
+    assert nhwc["loss"].iloc[0] == pytest.approx(nchw["loss"].iloc[0], rel=1e-5)
+    # After that Adam amplifies rounding: its first steps move every weight by about lr whatever the
+    # size of its gradient, so a near-zero gradient whose sign differs between layouts moves its weight
+    # the other way (AVX2 CPU: 1.7% apart at iteration 3; AVX-512: within 0.1%).
+    assert nhwc["loss"].to_numpy() == pytest.approx(nchw["loss"].to_numpy(), rel=5e-2)
 
 
 def test_category_seed_is_stable_and_distinct():
