@@ -14,17 +14,12 @@ import argparse
 import sys
 
 from fsds.deploy import export_onnx, image_files, load_deployed, predict_files
-
-
-def _device(name: str):
-    from fsds.training import resolve_device
-
-    return resolve_device(name)
+from fsds.training import resolve_device
 
 
 def predict(args: argparse.Namespace) -> None:
     files = image_files(args.inputs)  # a bad path fails before the model loads
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = load_deployed(args.model, device)
     results = predict_files(model, files, args.out, threshold=args.threshold, min_area=args.min_area,
                             batch_size=args.batch_size, device=device)

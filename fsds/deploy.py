@@ -64,13 +64,9 @@ def deployed_from_checkpoint(path: str | Path, device: torch.device | str = "cpu
     return DeployedModel(inference_model(net), state["config"]["train"]["image_size"]).to(device).eval()
 
 
-def is_checkpoint(spec: str) -> bool:
-    return Path(spec).is_file()
-
-
 def load_deployed(spec: str, device: torch.device | str = "cpu") -> DeployedModel:
     """An fsds checkpoint file, or an MLflow model URI (``runs:/...``, ``models:/...``, a model folder)."""
-    if is_checkpoint(spec):
+    if Path(spec).is_file():
         return deployed_from_checkpoint(spec, device)
     if "://" not in spec and ":/" not in spec and not Path(spec).is_dir():
         raise FileNotFoundError(f"--model {spec}: neither a checkpoint file nor an MLflow model URI "
