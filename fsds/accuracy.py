@@ -2,7 +2,7 @@
 
     python -m fsds.accuracy grids/precision_fp32.yaml grids/precision_fast.yaml reports/precision.md
 
-Reads every finished cell of both grids (``stages/grid.py run`` them first), averages each
+Reads every finished cell of both grids (``python -m stages.grid run`` them first), averages each
 cell's metrics over categories, and checks the rule of issue 5: for every method and shot the
 fast path's mean IoU over seeds lies within the reference path's seed-to-seed spread (its mean
 plus or minus one sample standard deviation). Writes the per-seed values, the means and the

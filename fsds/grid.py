@@ -304,7 +304,7 @@ def collect_results(grid: Grid, repo: str | Path = ".") -> tuple[pd.DataFrame, d
     frames = [results_frame(json.loads((grid.archive_dir(repo) / name / "metrics.json").read_text()), shot, seed)
               for name, shot, seed in grid.cells() if name in cells]
     if not frames:
-        raise RuntimeError(f"grid {grid.name}: no finished cell; run `python stages/grid.py run ...` first")
+        raise RuntimeError(f"grid {grid.name}: no finished cell; run `python -m stages.grid run ...` first")
     return pd.concat(frames, ignore_index=True), cells
 
 

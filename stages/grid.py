@@ -1,7 +1,7 @@
 """Run an experiment grid through DVC's queue, or write its report.
 
-    python stages/grid.py run grids/magnetic_tile.yaml --jobs 1
-    python stages/grid.py report grids/magnetic_tile.yaml reports/magnetic_tile.md reports/magnetic_tile
+    python -m stages.grid run grids/magnetic_tile.yaml --jobs 1
+    python -m stages.grid report grids/magnetic_tile.yaml reports/magnetic_tile.md reports/magnetic_tile
 
 `run` queues every (shot, seed) cell that has no experiment yet (`dvc exp run --queue`),
 starts the workers (`dvc queue start --jobs N`) and waits; run it again after an

@@ -33,7 +33,7 @@ def _write_grid(repo, seeds):
 
 
 def _grid(args, repo, env, **kwargs):
-    return run([sys.executable, "stages/grid.py", *args], repo, env, **kwargs)
+    return run([sys.executable, "-m", "stages.grid", *args], repo, env, **kwargs)
 
 
 def _runs(repo, seed):
@@ -64,7 +64,7 @@ def test_grid_runs_each_cell_once_and_resumes_after_a_kill(tmp_path):
     # A third seed, killed while its second method trains (DVC starts a stage once the one
     # before it is done and saved), then resumed.
     grid = _write_grid(repo, [0, 1, 2])
-    proc = subprocess.Popen([sys.executable, "stages/grid.py", "run", grid, "--poll", "2"], cwd=repo, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "stages.grid", "run", grid, "--poll", "2"], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while not any(r.data.tags["variant"] == "B_NBR_CaP" for r in _runs(repo, 2)):

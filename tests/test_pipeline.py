@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from tests.conftest import run, tiny_repo
 
@@ -19,6 +21,20 @@ TINY = {
     "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet"],  # Table V and a benchmark network (Table II)
 }
 METHODS = TINY["methods"]
+
+
+def test_every_stage_runs_the_code_of_its_own_checkout(tmp_path):
+    """A queued or --temp experiment runs in a copy of the repository, and a second clone may share
+    the venv whose editable install points at the first one: each stage must import the fsds
+    beside its dvc.yaml. Here the copy's fsds refuses to import, and every stage must stop on it."""
+    dest, env = tiny_repo(tmp_path, {})
+    (dest / "fsds" / "__init__.py").write_text('raise SystemExit("the fsds of this checkout")\n')
+    stages = yaml.safe_load((dest / "dvc.yaml").read_text())["stages"]
+    assert {"download", "split", "train", "predict", "metrics", "report"} <= set(stages)
+    for name, stage in stages.items():
+        cmd = stage.get("do", stage)["cmd"].replace("${item}", "B")
+        proc = subprocess.run(cmd, shell=True, cwd=dest, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "the fsds of this checkout" in proc.stderr, (name, cmd, proc.stderr[-500:])
 
 
 @pytest.fixture(scope="module")
