@@ -44,7 +44,7 @@ from fsds.io import read_rgb, write_json, write_text
 from fsds.losses import cap_lambda, nbr_loss, weighted_bce
 from fsds.model import Segmenter, build_model
 from fsds.prediction import inference_model, predict_probabilities
-from fsds.training import Batch, TrainData, resolve_precision, sample_batch, train_step
+from fsds.training import Batch, TrainData, resolve_channels_last, resolve_precision, sample_batch, train_step
 
 VARIANT = Variant(nbr="cosine", cap="weighted")
 
@@ -162,10 +162,11 @@ class Setup:
 REFERENCE = Setup()
 
 
-def pipeline_setup(cfg: Config) -> Setup:
-    """The levers the pipeline uses with these params, on this machine's CPU."""
-    bf16 = resolve_precision(cfg.train.precision, torch.device("cpu")) is not None
-    return Setup(cache=True, bf16=bf16, channels_last=cfg.train.channels_last)
+def pipeline_setup(cfg: Config, training: bool = True) -> Setup:
+    """The levers the pipeline uses with these params on this machine's CPU, to train or to predict."""
+    amp = resolve_precision(cfg.train.precision, torch.device("cpu"))
+    return Setup(cache=True, bf16=amp is not None,
+                 channels_last=resolve_channels_last(cfg.train.channels_last, amp, training=training))
 
 
 def lever_setups(ours: Setup) -> list[Setup]:
@@ -389,7 +390,8 @@ def markdown(result: dict[str, Any]) -> str:
         "machine's speed weigh on all alike. Peak RSS: one setup alone building its data and taking a step.",
         "",
         "Reference: fp32, NCHW, images decoded from disk every step, one encoder pass per kind of image. "
-        f"Ours: what the pipeline does with `{result['params']}` on this CPU ({result['ours']}). "
+        f"Ours: what the pipeline does with `{result['params']}` on this CPU (training: {result['ours']}; "
+        f"prediction: {result.get('ours_predict', result['ours'])}, with batch norms folded). "
         "Both train B+NBR+CaP (AlbuNet-34) from the same weights on the same draws. "
         "GFLOP/s counts the network's FLOPs with `torch.utils.flop_counter`; the peak is cores x clock x "
         "FLOPs per cycle (fp32 AVX-512: 64, bf16 AMX: 1024).",
@@ -443,10 +445,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            levers=(size, m) == tuple(args.levers_at))
             for size in args.sizes for m in args.batches
         ]
-        prediction = [bench_prediction(files, args.predict_size, args.predict_images, ours,
+        prediction = [bench_prediction(files, args.predict_size, args.predict_images, pipeline_setup(cfg, training=False),
                                        cfg.predict.resolved_batch_size(args.predict_size), args.repeats, info)]
     return {"machine": info, "command": "python -m fsds.bench " + " ".join(sys.argv[1:]), "params": args.params,
-            "ours": ours.describe(), "steps": args.steps, "warmup": args.warmup,
+            "ours": ours.describe(), "ours_predict": pipeline_setup(cfg, training=False).describe(), "steps": args.steps, "warmup": args.warmup,
             "seconds": time.perf_counter() - start, "training": training, "prediction": prediction}
 
 

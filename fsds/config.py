@@ -89,7 +89,7 @@ class TrainConfig:
     nbr_weight: float = 1.0
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool = True  # NHWC memory for the network and its inputs
+    channels_last: bool | Literal["auto"] = "auto"  # NHWC memory for the network and its inputs
     num_threads: int = 0
     log_every: int = 10
     eval_every: int = 0  # test IoU every N iterations (the paper's Fig. 9); 0 = off

@@ -16,7 +16,7 @@ from fsds.images import load_images, normalize, resize_probabilities
 from fsds.io import atomic_dir, atomic_path
 from fsds.model import Segmenter
 from fsds.split import category_split
-from fsds.training import load_checkpoint, resolve_device, resolve_precision
+from fsds.training import load_checkpoint, resolve_channels_last, resolve_device, resolve_precision
 
 
 def fold_batch_norms(module: nn.Module) -> int:
@@ -122,17 +122,18 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
     models_dir = Path(models_dir)
     device = resolve_device(cfg.train.device)
     amp_dtype = resolve_precision(cfg.train.precision, device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
     tables = []
     with atomic_dir(out_dir) as tmp:
         for category in sorted(table["category"].unique()):
             model, state = load_checkpoint(models_dir / f"{category}.pt", device)
-            model = inference_model(model, cfg.train.channels_last)
+            model = inference_model(model, channels_last)
             size = state["config"]["train"]["image_size"]
             test = category_split(table, category)["test"]
             probs, scores = predict_category(
                 model, test, size, cfg.metrics.threshold, batch_size=cfg.predict.resolved_batch_size(size),
                 device=device, amp_dtype=amp_dtype, desc=f"{models_dir.name}/{category}",
-                channels_last=cfg.train.channels_last,
+                channels_last=channels_last,
             )
             save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())
             tables.append(scores)

@@ -97,6 +97,17 @@ def test_benchmark_writes_its_report(tmp_path, monkeypatch):
     assert result["machine"]["cores"] >= 1 and result["machine"]["torch"] == torch.__version__
 
 
+def test_ours_follows_the_params_layout_for_training_and_prediction():
+    from fsds.bench import pipeline_setup
+    from fsds.config import parse_config
+
+    cfg = parse_config({"train": {"precision": "fp32", "channels_last": "auto"}})
+    assert pipeline_setup(cfg).describe() == "cache"
+    assert pipeline_setup(cfg, training=False).describe() == "cache + channels_last"
+    cfg = parse_config({"train": {"precision": "fp32", "channels_last": False}})
+    assert pipeline_setup(cfg, training=False).describe() == "cache"
+
+
 def test_benchmark_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["--sizes", "0"])

@@ -8,6 +8,7 @@ from fsds.training import (
     category_seed,
     load_checkpoint,
     load_train_data,
+    resolve_channels_last,
     resolve_precision,
     save_checkpoint,
     train_segmenter,
@@ -117,6 +118,22 @@ def test_channels_last_changes_the_layout_not_the_result(tiny_config, washer_dat
     # size of its gradient, so a near-zero gradient whose sign differs between layouts moves its weight
     # the other way (AVX2 CPU: 1.7% apart at iteration 3; AVX-512: within 0.1%).
     assert nhwc["loss"].to_numpy() == pytest.approx(nchw["loss"].to_numpy(), rel=5e-2)
+
+
+def test_channels_last_auto_trains_nhwc_only_under_bf16_and_always_predicts_nhwc():
+    assert resolve_channels_last("auto", None, training=True) is False  # fp32: NHWC slowed training on AVX2
+    assert resolve_channels_last("auto", torch.bfloat16, training=True) is True
+    assert resolve_channels_last("auto", None, training=False) is True
+    assert resolve_channels_last(True, None, training=True) is True
+    assert resolve_channels_last(False, torch.bfloat16, training=False) is False
+
+
+def test_auto_layout_trains_fp32_in_nchw(tiny_config, washer_data):
+    tc = dataclasses.replace(tiny_config.train, precision="fp32", channels_last="auto", iterations=1)
+    model, _, _ = train_segmenter(dataclasses.replace(tiny_config, train=tc), Variant("cosine", "weighted"),
+                                  washer_data, seed=3)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_category_seed_is_stable_and_distinct():
