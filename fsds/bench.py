@@ -394,7 +394,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"prediction: {result.get('ours_predict', result['ours'])}, with batch norms folded). "
         "Both train B+NBR+CaP (AlbuNet-34) from the same weights on the same draws. "
         "GFLOP/s counts the network's FLOPs with `torch.utils.flop_counter`; the peak is cores x clock x "
-        "FLOPs per cycle (fp32 AVX-512: 64, bf16 AMX: 1024).",
+        "FLOPs per cycle (fp32 AVX-512: 64, AVX2: 32; bf16 AMX: 1024).",
         "",
         "## Training step",
         "",
