@@ -435,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(args.params)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    ours = pipeline_setup(cfg)
+    ours, ours_predict = pipeline_setup(cfg), pipeline_setup(cfg, training=False)
     info = machine()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -445,10 +445,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            levers=(size, m) == tuple(args.levers_at))
             for size in args.sizes for m in args.batches
         ]
-        prediction = [bench_prediction(files, args.predict_size, args.predict_images, pipeline_setup(cfg, training=False),
+        prediction = [bench_prediction(files, args.predict_size, args.predict_images, ours_predict,
                                        cfg.predict.resolved_batch_size(args.predict_size), args.repeats, info)]
     return {"machine": info, "command": "python -m fsds.bench " + " ".join(sys.argv[1:]), "params": args.params,
-            "ours": ours.describe(), "ours_predict": pipeline_setup(cfg, training=False).describe(), "steps": args.steps, "warmup": args.warmup,
+            "ours": ours.describe(), "ours_predict": ours_predict.describe(), "steps": args.steps, "warmup": args.warmup,
             "seconds": time.perf_counter() - start, "training": training, "prediction": prediction}
 
 
