@@ -18,7 +18,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="queue the missing cells and wait for them")
     run.add_argument("grid", help="grid file (YAML)")
-    run.add_argument("--jobs", type=int, default=1, help="parallel DVC queue workers")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="parallel DVC queue workers; with more than one, each gets cores // jobs threads")
     run.add_argument("--poll", type=float, default=30.0, help="seconds between looks at the queue")
     report = sub.add_parser("report", help="tables and figures of the finished cells")
     report.add_argument("grid", help="grid file (YAML)")

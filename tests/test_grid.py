@@ -134,6 +134,13 @@ def test_grid_file_is_checked_before_anything_runs(tmp_path):
     assert len(grid.cells()) == 6 and "profile=quick" in grid.overrides(1, 0)
 
 
+def test_committed_grids_load_and_do_not_share_experiments_or_archives():
+    grids = [load_grid(path, REPO / "params.yaml") for path in sorted((REPO / "grids").glob("*.yaml"))]
+    assert len(grids) >= 2
+    assert len({g.name for g in grids}) == len(grids)  # experiment names are <name>-k<shot>-s<seed>
+    assert len({g.archive_dir() for g in grids}) == len(grids)
+
+
 @pytest.fixture
 def fake_queue(monkeypatch):
     """run_grid against a scripted `dvc queue status`: records the DVC commands it would run."""
@@ -147,6 +154,8 @@ def fake_queue(monkeypatch):
 
     def dvc(args, cwd, env=None):
         calls.append(args)
+        if args[:2] == ["queue", "start"]:
+            state["worker_env"] = env
         if args[:2] == ["exp", "run"]:  # queued cells finish at once in this script
             state["done"][args[args.index("--name") + 1]] = "abc"
         return ""
@@ -198,6 +207,24 @@ def test_run_brings_the_workers_up_to_jobs(fake_queue, tmp_path, active, started
     assert [c for c in calls if c[:2] == ["exp", "run"]] == [
         ["exp", "run", "--queue", "--name", f"g-k1-s{s}", "-S", "shot=1", "-S", f"seed={s}"] for s in (0, 1)]
     assert [c[-1] for c in calls if c[:2] == ["queue", "start"]] == started
+
+
+@pytest.mark.parametrize(("jobs", "cores", "preset", "threads"),
+                         [(1, 2, None, None), (2, 2, None, "1"), (2, 8, None, "4"), (3, 2, None, "1"), (2, 8, "2", "2")])
+def test_parallel_workers_share_the_cores(fake_queue, tmp_path, monkeypatch, jobs, cores, preset, threads):
+    """N workers each running torch on every core oversubscribe the CPU: each gets cores // N threads,
+    unless OMP_NUM_THREADS says otherwise; one worker keeps torch's default."""
+    import fsds.grid
+    from fsds.grid import Grid, run_grid
+
+    _, state = fake_queue
+    monkeypatch.setattr(fsds.grid.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    if preset is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", preset)
+    run_grid(Grid("g", (1,), (0,)), tmp_path, jobs=jobs, poll=0, log=lambda line: None)
+    assert state["worker_env"].get("OMP_NUM_THREADS") == threads
 
 
 def test_archived_cells_are_not_run_again_unless_their_params_changed(fake_queue, tmp_path):
