@@ -122,19 +122,6 @@ def _dvc(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> st
     return proc.stdout
 
 
-def _dvc_detaching(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
-    """A DVC command that leaves processes behind (``dvc queue start``). Its output goes to a file
-    in ``.dvc/tmp``, not a pipe: the detached workers inherit it, and a captured pipe stays open
-    until they exit, so the caller would wait for the whole queue."""
-    log = cwd / ".dvc" / "tmp" / f"grid-{args[0]}-{args[1]}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        code = subprocess.run(["dvc", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed ({code}):\n{log.read_text()[-2000:]}")
-
-
 def tracking_uri(repo: Path) -> str:
     """The MLflow store of ``params.yaml`` with a relative SQLite path made absolute (to ``repo``)."""
     from fsds.tracking import absolute_store
@@ -191,7 +178,7 @@ def _start_workers(repo: Path, n: int, jobs: int) -> None:
     env.setdefault("FSDS_RESUME_DIR", str((repo / "data" / "resume").resolve()))
     if jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(jobs)))
-    _dvc_detaching(["queue", "start", "--jobs", str(n)], repo, env)
+    _dvc(["queue", "start", "--jobs", str(n)], repo, env)
 
 
 def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 30.0,
