@@ -33,7 +33,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,7 +41,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from fsds.config import ConfigError, parse_config
+from fsds.config import ConfigError, MlflowConfig, parse_config
 from fsds.tables import results_frame
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -122,12 +122,25 @@ def _dvc(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> st
     return proc.stdout
 
 
-def tracking_uri(repo: Path) -> str:
-    """The MLflow store of ``params.yaml`` with a relative SQLite path made absolute (to ``repo``)."""
+def _dvc_detaching(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
+    """A DVC command that leaves processes behind (``dvc queue start``). Its output goes to a file
+    in ``.dvc/tmp``, not a pipe: the detached workers inherit it, and a captured pipe stays open
+    until they exit, so the caller would wait for the whole queue."""
+    log = cwd / ".dvc" / "tmp" / f"grid-{args[0]}-{args[1]}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        code = subprocess.run(["dvc", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed ({code}):\n{log.read_text()[-2000:]}")
+
+
+def mlflow_store(repo: Path) -> MlflowConfig:
+    """The ``mlflow`` params of ``params.yaml``, a relative SQLite store made absolute (to ``repo``)."""
     from fsds.tracking import absolute_store
 
-    cfg = parse_config(yaml.safe_load((repo / "params.yaml").read_text()) or {})
-    return absolute_store(cfg.mlflow.tracking_uri, repo)
+    cfg = parse_config(yaml.safe_load((repo / "params.yaml").read_text()) or {}).mlflow
+    return replace(cfg, tracking_uri=absolute_store(cfg.tracking_uri, repo))
 
 
 def finished_experiments(repo: Path) -> dict[str, str]:
@@ -145,18 +158,26 @@ def finished_experiments(repo: Path) -> dict[str, str]:
     return found
 
 
+RANK = {"Success": 0, "Failed": 1, "Queued": 2, "Running": 3}  # a finished cell is done by its experiment ref
+
+
 def queue_status(repo: Path) -> tuple[dict[str, str], int]:
     """``{experiment name: status}`` from ``dvc queue status`` (Queued, Running, Success, Failed)
     and the number of active workers."""
     status, active = {}, 0
     for line in _dvc(["queue", "status"], repo).splitlines():
         cols = line.split()
-        if len(cols) >= 4 and cols[-1] in ("Queued", "Running", "Success", "Failed"):
-            status[cols[1]] = cols[-1]
+        if len(cols) >= 4 and cols[-1] in RANK:  # a re-run cell is listed again: its live task wins
+            if RANK[cols[-1]] > RANK.get(status.get(cols[1], ""), -1):
+                status[cols[1]] = cols[-1]
         found = re.search(r"Worker status: (\d+) active", line)
         if found:
             active = int(found.group(1))
     return status, active
+
+
+LOST_POLLS = 3  # polls in a row a cell may be missing from the queue before it is queued again
+MAX_REQUEUES = 2
 
 
 def threads_per_worker(jobs: int) -> int:
@@ -173,12 +194,25 @@ def _start_workers(repo: Path, n: int, jobs: int) -> None:
     unless it is set already): every worker taking all cores oversubscribes the CPU. On 2 cores, two
     one-thread trainings did 1.3-1.5x the work of one two-thread training (`fsds.timing`, 128 px).
     """
+    from fsds.tracking import Tracker
+
+    store = mlflow_store(repo)
     env = dict(os.environ)
-    env.setdefault("MLFLOW_TRACKING_URI", tracking_uri(repo))
+    env.setdefault("MLFLOW_TRACKING_URI", store.tracking_uri)
+    # Create the store before the workers start: two trainings opening a new SQLite store at once
+    # race in MLflow's schema migration ("table _alembic_tmp_metrics already exists"; seen with --jobs 2).
+    Tracker(store).connect()  # the workers' store: MLFLOW_TRACKING_URI when set, like theirs
     env.setdefault("FSDS_RESUME_DIR", str((repo / "data" / "resume").resolve()))
     if jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(jobs)))
-    _dvc(["queue", "start", "--jobs", str(n)], repo, env)
+    _dvc_detaching(["queue", "start", "--jobs", str(n)], repo, env)
+
+
+def _queue_cell(grid: Grid, repo: Path, name: str, shot: int, seed: int) -> None:
+    args = ["exp", "run", "--queue", "--name", name]
+    for override in grid.overrides(shot, seed):
+        args += ["-S", override]
+    _dvc(args, repo)
 
 
 def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 30.0,
@@ -204,38 +238,46 @@ def run_grid(grid: Grid, repo: str | Path = ".", jobs: int = 1, poll: float = 30
     for name, shot, seed in grid.cells():
         state = "finished" if name in done else pending.get(name, "queued now" if (name, shot, seed) in todo else "")
         log(f"{name}: {state}")
-    for name, shot, seed in todo:
-        args = ["exp", "run", "--queue", "--name", name]
-        for override in grid.overrides(shot, seed):
-            args += ["-S", override]
-        _dvc(args, repo)
-    names = [c[0] for c in grid.cells()]
+    for cell in todo:
+        _queue_cell(grid, repo, *cell)
+    cells = {name: (shot, seed) for name, shot, seed in grid.cells()}
+    names = list(cells)
     if (todo or pending) and active < jobs:
         _start_workers(repo, jobs - active, jobs)
     idle = 0  # polls in a row with cells queued but no worker and nothing running
+    lost: dict[str, int] = {}  # polls in a row a cell was neither finished, queued nor running
+    requeued: dict[str, int] = {}
     with tqdm(total=len(names), desc=f"grid {grid.name}", unit="cell") as bar:
         while True:
             done = finished_cells(grid, repo)
             status, active = queue_status(repo)
             left = [n for n in names if n not in done]
+            failed = [n for n in left if status.get(n) == "Failed"]
+            if failed:
+                raise RuntimeError(
+                    f"grid {grid.name}: cell(s) {', '.join(failed)} failed; see `dvc queue logs <name>`, "
+                    "fix the cause, `dvc queue remove --failed` and run the grid again (finished cells are kept)"
+                )
+            bar.update(len(names) - len(left) - bar.n)
+            if not left:
+                return {n: done[n] for n in names}
+            # A worker shuts down when it finds the queue empty (dvc_task looks every 10 s); one that does so just
+            # as it takes a task can lose it, and DVC then lists the cell nowhere (seen once in the slow test).
+            lost = {n: lost.get(n, 0) + 1 for n in left if status.get(n) not in ("Queued", "Running")}
+            for name in [n for n, polls in lost.items() if polls == LOST_POLLS]:
+                if requeued.get(name, 0) == MAX_REQUEUES:
+                    raise RuntimeError(f"grid {grid.name}: {name} neither finished nor queued after "
+                                       f"{MAX_REQUEUES} re-queues; see `dvc queue status` and run the grid again")
+                log(f"grid {grid.name}: {name} is neither finished nor queued (DVC lost its task); queueing it again")
+                _queue_cell(grid, repo, name, *cells[name])
+                requeued[name] = requeued.get(name, 0) + 1
+                del lost[name]
             waiting = any(status.get(n) == "Queued" for n in left) and not any(status.get(n) == "Running" for n in left)
             idle = idle + 1 if waiting and not active else 0
             if idle == 2:  # the workers have gone (seen here: one exited after its first cell); start them again
                 log(f"grid {grid.name}: cells are queued but no worker is running; starting {jobs}")
                 _start_workers(repo, jobs, jobs)
                 idle = 0
-            failed = [n for n in names if status.get(n) == "Failed" and n not in done]
-            if failed:
-                raise RuntimeError(
-                    f"grid {grid.name}: cell(s) {', '.join(failed)} failed; see `dvc queue logs <name>`, "
-                    "fix the cause, `dvc queue remove --failed` and run the grid again (finished cells are kept)"
-                )
-            bar.update(sum(n in done for n in names) - bar.n)
-            if all(n in done for n in names):
-                return {n: done[n] for n in names}
-            if not any(status.get(n) in ("Queued", "Running") for n in names):
-                missing = [n for n in names if n not in done]
-                raise RuntimeError(f"grid {grid.name}: {', '.join(missing)} neither finished nor queued; run the grid again")
             time.sleep(poll)
 
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from fsds.config import ConfigError
+from fsds.config import ConfigError, MlflowConfig
 from fsds.grid import finished_experiments, load_grid
 from tests.conftest import REPO, run, tiny_repo
 
@@ -42,6 +44,12 @@ def _runs(repo, seed):
     if exp is None:
         return []
     return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("seed") == str(seed)]
+
+
+def _queue_line(repo, env, name):
+    """The line of ``dvc queue status`` for experiment ``name`` ('' when it is not in the queue)."""
+    out = run(["dvc", "queue", "status"], repo, env)
+    return next((line for line in out.splitlines() if name in line.split()), "")
 
 
 @pytest.mark.slow
@@ -77,6 +85,11 @@ def test_grid_runs_each_cell_once_and_resumes_after_a_kill(tmp_path):
     trained = {r.data.tags["variant"] for r in _runs(repo, 2) if r.info.status == "FINISHED"}
     assert "B" in trained
 
+    # The worker outlives the runner and marks the killed cell failed in its own time: remove it once it is.
+    deadline = time.time() + 120
+    while "Failed" not in _queue_line(repo, env, "g-k1-s2"):
+        assert time.time() < deadline, "dvc queue kill never marked the cell failed"
+        time.sleep(1)
     run(["dvc", "queue", "remove", "--failed"], repo, env)
     _grid(["run", grid, "--poll", "2"], repo, env)
     done = finished_experiments(repo)
@@ -129,6 +142,17 @@ def test_committed_grids_load_and_do_not_share_experiments_or_archives():
     assert len({g.archive_dir() for g in grids}) == len(grids)
 
 
+def _experiments(uri):
+    """The experiment names of an SQLite MLflow store, read without MLflow (which would create it)."""
+    import sqlite3
+
+    path = uri.removeprefix("sqlite:///")
+    if not Path(path).is_file():
+        return None
+    with sqlite3.connect(path) as db:
+        return sorted(name for (name,) in db.execute("SELECT name FROM experiments"))
+
+
 @pytest.fixture
 def fake_queue(monkeypatch):
     """run_grid against a scripted `dvc queue status`: records the DVC commands it would run."""
@@ -137,19 +161,45 @@ def fake_queue(monkeypatch):
     calls, state = [], {"status": {}, "active": 0, "done": {}}
     monkeypatch.setattr(fsds.grid, "queue_status", lambda repo: (dict(state["status"]), state["active"]))
     monkeypatch.setattr(fsds.grid, "finished_experiments", lambda repo: dict(state["done"]))
-    monkeypatch.setattr(fsds.grid, "tracking_uri", lambda repo: "sqlite:////tmp/x.db")
+    state["store"] = MlflowConfig(enabled=False, tracking_uri="sqlite:////nonexistent/mlflow.db")
+    monkeypatch.setattr(fsds.grid, "mlflow_store", lambda repo: state["store"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(fsds.grid, "archive_cell", lambda *args: None)  # no experiment commits to read
 
     def dvc(args, cwd, env=None):
         calls.append(args)
         if args[:2] == ["queue", "start"]:
             state["worker_env"] = env
+            state["store_at_start"] = _experiments(env["MLFLOW_TRACKING_URI"]) if state["store"].enabled else None
         if args[:2] == ["exp", "run"]:  # queued cells finish at once in this script
             state["done"][args[args.index("--name") + 1]] = "abc"
         return ""
 
     monkeypatch.setattr(fsds.grid, "_dvc", dvc)
+    monkeypatch.setattr(fsds.grid, "_dvc_detaching", dvc)
     return calls, state
+
+
+def test_starting_workers_does_not_wait_for_them(tmp_path, monkeypatch):
+    """`dvc queue start` returns while its workers run on with its stdout: the runner must go on
+    to its polls (and archive each cell as it finishes), not wait for the workers to exit."""
+    import threading
+
+    from fsds.grid import _dvc_detaching
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dvc").write_text("#!/bin/sh\necho starting $@\nsleep 60 &\nexit 0\n")
+    (bin_dir / "dvc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    worker = threading.Thread(target=_dvc_detaching, args=(["queue", "start", "--jobs", "1"], tmp_path), daemon=True)
+    worker.start()
+    worker.join(timeout=30)  # a hang detector, not a timing: the fake worker lives 60 s
+    assert not worker.is_alive()
+    assert (tmp_path / ".dvc" / "tmp" / "grid-queue-start.log").read_text() == "starting queue start --jobs 1\n"
+    (bin_dir / "dvc").write_text("#!/bin/sh\necho no celery here\nexit 3\n")
+    with pytest.raises(RuntimeError, match=r"dvc queue start --jobs 1 failed \(3\):\nno celery here"):
+        _dvc_detaching(["queue", "start", "--jobs", "1"], tmp_path)
 
 
 def test_a_cell_running_without_a_worker_is_refused_with_the_fix(fake_queue, tmp_path):
@@ -233,3 +283,59 @@ def test_workers_that_went_away_are_started_again(fake_queue, tmp_path, monkeypa
     run_grid(Grid("g", (1,), (0,)), tmp_path, jobs=1, poll=0, log=lines.append)
     assert [c for c in calls if c[:2] == ["queue", "start"]] == [["queue", "start", "--jobs", "1"]]
     assert any("no worker is running" in line for line in lines)
+
+
+@pytest.mark.parametrize("finishes", [True, False])
+def test_a_cell_the_queue_lost_is_queued_again(fake_queue, tmp_path, monkeypatch, finishes):
+    """A DVC worker that shuts down as it takes a task loses it: the cell is then neither finished,
+    queued nor running. The runner queues it again (a few times at most), not raise at once."""
+    import fsds.grid
+    from fsds.grid import MAX_REQUEUES, Grid, run_grid
+
+    calls, state = fake_queue
+    state["active"] = 1
+
+    def dvc(args, cwd, env=None):
+        calls.append(args)
+        queued = sum(c[:2] == ["exp", "run"] for c in calls)
+        if args[:2] == ["exp", "run"] and finishes and queued == 2:  # the first task is lost, the second runs
+            state["done"]["g-k1-s0"] = "abc"
+        return ""
+
+    monkeypatch.setattr(fsds.grid, "_dvc", dvc)
+    lines = []
+    if finishes:
+        assert run_grid(Grid("g", (1,), (0,)), tmp_path, poll=0, log=lines.append) == {"g-k1-s0": "abc"}
+        assert sum("queueing it again" in line for line in lines) == 1
+    else:
+        with pytest.raises(RuntimeError, match=f"g-k1-s0 neither finished nor queued after {MAX_REQUEUES} re-queues"):
+            run_grid(Grid("g", (1,), (0,)), tmp_path, poll=0, log=lines.append)
+        assert sum(c[:2] == ["exp", "run"] for c in calls) == 1 + MAX_REQUEUES
+
+
+def test_queue_status_prefers_a_cells_live_task(monkeypatch):
+    """A cell run again is listed twice (its old task below): the queued or running one counts."""
+    import fsds.grid
+    from fsds.grid import queue_status
+
+    listing = ("Task     Name      Created    Status\n"
+               "083b3c3  g-k1-s1   04:55 PM   Running\n"
+               "9c283b0  g-k1-s0   09:21 AM   Success\n"
+               "1c283b0  g-k1-s1   09:20 AM   Failed\n"
+               "2c283b0  g-k1-s2   09:20 AM   Success\n"
+               "3c283b0  g-k1-s2   09:22 AM   Failed\n\n"
+               "Worker status: 1 active, 0 idle\n")
+    monkeypatch.setattr(fsds.grid, "_dvc", lambda args, cwd, env=None: listing)
+    assert queue_status(None) == ({"g-k1-s0": "Success", "g-k1-s1": "Running", "g-k1-s2": "Failed"}, 1)
+
+
+def test_the_mlflow_store_exists_before_the_workers_start(fake_queue, tmp_path):
+    """Two workers creating a new SQLite store at once race in MLflow's schema migration (seen:
+    every cell of a --jobs 2 grid failed with "table _alembic_tmp_metrics already exists")."""
+    from fsds.grid import Grid, run_grid
+
+    _, state = fake_queue
+    state["store"] = MlflowConfig(enabled=True, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="grid")
+    run_grid(Grid("g", (1,), (0, 1)), tmp_path, jobs=2, poll=0, log=lambda line: None)
+    assert state["worker_env"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert state["store_at_start"] == ["Default", "grid"]
