@@ -194,14 +194,15 @@ def _start_workers(repo: Path, n: int, jobs: int) -> None:
     unless it is set already): every worker taking all cores oversubscribes the CPU. On 2 cores, two
     one-thread trainings did 1.3-1.5x the work of one two-thread training (`fsds.timing`, 128 px).
     """
-    from fsds.tracking import Tracker
+    from fsds.tracking import absolute_store, open_store
 
     store = mlflow_store(repo)
     env = dict(os.environ)
     env.setdefault("MLFLOW_TRACKING_URI", store.tracking_uri)
     # Create the store before the workers start: two trainings opening a new SQLite store at once
     # race in MLflow's schema migration ("table _alembic_tmp_metrics already exists"; seen with --jobs 2).
-    Tracker(store).connect()  # the workers' store: MLFLOW_TRACKING_URI when set, like theirs
+    if store.enabled:
+        open_store(absolute_store(env["MLFLOW_TRACKING_URI"], repo), store.experiment)
     env.setdefault("FSDS_RESUME_DIR", str((repo / "data" / "resume").resolve()))
     if jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(jobs)))

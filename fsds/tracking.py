@@ -81,6 +81,29 @@ def _survives_a_lost_store(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def open_store(uri: str, experiment: str) -> tuple[Any, str]:
+    """An MLflow client of the store at ``uri`` (created if new) and the id of ``experiment`` in it
+    (created if missing); raise naming the URI if the store cannot be used. Touches no global state
+    (``mlflow.set_tracking_uri`` would, and it sets ``MLFLOW_TRACKING_URI`` in this process too)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            return client, exp.experiment_id
+        artifact_location = None
+        if uri.startswith(SQLITE):
+            # Keep artifacts beside the local database, not wherever the process happens to run.
+            artifact_location = (Path(uri[len(SQLITE):]).resolve().parent / "mlartifacts").as_uri()
+        return client, client.create_experiment(experiment, artifact_location=artifact_location)
+    except Exception as exc:  # MLflow raises many kinds; all mean "cannot use this store"
+        raise RuntimeError(
+            f"MLflow tracking store {uri!r} cannot be used: {exc}. "
+            "Fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, or set mlflow.enabled: false"
+        ) from exc
+
+
 class Tracker:
     """A thin wrapper over the MLflow client that does nothing when tracking is disabled."""
 
@@ -98,25 +121,8 @@ class Tracker:
         if not self.enabled or self._client is not None:
             return
         import mlflow
-        from mlflow.tracking import MlflowClient
 
-        try:
-            client = MlflowClient(tracking_uri=self.uri)
-            exp = client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                artifact_location = None
-                if self.uri.startswith(SQLITE):
-                    # Keep artifacts beside the local database, not wherever the process happens to run.
-                    db = Path(self.uri[len(SQLITE):]).resolve()
-                    artifact_location = (db.parent / "mlartifacts").as_uri()
-                self._experiment_id = client.create_experiment(self.experiment, artifact_location=artifact_location)
-            else:
-                self._experiment_id = exp.experiment_id
-        except Exception as exc:  # MLflow raises many kinds; all mean "cannot use this store"
-            raise RuntimeError(
-                f"MLflow tracking store {self.uri!r} cannot be used: {exc}. "
-                "Fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, or set mlflow.enabled: false"
-            ) from exc
+        client, self._experiment_id = open_store(self.uri, self.experiment)
         self._client = client
         mlflow.set_tracking_uri(self.uri)
 

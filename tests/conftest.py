@@ -19,6 +19,23 @@ from fsds.synthetic import generate_synthetic
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_restored():
+    """``Tracker.connect`` sets MLflow's process-wide tracking URI, and MLflow sets
+    ``MLFLOW_TRACKING_URI`` with it: undo both after each test, or a later test's tracker
+    opens an earlier test's store (seen: "attempt to write a readonly database")."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_dataset")

@@ -339,3 +339,4 @@ def test_the_mlflow_store_exists_before_the_workers_start(fake_queue, tmp_path):
     run_grid(Grid("g", (1,), (0, 1)), tmp_path, jobs=2, poll=0, log=lambda line: None)
     assert state["worker_env"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert state["store_at_start"] == ["Default", "grid"]
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the runner's own process is left as it was
