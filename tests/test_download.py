@@ -187,8 +187,10 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        # recorded before the write: the client can finish reading (and the test assert)
+        # before this thread runs another line
         self.server.served.append(len(body))
+        self.wfile.write(body)
 
     def log_message(self, *args):  # keep pytest output clean
         pass
