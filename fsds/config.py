@@ -10,11 +10,15 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
+
+from fsds.errors import ConfigError
+
+__all__ = ["ConfigError", "Config", "load_config", "parse_config"]
 
 DATASETS = ("synthetic", "mvtec", "magnetic_tile", "folder")
 NBR_KINDS = ("none", "cosine", "euclidean")
@@ -26,18 +30,16 @@ SPLIT_UNITS = ("defect_type", "category")
 MVTEC_DOWNLOADS = ("per_category", "full")
 
 
-class ConfigError(ValueError):
-    """A value in params.yaml is missing, unknown or out of range."""
-
-
 @dataclass(frozen=True)
 class SyntheticConfig:
-    n_train_good: int = 120
-    n_test_good: int = 20
-    n_per_defect: int = 12
-    size: int = 256
+    seed: int
+    n_train_good: int
+    n_test_good: int
+    n_per_defect: int
+    size: int
 
     def __post_init__(self) -> None:
+        _check(self.seed >= 0, "data.synthetic.seed", "must be >= 0")
         _check(self.n_train_good >= 1, "data.synthetic.n_train_good", "must be >= 1")
         _check(self.n_test_good >= 1, "data.synthetic.n_test_good", "must be >= 1")
         _check(self.n_per_defect >= 2, "data.synthetic.n_per_defect", "must be >= 2")
@@ -46,11 +48,11 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = ""  # data already on disk (mvtec: an extraction; folder: MVTec layout); "" = fetch
-    categories: tuple[str, ...] | Literal["all"] = "all"
-    mvtec_download: str = "per_category"  # per_category archives, or the full archive
-    test_normal_fraction: float = 0.2  # magnetic_tile: share of the normal images held out for testing
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    root: str  # data already on disk (mvtec: an extraction; folder: MVTec layout); "" = fetch
+    categories: tuple[str, ...] | Literal["all"]
+    mvtec_download: str  # per_category archives, or the full archive
+    test_normal_fraction: float  # magnetic_tile: share of the normal images held out for testing
+    synthetic: SyntheticConfig
 
     def __post_init__(self) -> None:
         _check_choice(self.mvtec_download, MVTEC_DOWNLOADS, "data.mvtec_download")
@@ -59,7 +61,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    unit: str = "defect_type"
+    unit: str
 
     def __post_init__(self) -> None:
         _check_choice(self.unit, SPLIT_UNITS, "split.unit")
@@ -69,8 +71,8 @@ class SplitConfig:
 class Profile:
     """Image size and iteration count: ``profiles.paper`` is the paper's 512 px / 1350 iterations."""
 
-    image_size: int = 128
-    iterations: int = 300
+    image_size: int
+    iterations: int
 
     def __post_init__(self) -> None:
         _check_size_and_iterations(self.image_size, self.iterations, "profiles.*")
@@ -78,23 +80,23 @@ class Profile:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    image_size: int = 128  # filled in from the selected profile
-    iterations: int = 300  # filled in from the selected profile
-    batch_size: int | Literal["auto"] = "auto"
-    lr: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    cap_probability: float = 0.5
-    augment: bool = False
-    nbr_weight: float = 1.0
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | Literal["auto"] = "auto"  # NHWC memory for the network and its inputs
-    num_threads: int = 0
-    log_every: int = 10
-    eval_every: int = 0  # test IoU every N iterations (the paper's Fig. 9); 0 = off
-    eval_images: int = 32  # at most this many test images per category for it
-    checkpoint_every: int = 50  # snapshot for resuming a killed training every N iterations; 0 = off
+    image_size: int  # filled in from the selected profile
+    iterations: int  # filled in from the selected profile
+    batch_size: int | Literal["auto"]
+    lr: float
+    beta1: float
+    beta2: float
+    cap_probability: float
+    augment: bool
+    nbr_weight: float
+    device: str
+    precision: str
+    channels_last: bool | Literal["auto"]  # NHWC memory for the network and its inputs
+    num_threads: int
+    log_every: int
+    eval_every: int  # test IoU every N iterations (the paper's Fig. 9); 0 = off
+    eval_images: int  # at most this many test images per category for it
+    checkpoint_every: int  # snapshot for resuming a killed training every N iterations; 0 = off
 
     def __post_init__(self) -> None:
         _check_size_and_iterations(self.image_size, self.iterations, "train")
@@ -120,8 +122,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "albunet34"
-    encoder_weights: str = "none"
+    arch: str
+    encoder_weights: str
 
     def __post_init__(self) -> None:
         _check_choice(self.arch, ARCHS, "model.arch")
@@ -132,8 +134,9 @@ class ModelConfig:
 class Variant:
     """One method: a network (``arch``, default ``model.arch``), an NBR loss and a CaP flavour."""
 
-    nbr: str = "none"
-    cap: str = "none"
+    nbr: str
+    cap: str
+    # Optional per variant; leaving them out is not a default that could differ from params.yaml.
     arch: str = ""  # "" = model.arch
     label: str = ""  # display name in reports; "" = the id with '_' -> '+'
 
@@ -146,7 +149,7 @@ class Variant:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    threshold: float = 0.5
+    threshold: float
 
     def __post_init__(self) -> None:
         _check(0 < self.threshold < 1, "metrics.threshold", "must be in (0, 1)")
@@ -154,7 +157,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    batch_size: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"]
 
     def __post_init__(self) -> None:
         _check(self.batch_size == "auto" or self.batch_size >= 1, "predict.batch_size", "must be 'auto' or >= 1")
@@ -170,27 +173,27 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class MlflowConfig:
-    enabled: bool = True
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = "fsds"
+    enabled: bool
+    tracking_uri: str
+    experiment: str
 
 
 @dataclass(frozen=True)
 class Config:
-    dataset: str = "synthetic"
-    shot: int = 1
-    seed: int = 0
-    profile: str = "cpu"
-    methods: tuple[str, ...] = ()
-    data: DataConfig = field(default_factory=DataConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    variants: Mapping[str, Variant] = field(default_factory=dict)
-    profiles: Mapping[str, Profile] = field(default_factory=dict)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    dataset: str
+    shot: int
+    seed: int
+    profile: str
+    methods: tuple[str, ...]
+    data: DataConfig
+    split: SplitConfig
+    train: TrainConfig
+    model: ModelConfig
+    variants: Mapping[str, Variant]
+    profiles: Mapping[str, Profile]
+    predict: PredictConfig
+    metrics: MetricsConfig
+    mlflow: MlflowConfig
 
     def __post_init__(self) -> None:
         _check_choice(self.dataset, DATASETS, "dataset")
@@ -250,51 +253,66 @@ def load_config(path: str | Path = "params.yaml", overrides: Mapping[str, Any] |
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    """Build a :class:`Config` from a plain mapping, rejecting anything unknown."""
+    """Build a :class:`Config` from a plain mapping: every key must be there, none unknown.
+
+    params.yaml is the only source of values: a missing key is an error that names it.
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError("params must be a mapping at the top level")
     raw = dict(raw)
-    variants = raw.pop("variants", {}) or {}
-    if not isinstance(variants, Mapping):
-        raise ConfigError("variants: must be a mapping of variant id -> {nbr, cap}")
+    for key in ("variants", "profiles", "profile", "methods", "train"):
+        if key not in raw:
+            raise ConfigError(f"{key}: missing from params.yaml; add it (the repository's params.yaml has every key)")
+    variants = raw.pop("variants") or {}
+    if not isinstance(variants, Mapping) or not variants:
+        raise ConfigError("variants: must be a non-empty mapping of variant id -> {nbr, cap}")
     parsed_variants = {str(k): _build(Variant, v, f"variants.{k}") for k, v in variants.items()}
-    profiles = raw.pop("profiles", {}) or {}
-    if not isinstance(profiles, Mapping):
-        raise ConfigError("profiles: must be a mapping of profile name -> {image_size, iterations}")
+    profiles = raw.pop("profiles") or {}
+    if not isinstance(profiles, Mapping) or not profiles:
+        raise ConfigError("profiles: must be a non-empty mapping of profile name -> {image_size, iterations}")
     parsed_profiles = {str(k): _build(Profile, v, f"profiles.{k}") for k, v in profiles.items()}
-    profile = raw.get("profile", "cpu")
-    train = dict(raw.get("train") or {})
-    if parsed_profiles:
-        for key in ("image_size", "iterations"):
-            if key in train:
-                raise ConfigError(f"train.{key}: set it in profiles.<name>.{key} and choose the profile with `profile`")
-        if profile not in parsed_profiles:
-            raise ConfigError(f"profile: expected one of {', '.join(parsed_profiles)}, got {profile!r}")
-        chosen = parsed_profiles[profile]
-        raw["train"] = {**train, "image_size": chosen.image_size, "iterations": chosen.iterations}
-    methods = raw.pop("methods", None)
-    methods = tuple(parsed_variants) if methods is None else _coerce(methods, tuple[str, ...], "methods")
-    cfg = _build(Config, raw, "")  # the cross-checks of methods against variants run in replace()
-    return dataclasses.replace(cfg, variants=parsed_variants, profiles=parsed_profiles, methods=methods)
+    profile = raw["profile"]
+    train = raw["train"]
+    if not isinstance(train, Mapping):
+        raise ConfigError(f"train: expected a mapping, got {type(train).__name__}")
+    for key in ("image_size", "iterations"):
+        if key in train:
+            raise ConfigError(f"train.{key}: set it in profiles.<name>.{key} and choose the profile with `profile`")
+    if profile not in parsed_profiles:
+        raise ConfigError(f"profile: expected one of {', '.join(parsed_profiles)}, got {profile!r}")
+    chosen = parsed_profiles[profile]
+    raw["train"] = {**train, "image_size": chosen.image_size, "iterations": chosen.iterations}
+    raw["methods"] = _coerce(raw["methods"], tuple[str, ...], "methods")
+    # Built with the parsed mappings in place, so Config's cross-checks (methods against variants) run.
+    return _build(Config, {**raw, "variants": parsed_variants, "profiles": parsed_profiles}, "")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
-    """Recursively turn a mapping into dataclass ``cls``, checking keys and types."""
+    """Recursively turn a mapping into dataclass ``cls``, checking keys and types; every field
+    without a declared default must be present."""
     where = prefix or "params.yaml"
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - fields)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(f"{_key(prefix, unknown[0])}: unknown key; allowed keys: {', '.join(sorted(fields))}")
+    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ConfigError(f"{_key(prefix, missing[0])}: missing from params.yaml; add it "
+                          "(the repository's params.yaml has every key, with what it means)")
     kwargs = {}
     for name, value in raw.items():
         key = _key(prefix, name)
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if name in ("variants", "profiles") and cls is Config:
+            kwargs[name] = value  # parsed by parse_config
+        elif dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, key)
         else:
             kwargs[name] = _coerce(value, hint, key)

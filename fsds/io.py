@@ -1,4 +1,4 @@
-"""File input and output shared by the stages: atomic writes and image decoding.
+"""File input and output shared by the stages: atomic writes, image and mask decoding, probability maps.
 
 Every file a stage produces is written to a temporary sibling and renamed into place, so
 a stage that dies halfway leaves either the old file or nothing, never a torn one.
@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from fsds.errors import InputError
 
 
 def _sweep(path: Path) -> None:
@@ -84,7 +86,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
             img.load()
             return np.asarray(img.convert("RGB"))
     except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
+        raise InputError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
 
 
 MID_GREY_LIMIT = 0.05  # anti-aliased edges are far fewer; a photograph filed as a mask is far more
@@ -98,18 +100,18 @@ def read_mask(path: str | Path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             if img.mode not in ("1", "L", "P", "I", "I;16", "LA", "RGB", "RGBA"):
-                raise ValueError(f"mask {path} has unsupported mode {img.mode}; save it as 8-bit grayscale")
+                raise InputError(f"mask {path} has unsupported mode {img.mode}; save it as 8-bit grayscale")
             if img.mode in ("P", "RGB", "RGBA"):
                 rgb = np.asarray(img.convert("RGB"))
                 if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-                    raise ValueError(f"mask {path} is a colour image; masks must be grayscale or binary, "
+                    raise InputError(f"mask {path} is a colour image; masks must be grayscale or binary, "
                                      "white (>127) for defect pixels on black")
             grey = np.asarray(img.convert("L"))
     except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read mask {path}: {exc}; replace or remove the file") from exc
+        raise InputError(f"cannot read mask {path}: {exc}; replace or remove the file") from exc
     mid = np.count_nonzero((grey > 32) & (grey < 223)) / max(grey.size, 1)
     if mid > MID_GREY_LIMIT:
-        raise ValueError(f"mask {path} is not binary: {mid:.0%} of its pixels are mid-grey; is it an image rather "
+        raise InputError(f"mask {path} is not binary: {mid:.0%} of its pixels are mid-grey; is it an image rather "
                          "than a mask? Masks are white (>127) for defect pixels on black")
     return grey > 127
 
@@ -129,4 +131,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
                     raise OSError("truncated JPEG: no end-of-image marker")
         return size
     except (OSError, SyntaxError, UnidentifiedImageError) as exc:  # PIL's verify raises SyntaxError too
-        raise ValueError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
+        raise InputError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
+
+
+def save_probabilities(path: str | Path, probs: np.ndarray, images: list[str]) -> None:
+    """The predict stage's maps: uint8 probabilities ``(N, S, S)`` with the image path of each row."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probs=probs, images=np.asarray(images))
+
+
+def load_probabilities(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["probs"], data["images"].tolist()

@@ -3,7 +3,8 @@
 import argparse
 
 from fsds.config import load_config
-from fsds.datasets import prepare_dataset
+from fsds.data.sources import prepare_dataset
+from fsds.errors import run_stage
 
 
 def main() -> None:
@@ -19,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -5,9 +5,10 @@ import argparse
 import pandas as pd
 
 from fsds.config import load_config
-from fsds.evaluation import evaluate_variants
+from fsds.errors import run_stage
 from fsds.io import atomic_path, write_json
-from fsds.tracking import Tracker
+from fsds.pipeline.evaluate import evaluate_variants
+from fsds.pipeline.tracking import Tracker
 
 
 def main() -> None:
@@ -31,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,7 +10,8 @@ interruption and only the unfinished cells run.
 
 import argparse
 
-from fsds.grid import grid_report, load_grid, run_grid
+from fsds.errors import run_stage
+from fsds.experiments.grid import grid_report, load_grid, run_grid
 
 
 def main() -> None:
@@ -37,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -5,7 +5,8 @@ import argparse
 import pandas as pd
 
 from fsds.config import load_config
-from fsds.prediction import predict_variant
+from fsds.errors import run_stage
+from fsds.pipeline.predict import predict_variant
 
 
 def main() -> None:
@@ -22,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,17 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from fsds.config import load_config
-from fsds.io import atomic_path, write_text
-from fsds.report import (
-    count_test_images,
-    load_histories,
-    loss_curves,
-    probe_curves,
-    roc_curves,
-    run_report,
-    training_seconds,
-    write_figures,
-)
+from fsds.errors import run_stage
+from fsds.pipeline.report import write_report
 
 
 def main() -> None:
@@ -37,15 +28,8 @@ def main() -> None:
     table = pd.read_csv(args.split, keep_default_na=False)
     metrics = json.loads(Path(args.metrics).read_text())
     per_image = pd.read_csv(args.per_image)
-    histories = load_histories(args.models, cfg.methods)
-    seconds = training_seconds(args.models, cfg.methods)
-    write_text(args.report, run_report(metrics, cfg, count_test_images(per_image), seconds))
-    curves = {"train_loss": loss_curves(histories), "roc": roc_curves(per_image), "probe_iou": probe_curves(histories)}
-    for name, frame in curves.items():
-        with atomic_path(Path(args.plots) / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
-    write_figures(cfg, table, curves, args.predictions, args.models, args.figures)
+    write_report(cfg, table, metrics, per_image, args.predictions, args.models, args.report, args.plots, args.figures)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -3,9 +3,10 @@
 import argparse
 
 from fsds.config import load_config
-from fsds.datasets import dataset_roots, empty_mask_warning, index_dataset
+from fsds.data.datasets import dataset_roots, empty_mask_warning, index_dataset
+from fsds.data.split import k_shot_split
+from fsds.errors import run_stage
 from fsds.io import atomic_path
-from fsds.split import k_shot_split
 
 
 def main() -> None:
@@ -27,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -6,8 +6,9 @@ import os
 import pandas as pd
 
 from fsds.config import load_config
-from fsds.tracking import Tracker
-from fsds.training import train_variant
+from fsds.errors import run_stage
+from fsds.pipeline.tracking import Tracker
+from fsds.pipeline.train import train_variant
 
 
 def main() -> None:
@@ -27,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fsds.config import parse_config
-from fsds.datasets import index_dataset
-from fsds.split import k_shot_split
-from fsds.synthetic import generate_synthetic
+from fsds.data.datasets import index_dataset
+from fsds.data.split import k_shot_split
+from fsds.data.synthetic import generate_synthetic
+from tests.params import make_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def tiny_split(tiny_index):
 
 @pytest.fixture()
 def tiny_config():
-    return parse_config(
+    return make_config(
         {
             "shot": 1,
             "seed": 0,

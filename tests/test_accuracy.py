@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from fsds.accuracy import compare, report
+from fsds.experiments.accuracy import compare, report
 
 
 def _frame(ious, method="B_NBR_CaP"):
@@ -20,7 +20,7 @@ def test_fast_mean_within_the_reference_spread_holds():
     table, ok = compare(reference, _frame([0.11, 0.13, 0.15]))  # mean 0.13: within
     assert ok and table["within spread"].tolist() == [True]
     assert table["iou fp32"].item() == pytest.approx(0.12) and table["iou fp32 std"].item() == pytest.approx(0.02)
-    text = report(reference, _frame([0.11, 0.13, 0.15]), table, ok, "python -m fsds.accuracy a b c")
+    text = report(reference, _frame([0.11, 0.13, 0.15]), table, ok, "python -m fsds.experiments.accuracy a b c")
     assert "**Verdict: holds.**" in text and "| B_NBR_CaP | 1 | 0.1200 (0.0200) | 0.1300 | +0.0100 | yes |" in text
 
 

@@ -1,21 +1,24 @@
-"""The speed benchmark: its reference computes the same Algorithm 1 step, and its report is complete.
+"""The speed benchmark: every setup times the pipeline's own batch draw and step, and its report is complete.
 
 No timing is asserted here; the numbers live in reports/benchmark.md.
 """
 
-import copy
 import json
 
 import pytest
 import torch
+import yaml
 
-from fsds.bench import REFERENCE, Setup, draw_batch, main, make_files, separate_step
-from fsds.config import ModelConfig
-from fsds.images import load_images, load_masks
-from fsds.model import build_model
-from fsds.training import TrainData, train_step
-
-VARIANT_ARGS = dict(nbr_weight=1.0, amp_dtype=None)
+from fsds.experiments.bench import (
+    REFERENCE,
+    Runner,
+    Setup,
+    main,
+    make_files,
+    pipeline_setup,
+)
+from fsds.method.networks import build_model
+from tests.params import make_config, params_with
 
 
 @pytest.fixture(scope="module")
@@ -24,64 +27,61 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cache(files):
-    return TrainData(load_images(files.defects, 64), load_masks(files.masks, 64), files.defects,
-                     load_images(files.normals, 64))
+def cfg():
+    return make_config({"train": {"precision": "fp32", "channels_last": False}})
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_reference_and_pipeline_draw_the_same_batch(files, cache, seed):
-    from_disk = draw_batch(REFERENCE, files, None, 2, 64, seed)
-    from_cache = draw_batch(Setup(cache=True), files, cache, 2, 64, seed)
+def test_reference_and_pipeline_draw_the_same_batch(cfg, files, seed):
+    """The reference decodes from disk at every draw, ours reads the cache: the same batches."""
+    base = build_model(cfg.model)
+    from_disk = Runner(cfg, REFERENCE, base, files, 64, 2).draw(seed)
+    from_cache = Runner(cfg, Setup(cache=True), base, files, 64, 2).draw(seed)
     assert from_disk.use_cap == from_cache.use_cap and from_disk.names == from_cache.names
     for name in ("defect", "mask", "normal"):
         assert torch.equal(getattr(from_disk, name), getattr(from_cache, name)), name
 
 
-@pytest.mark.parametrize("use_cap", [False, True])
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_reference_step_is_the_same_step_as_the_pipelines(files, cache, use_cap, mode):
-    """The reference, written independently, computes the pipeline's loss and update."""
-    from fsds.bench import VARIANT
+def test_the_reference_reads_images_from_disk_at_every_draw(cfg, files, monkeypatch):
+    import fsds.experiments.bench as bench
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig()).train(mode == "train")
-    twin = copy.deepcopy(model)
-    batch = draw_batch(Setup(cache=True), files, cache, 2, 64, seed=0)
-    batch.use_cap = use_cap
-    reference = separate_step(model, torch.optim.SGD(model.parameters(), lr=0.1), batch)
-    ours = train_step(twin, torch.optim.SGD(twin.parameters(), lr=0.1), batch, VARIANT, **VARIANT_ARGS)
-    assert ours["loss"] == pytest.approx(reference, rel=1e-5)
-    assert ours["cap"] == float(use_cap)
-    for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6), name
+    decoded = []
+    monkeypatch.setattr(bench, "load_images", lambda paths, size, desc="": decoded.append(len(paths)) or
+                        torch.zeros((len(paths), 3, size, size), dtype=torch.uint8))
+    runner = Runner(cfg, REFERENCE, build_model(cfg.model), files, 64, 2)
+    assert decoded == []  # nothing cached up front
+    runner.draw(0)
+    runner.draw(1)
+    assert decoded == [2, 2, 2, 2]  # defect and normal images, at each draw
 
 
-def test_the_batched_pass_is_the_same_loss_in_eval_mode(files, cache):
-    """The measured-but-dropped single encoder pass differs only in batch-norm statistics."""
-    from fsds.bench import batched_step
+@pytest.mark.parametrize("setup", [REFERENCE, Setup(cache=True), Setup(cache=True, channels_last=True)])
+def test_every_setup_takes_the_pipelines_training_step(cfg, files, setup, monkeypatch):
+    """The timed step is fsds.engine.training.train_step itself, with the params' NBR weight."""
+    import fsds.experiments.bench as bench
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig()).eval()
-    twin = copy.deepcopy(model)
-    batch = draw_batch(Setup(cache=True), files, cache, 2, 64, seed=0)
-    batch.use_cap = True
-    assert batched_step(model, torch.optim.SGD(model.parameters(), lr=0.0), batch) == pytest.approx(
-        separate_step(twin, torch.optim.SGD(twin.parameters(), lr=0.0), batch), rel=1e-5)
+    calls = []
+    monkeypatch.setattr(bench, "train_step", lambda *args, **kw: calls.append(args))
+    runner = Runner(cfg, setup, build_model(cfg.model), files, 64, 2)
+    runner.step(0)
+    ((model, optimizer, batch, variant, nbr_weight, amp),) = calls
+    assert model is runner.model and variant == bench.VARIANT and nbr_weight == cfg.train.nbr_weight
+    assert amp is None and batch.defect.is_contiguous(memory_format=torch.channels_last) == setup.channels_last
+    assert optimizer.param_groups[0]["lr"] == cfg.train.lr
 
 
 @pytest.mark.slow
 def test_benchmark_writes_its_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("train: {precision: fp32, channels_last: true}\nmlflow: {enabled: false}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_with({"train": {"precision": "fp32", "channels_last": True},
+                                                                        "mlflow": {"enabled": False}})))
     main(["--sizes", "64", "--batches", "2", "--levers-at", "64", "2", "--predict-size", "64",
           "--predict-images", "3", "--repeats", "1", "--steps", "2", "--warmup", "1", "--source-size", "64",
           "--out", "out/bench"])
     result = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert result["ours"] == "cache + channels_last"  # the params' levers, bf16 off by request
     (train,) = result["training"]
-    assert [row["setup"] for row in train["steps"]] == ["reference", "cache", "cache + channels_last",
-                                                         "cache + channels_last + one batched encoder pass"]
+    assert [row["setup"] for row in train["steps"]] == ["reference", "cache", "cache + channels_last"]
     assert train["ours"] == train["steps"][2]
     assert train["speedup"] == pytest.approx(train["reference"]["step_s"] / train["ours"]["step_s"])
     for row in train["steps"]:
@@ -98,13 +98,12 @@ def test_benchmark_writes_its_report(tmp_path, monkeypatch):
 
 
 def test_ours_follows_the_params_layout_for_training_and_prediction():
-    from fsds.bench import pipeline_setup
-    from fsds.config import parse_config
+    from tests.params import make_config
 
-    cfg = parse_config({"train": {"precision": "fp32", "channels_last": "auto"}})
+    cfg = make_config({"train": {"precision": "fp32", "channels_last": "auto"}})
     assert pipeline_setup(cfg).describe() == "cache"
     assert pipeline_setup(cfg, training=False).describe() == "cache + channels_last"
-    cfg = parse_config({"train": {"precision": "fp32", "channels_last": False}})
+    cfg = make_config({"train": {"precision": "fp32", "channels_last": False}})
     assert pipeline_setup(cfg, training=False).describe() == "cache"
 
 

@@ -1,8 +1,12 @@
+import re
+
 import pytest
 import yaml
 
-from fsds.config import ConfigError, load_config, parse_config, variant_label
+from fsds.config import load_config, parse_config, variant_label
+from fsds.errors import ConfigError
 from tests.conftest import REPO
+from tests.params import params_with
 
 
 def test_repository_params_load():
@@ -30,7 +34,7 @@ def test_profiles_select_image_size_and_iterations():
     with pytest.raises(ConfigError, match=r"^train\.image_size: set it in profiles"):
         parse_config({**raw, "train": {"image_size": 256}})
     with pytest.raises(ConfigError, match=r"^profiles\.\*\.image_size: must be a positive multiple of 32"):
-        parse_config({**raw, "profiles": {"cpu": {"image_size": 100}}})
+        parse_config({**raw, "profiles": {"cpu": {"image_size": 100, "iterations": 300}}})
     with pytest.raises(ConfigError, match=r"^methods: 'C' is not a variant"):
         parse_config({**raw, "methods": ["B", "C"]})
 
@@ -40,7 +44,7 @@ def test_profiles_select_image_size_and_iterations():
     [
         ({"shot": 0}, r"^shot: must be >= 1"),
         ({"shto": 1}, r"^shto: unknown key; allowed keys: .*shot"),
-        ({"train": {"image_size": 100}}, r"^train\.image_size: must be a positive multiple of 32"),
+        ({"train": {"image_size": 100}}, r"^profiles\.\*\.image_size: must be a positive multiple of 32"),
         ({"train": {"lr": "fast"}}, r"^train\.lr: expected a number"),
         ({"train": {"iteration": 5}}, r"^train\.iteration: unknown key; allowed keys: .*iterations"),
         ({"train": {"precision": "fp8"}}, r"^train\.precision: expected one of auto, fp32, bf16, got 'fp8'"),
@@ -48,8 +52,8 @@ def test_profiles_select_image_size_and_iterations():
         ({"dataset": "imagenet"}, r"^dataset: expected one of synthetic"),
         ({"variants": {"X": {"nbr": "l1", "cap": "none"}}}, r"^variants\.\*\.nbr: expected one of none, cosine, euclidean"),
         ({"variants": {"X": {"nbr": "none", "capp": "none"}}}, r"^variants\.X\.capp: unknown key"),
-        ({"variants": {"B+NBR": {}}}, r"^variants\.B\+NBR: variant ids must be file-safe"),
-        ({"variants": {"X": {"arch": "resnet"}}}, r"^variants\.\*\.arch: expected one of albunet34, ternausnet11"),
+        ({"variants": {"B+NBR": {"nbr": "none", "cap": "none"}}}, r"^variants\.B\+NBR: variant ids must be file-safe"),
+        ({"variants": {"X": {"nbr": "none", "cap": "none", "arch": "resnet"}}}, r"^variants\.\*\.arch: expected one of albunet34, ternausnet11"),
         ({"model": {"arch": "segformer"}}, r"^model\.arch: expected one of albunet34"),
         ({"data": {"categories": []}}, r"^data\.categories: "),
         ({"mlflow": {"enabled": "yes"}}, r"^mlflow\.enabled: expected true or false"),
@@ -60,7 +64,35 @@ def test_profiles_select_image_size_and_iterations():
 )
 def test_bad_values_are_rejected_by_name(raw, message):
     with pytest.raises(ConfigError, match=message):
+        parse_config(params_with(raw))
+
+
+@pytest.mark.parametrize("key", ["shot", "train.augment", "train.eval_every", "data.synthetic.seed", "metrics.threshold",
+                                 "variants.B.nbr", "mlflow.experiment", "methods"])
+def test_a_missing_key_is_an_error_that_names_it(key):
+    """params.yaml is the one source of every value: nothing falls back to a default in the code."""
+    raw = params_with({})
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    del node[leaf]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: missing from params.yaml"):
         parse_config(raw)
+
+
+def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
+    """Only a variant's optional ``arch`` and ``label`` may be left out (meaning: model.arch, the id)."""
+    import dataclasses
+
+    import fsds.config as config
+
+    optional = set()
+    for cls in vars(config).values():
+        if dataclasses.is_dataclass(cls):
+            optional |= {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
+                         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    assert optional == {"Variant.arch", "Variant.label"}
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_config):
@@ -69,21 +101,21 @@ def test_unknown_variant_lists_the_known_ones(tiny_config):
 
 
 def test_batch_size_auto_follows_the_paper():
-    cfg = parse_config({})
+    cfg = parse_config(params_with({}))
     assert cfg.train.resolved_batch_size(1) == 2
     assert cfg.train.resolved_batch_size(5) == 4
-    assert parse_config({"train": {"batch_size": 3}}).train.resolved_batch_size(1) == 3
+    assert parse_config(params_with({"train": {"batch_size": 3}})).train.resolved_batch_size(1) == 3
 
 
 def test_predict_batch_auto_keeps_about_half_a_megapixel():
-    auto = parse_config({}).predict
+    auto = parse_config(params_with({})).predict
     assert [auto.resolved_batch_size(s) for s in (512, 256, 128, 64, 1024)] == [2, 8, 32, 128, 1]
-    assert parse_config({"predict": {"batch_size": 5}}).predict.resolved_batch_size(512) == 5
+    assert parse_config(params_with({"predict": {"batch_size": 5}})).predict.resolved_batch_size(512) == 5
 
 
 def test_categories_list_and_overrides(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"data": {"categories": ["fabric"]}, "shot": 2}))
+    path.write_text(yaml.safe_dump(params_with({"data": {"categories": ["fabric"]}, "shot": 2})))
     cfg = load_config(path, overrides={"shot": 5})
     assert cfg.data.categories == ("fabric",)
     assert cfg.shot == 5

@@ -11,11 +11,19 @@ import pytest
 import torch
 
 from fsds.config import ARCHS, ModelConfig
-from fsds.model import build_model
-from fsds.prediction import inference_model, predict_probabilities, predict_variant
-from fsds.tracking import Tracker
-from fsds.training import (load_checkpoint, load_train_data, resolve_precision, sample_batch, train_segmenter,
-                           train_step, train_variant)
+from fsds.engine.checkpoint import load_checkpoint
+from fsds.engine.device import resolve_precision
+from fsds.engine.prediction import inference_model, predict_probabilities
+from fsds.engine.training import (
+    load_train_data,
+    sample_batch,
+    train_segmenter,
+    train_step,
+)
+from fsds.method.networks import build_model
+from fsds.pipeline.predict import predict_variant
+from fsds.pipeline.tracking import Tracker
+from fsds.pipeline.train import train_variant
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = torch.device("cuda")
@@ -44,7 +52,7 @@ def test_auto_precision_is_bf16_autocast_on_a_gpu_that_has_it():
 def test_training_with_autocast_on_the_gpu_is_finite_and_lowers_the_loss(tiny_config, tiny_split, arch):
     cfg = _on_cuda(tiny_config, precision="auto", iterations=40, image_size=64)
     data = load_train_data(tiny_split, "fabric", 64)
-    model, _, history = train_segmenter(cfg, cfg.variant("B_NBR_CaP"), data, seed=0, model_cfg=ModelConfig(arch))
+    model, _, history = train_segmenter(cfg, cfg.variant("B_NBR_CaP"), data, seed=0, model_cfg=ModelConfig(arch, "none"))
     assert all(p.is_cuda for p in model.parameters())
     assert np.isfinite(history[["loss", "seg", "nbr"]].to_numpy()).all()
     assert history["seg"].tail(5).mean() < history["seg"].head(5).mean()

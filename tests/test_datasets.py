@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsds.config import parse_config
-from fsds.datasets import index_dataset, list_categories, prepare_dataset
+from fsds.data.datasets import index_dataset, list_categories
+from fsds.data.sources import prepare_dataset
+from tests.params import make_config
 
 
 def test_index_of_the_synthetic_layout(tiny_root, tiny_index):
@@ -64,7 +65,7 @@ def test_category_without_normals(copy_of):
 
 
 def test_prepare_synthetic_is_atomic_and_deterministic(tmp_path):
-    cfg = parse_config({"data": {"categories": ["fabric"], "synthetic": {"n_train_good": 2, "n_test_good": 1, "n_per_defect": 2, "size": 32}}})
+    cfg = make_config({"data": {"categories": ["fabric"], "synthetic": {"n_train_good": 2, "n_test_good": 1, "n_per_defect": 2, "size": 32}}})
     out = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
     first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")}
     assert list_categories(out) == ["fabric"]

@@ -1,6 +1,7 @@
 """`fsds predict` and `fsds export`: a trained model used outside the pipeline."""
 
 import csv
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from fsds.cli import main
-from fsds.deploy import ONNX_TOLERANCE, deployed_from_checkpoint
-from fsds.images import load_images, resize_probabilities
-from fsds.model import build_model
-from fsds.prediction import inference_model, predict_probabilities
-from fsds.training import save_checkpoint
+from fsds.data.images import load_images, resize_probabilities
+from fsds.deploy.cli import main
+from fsds.deploy.model import deployed_from_checkpoint, load_deployed
+from fsds.deploy.onnx_export import ONNX_TOLERANCE
+from fsds.engine.checkpoint import save_checkpoint
+from fsds.engine.prediction import inference_model, predict_probabilities
+from fsds.method.networks import build_model
+from fsds.pipeline.train import stage_params
 
 
 @pytest.fixture()
@@ -26,7 +29,7 @@ def checkpoint(tmp_path, tiny_config):
     with torch.no_grad():
         model.head[0].bias.fill_(0.0)
     path = tmp_path / "model.pt"
-    save_checkpoint(path, model.eval(), tiny_config, 3)
+    save_checkpoint(path, model.eval(), tiny_config.model, stage_params(tiny_config, "B"), 3)
     return path
 
 
@@ -67,6 +70,22 @@ def test_predict_writes_masks_overlays_and_decisions_at_each_images_size(checkpo
         assert (int(row["height"]), int(row["width"])) == (h, w)
         assert float(row["score"]) == pytest.approx((mask > 0).mean(), abs=1e-6)
         assert row["decision"] == ("defect" if (mask > 0).any() else "good")
+
+
+def test_without_a_threshold_predict_uses_the_models_own(tmp_path, tiny_config, photos):
+    """The checkpoint keeps metrics.threshold; `fsds predict` applies it unless --threshold is given."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config.model)
+    with torch.no_grad():
+        model.head[0].bias.fill_(0.0)
+    cfg = dataclasses.replace(tiny_config, metrics=dataclasses.replace(tiny_config.metrics, threshold=0.3))
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model.eval(), cfg.model, stage_params(cfg, "B"), 3)
+    assert load_deployed(str(path)).threshold == 0.3
+    for name, flags in (("own", []), ("given", ["--threshold", "0.3"]), ("other", ["--threshold", "0.7"])):
+        main(["predict", "--model", str(path), str(photos / "wide.png"), "--out", str(tmp_path / name), *flags])
+    own, given, other = (_rows(tmp_path / n / "predictions.csv")[0]["score"] for n in ("own", "given", "other"))
+    assert own == given != other
 
 
 def test_the_threshold_and_min_area_flags_decide(checkpoint, photos, tmp_path):

@@ -1,4 +1,4 @@
-"""fsds.download: registry, mirror/HTTP fetch with resume, and safe atomic extraction.
+"""fsds.data.download: registry, mirror/HTTP fetch with resume, and safe atomic extraction.
 
 Everything runs on tmp_path and a loopback HTTP server; nothing leaves the machine.
 """
@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fsds import download as dl
-from fsds.download import (
+from fsds.data import download as dl
+from fsds.data.download import (
     ARCHIVES,
     MARKER,
     MIRROR_ENV,

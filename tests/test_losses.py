@@ -5,8 +5,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsds.augmentation import crop_and_paste
-from fsds.losses import bce_per_image, cap_lambda, downsample_mask, nbr_loss, weighted_bce
+from fsds.method.augmentation import crop_and_paste
+from fsds.method.losses import (
+    bce_per_image,
+    cap_lambda,
+    downsample_mask,
+    nbr_loss,
+    weighted_bce,
+)
 
 
 def test_nbr_identical_pooled_vectors_give_minus_one():
@@ -119,7 +125,7 @@ def test_weighted_bce_matches_torch_and_scales_with_lambda():
 def test_random_dihedral_moves_image_and_mask_together():
     import numpy as np
 
-    from fsds.augmentation import random_dihedral
+    from fsds.method.augmentation import random_dihedral
 
     images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     masks = torch.zeros(2, 1, 4, 4)

@@ -9,7 +9,14 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
-from fsds.metrics import PixelHistogram, evaluate_category, image_accuracy, iou_dice, mean_over_categories, safe_auroc
+from fsds.evaluation.metrics import (
+    PixelHistogram,
+    evaluate_category,
+    image_accuracy,
+    iou_dice,
+    mean_over_categories,
+    safe_auroc,
+)
 
 
 def test_iou_dice_hand_computed():

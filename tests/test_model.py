@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from fsds.config import ModelConfig
-from fsds.model import build_model, count_parameters
+from fsds.method.networks import build_model, count_parameters
 
 
 def test_forward_shape_and_encoder_features():
-    model = build_model(ModelConfig()).eval()
+    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none")).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         features = model.encode(x)
@@ -20,7 +20,7 @@ def test_forward_shape_and_encoder_features():
 
 def test_albunet34_parameter_count():
     # ResNet-34 encoder (21.3M without its fc layer) plus the U-Net decoder: about 24.4M.
-    n = count_parameters(build_model(ModelConfig()))
+    n = count_parameters(build_model(ModelConfig(arch="albunet34", encoder_weights="none")))
     assert 24_000_000 < n < 25_000_000
 
 
@@ -32,24 +32,24 @@ def _torchvision_resnet34_state():
 
 
 def test_encoder_weights_from_a_state_dict_file(tmp_path):
-    from fsds.model import encoder_weights
+    from fsds.method.weights import encoder_weights
 
     state = _torchvision_resnet34_state()
     torch.save(state, tmp_path / "r34.pth")
-    loaded, source = encoder_weights(ModelConfig(encoder_weights=str(tmp_path / "r34.pth")))
+    loaded, source = encoder_weights(ModelConfig(arch="albunet34", encoder_weights=str(tmp_path / "r34.pth")))
     assert source == str(tmp_path / "r34.pth")
-    model = build_model(ModelConfig(), loaded)
+    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none"), loaded)
     assert torch.equal(model.encoder.state_dict()["layer4.2.conv2.weight"], state["layer4.2.conv2.weight"])
     assert torch.equal(model.encoder.state_dict()["bn1.running_mean"], state["bn1.running_mean"])
 
 
 def test_encoder_weights_from_an_fsds_checkpoint(tmp_path):
-    from fsds.model import encoder_weights
+    from fsds.method.weights import encoder_weights
 
-    donor = build_model(ModelConfig())
+    donor = build_model(ModelConfig(arch="albunet34", encoder_weights="none"))
     torch.save({"model": donor.state_dict(), "iteration": 3}, tmp_path / "ckpt.pt")
-    loaded, _ = encoder_weights(ModelConfig(encoder_weights=str(tmp_path / "ckpt.pt")))
-    model = build_model(ModelConfig(), loaded)
+    loaded, _ = encoder_weights(ModelConfig(arch="albunet34", encoder_weights=str(tmp_path / "ckpt.pt")))
+    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none"), loaded)
     for key, value in donor.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
 
@@ -57,7 +57,7 @@ def test_encoder_weights_from_an_fsds_checkpoint(tmp_path):
 def test_imagenet_weights_from_the_torch_hub_cache(tmp_path, monkeypatch):
     import urllib.error
 
-    import fsds.model as fm
+    import fsds.method.weights as fm
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
@@ -68,23 +68,23 @@ def test_imagenet_weights_from_the_torch_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     expected = tmp_path / "hub" / "checkpoints" / "resnet34-b627a593.pth"
     with pytest.raises(FileNotFoundError, match=rf"imagenet needs {expected}, which is not there.*copy it to"):
-        fm.encoder_weights(ModelConfig(encoder_weights="imagenet"))
+        fm.encoder_weights(ModelConfig(arch="albunet34", encoder_weights="imagenet"))
     expected.parent.mkdir(parents=True, exist_ok=True)
     torch.save(_torchvision_resnet34_state(), expected)
-    loaded, source = fm.encoder_weights(ModelConfig(encoder_weights="imagenet"))
+    loaded, source = fm.encoder_weights(ModelConfig(arch="albunet34", encoder_weights="imagenet"))
     assert source == f"imagenet ({expected})"
-    build_model(ModelConfig(), loaded)
+    build_model(ModelConfig(arch="albunet34", encoder_weights="none"), loaded)
 
 
 def test_bad_encoder_weights_are_named(tmp_path):
-    from fsds.model import encoder_weights
+    from fsds.method.weights import encoder_weights
 
     with pytest.raises(FileNotFoundError, match="model.encoder_weights: .*missing.pt is not a file"):
-        encoder_weights(ModelConfig(encoder_weights=str(tmp_path / "missing.pt")))
+        encoder_weights(ModelConfig(arch="albunet34", encoder_weights=str(tmp_path / "missing.pt")))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
-    loaded, _ = encoder_weights(ModelConfig(encoder_weights=str(tmp_path / "wrong.pt")))
+    loaded, _ = encoder_weights(ModelConfig(arch="albunet34", encoder_weights=str(tmp_path / "wrong.pt")))
     with pytest.raises(ValueError, match="encoder weights do not fit model.arch"):
-        build_model(ModelConfig(), loaded)
+        build_model(ModelConfig(arch="albunet34", encoder_weights="none"), loaded)
 
 
 @pytest.mark.parametrize(
@@ -99,10 +99,10 @@ def test_bad_encoder_weights_are_named(tmp_path):
     ],
 )
 def test_every_arch_segments_and_exposes_its_deepest_features(arch, deep_channels, stride, params):
-    from fsds.losses import cap_lambda, nbr_loss
+    from fsds.method.losses import cap_lambda, nbr_loss
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch))
+    model = build_model(ModelConfig(arch=arch, encoder_weights="none"))
     assert count_parameters(model) == params
     x = torch.randn(4, 3, 64, 96)
     features = model.encode(x)
@@ -120,7 +120,7 @@ def test_every_arch_segments_and_exposes_its_deepest_features(arch, deep_channel
 def test_vgg_encoder_weights_load_from_a_torchvision_state_dict(tmp_path):
     import torchvision
 
-    from fsds.model import encoder_weights
+    from fsds.method.weights import encoder_weights
 
     torch.manual_seed(2)
     state = torchvision.models.vgg11().state_dict()  # features.* and the classifier.*
@@ -132,7 +132,7 @@ def test_vgg_encoder_weights_load_from_a_torchvision_state_dict(tmp_path):
 
 
 def test_imagenet_on_a_network_without_a_pretrained_encoder_says_so():
-    from fsds.model import encoder_weights
+    from fsds.method.weights import encoder_weights
 
     state, source = encoder_weights(ModelConfig(arch="unet", encoder_weights="imagenet"))
     assert state is None and source.startswith("none (unet has no ImageNet encoder")

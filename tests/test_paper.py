@@ -1,10 +1,10 @@
-"""`fsds.paper` holds the published numbers of Lin et al. 2021 (Tables II-VII) consistently."""
+"""`fsds.evaluation.paper` holds the published numbers of Lin et al. 2021 (Tables II-VII) consistently."""
 
 from __future__ import annotations
 
 import pytest
 
-from fsds.paper import (
+from fsds.evaluation.paper import (
     ABLATIONS,
     CATEGORIES,
     DETECTION,

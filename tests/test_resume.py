@@ -5,7 +5,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -13,8 +12,8 @@ import pytest
 import torch
 
 from fsds.config import Variant
-from fsds.resume import ResumeStore, fingerprint
-from fsds.training import load_train_data, train_segmenter
+from fsds.engine.resume import ResumeStore, fingerprint
+from fsds.engine.training import load_train_data, train_segmenter
 
 from .conftest import run, tiny_repo
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fsds.config import ConfigError, parse_config
-from fsds.datasets import MAGNETIC_TILE, SOURCE_FILE, convert_magnetic_tile, dataset_roots, index_dataset, prepare_dataset
-from fsds.split import k_shot_split
+from fsds.data.datasets import SOURCE_FILE, dataset_roots, index_dataset
+from fsds.data.sources import MAGNETIC_TILE, convert_magnetic_tile, prepare_dataset
+from fsds.data.split import k_shot_split
+from fsds.errors import ConfigError
+from tests.params import make_config
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
 EMPTY_UNEVEN = 4
@@ -77,7 +78,7 @@ def test_empty_masks_are_never_shots_on_magnetic_tile(fake_magnetic_tile, tmp_pa
 
 
 def test_mvtec_with_data_root_points_at_the_extraction(tiny_root, tmp_path):
-    cfg = parse_config({"dataset": "mvtec", "data": {"root": str(tiny_root), "categories": ["washer"]}})
+    cfg = make_config({"dataset": "mvtec", "data": {"root": str(tiny_root), "categories": ["washer"]}})
     out = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
     assert [p.name for p in out.iterdir()] == [SOURCE_FILE]  # nothing copied
     assert dataset_roots(out) == [tiny_root.resolve()]
@@ -85,10 +86,10 @@ def test_mvtec_with_data_root_points_at_the_extraction(tiny_root, tmp_path):
 
 
 def test_mvtec_bad_root_or_category_fails_early(tiny_root, tmp_path):
-    missing = parse_config({"dataset": "mvtec", "data": {"root": str(tmp_path / "nope")}})
+    missing = make_config({"dataset": "mvtec", "data": {"root": str(tmp_path / "nope")}})
     with pytest.raises(ValueError, match=r"data\.root: .*nope does not exist"):
         prepare_dataset(missing, tmp_path / "raw", tmp_path / "downloads")
-    wrong = parse_config({"dataset": "mvtec", "data": {"root": str(tiny_root), "categories": ["bottle"]}})
+    wrong = make_config({"dataset": "mvtec", "data": {"root": str(tiny_root), "categories": ["bottle"]}})
     with pytest.raises(ValueError, match=r"unknown category 'bottle'; .* has: fabric, washer"):
         prepare_dataset(wrong, tmp_path / "raw", tmp_path / "downloads")
     assert not (tmp_path / "raw").exists()
@@ -96,8 +97,8 @@ def test_mvtec_bad_root_or_category_fails_early(tiny_root, tmp_path):
 
 def test_folder_dataset_needs_a_root(tiny_root, tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.root: dataset 'folder' needs data\.root"):
-        parse_config({"dataset": "folder"})
-    cfg = parse_config({"dataset": "folder", "data": {"root": str(tiny_root)}})
+        make_config({"dataset": "folder"})
+    cfg = make_config({"dataset": "folder", "data": {"root": str(tiny_root)}})
     out = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
     assert len(index_dataset(dataset_roots(out))) > 0
 
@@ -115,7 +116,7 @@ def test_defect_folder_without_mask_folder(tiny_root, tmp_path):
 @pytest.mark.skipif(not (MIRROR / "Magnetic-tile-defect-datasets.-master.zip").is_file(), reason="no local mirror")
 def test_magnetic_tile_from_the_mirror(tmp_path, monkeypatch):
     monkeypatch.setenv("FSDS_DATA_MIRROR", str(MIRROR))
-    cfg = parse_config({"dataset": "magnetic_tile"})
+    cfg = make_config({"dataset": "magnetic_tile"})
     out = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
     index = index_dataset(dataset_roots(out))
     assert index[index["label"] == 1].groupby("defect_type").size().sum() == 392
@@ -131,8 +132,8 @@ def test_mvtec_download_flow_through_the_mirror(tiny_root, tmp_path, monkeypatch
     """fetch -> verify -> extract -> SOURCE.json -> index, with a fake archive in the mirror folder."""
     import tarfile
 
-    import fsds.datasets as datasets
-    from fsds.download import Archive
+    import fsds.data.sources as datasets
+    from fsds.data.download import Archive
 
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -148,11 +149,11 @@ def test_mvtec_download_flow_through_the_mirror(tiny_root, tmp_path, monkeypatch
     monkeypatch.setattr(datasets, "ARCHIVES", fake)
     monkeypatch.setattr(datasets, "MVTEC_CATEGORIES", ("fabric", "washer"))
     monkeypatch.setenv("FSDS_DATA_MIRROR", str(mirror))
-    cfg = parse_config({"dataset": "mvtec", "data": {"categories": ["washer"], "mvtec_download": how}})
+    cfg = make_config({"dataset": "mvtec", "data": {"categories": ["washer"], "mvtec_download": how}})
     out = prepare_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
     roots = dataset_roots(out)
     assert all(str(r).startswith(str((tmp_path / "downloads").resolve())) for r in roots)
     index = index_dataset(roots, ["washer"])
     assert set(index["category"]) == {"washer"} and (index["label"] == 1).sum() == 12
     with pytest.raises(ValueError, match="unknown MVTec AD category 'bottle'"):
-        prepare_dataset(parse_config({"dataset": "mvtec", "data": {"categories": ["bottle"]}}), tmp_path / "r2", tmp_path / "downloads")
+        prepare_dataset(make_config({"dataset": "mvtec", "data": {"categories": ["bottle"]}}), tmp_path / "r2", tmp_path / "downloads")

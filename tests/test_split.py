@@ -1,10 +1,9 @@
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsds.split import category_split, k_shot_split
+from fsds.data.split import category_split, k_shot_split
 
 
 def test_k_per_defect_type_and_pool(tiny_index):

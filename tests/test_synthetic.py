@@ -1,4 +1,4 @@
-"""Tests for the embedded synthetic MVTec-style dataset (fsds.synthetic)."""
+"""Tests for the embedded synthetic MVTec-style dataset (fsds.data.synthetic)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsds.synthetic import _R_IN, _R_OUT, _SHIFT, CATEGORIES, _render_sample, generate_synthetic
+from fsds.data.synthetic import (
+    _R_IN,
+    _R_OUT,
+    _SHIFT,
+    CATEGORIES,
+    _render_sample,
+    generate_synthetic,
+)
 
 SMALL = dict(n_train_good=3, n_test_good=2, n_per_defect=2, size=64)
 

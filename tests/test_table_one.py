@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsds.datasets import index_dataset
-from fsds.split import k_shot_split
+from fsds.data.datasets import index_dataset
+from fsds.data.split import k_shot_split
 
 # Table I: category -> (train normal, test defect at 1-shot, test defect at 5-shot, test normal)
 TABLE_I = {

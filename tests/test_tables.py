@@ -5,8 +5,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from fsds import paper
-from fsds.tables import ablation_table, category_means, detection_table, mean_std, paper_tables, per_category_table
+from fsds.evaluation import paper
+from fsds.evaluation.tables import (
+    ablation_table,
+    category_means,
+    detection_table,
+    mean_std,
+    paper_tables,
+    per_category_table,
+)
 
 LABEL = {"B": "B", "B_NBR": "B+NBR", "B_NBR_CaP": "ours", "UNet": "U-Net", "AlbuNet": "B (AlbuNet)"}.get
 

@@ -12,13 +12,12 @@ import sys
 import textwrap
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fsds.grid import finished_experiments, git_file
+from fsds.experiments.grid import finished_experiments, git_file
 from tests.conftest import run, tiny_repo
 
 TINY = {
@@ -85,7 +84,7 @@ def test_pipeline_tracks_into_a_tracking_server_and_its_model_reloads_elsewhere(
     # the test images the predict stage predicted.
     script = textwrap.dedent(f"""
         import numpy as np, pandas as pd, torch, mlflow.pytorch, mlflow.models
-        from fsds.images import load_images
+        from fsds.data.images import load_images
         info = mlflow.models.get_model_info({model_uri!r})
         assert [tuple(s.shape) for s in info.signature.inputs.inputs] == [(-1, 3, 64, 64)], info.signature
         model = mlflow.pytorch.load_model({model_uri!r})

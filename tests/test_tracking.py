@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from fsds.config import MlflowConfig
-from fsds.tracking import Tracker
-from fsds.training import train_variant
+from fsds.pipeline.tracking import Tracker
+from fsds.pipeline.train import train_variant
 
 
 def _closed_port() -> int:
@@ -30,7 +30,7 @@ def no_retries(monkeypatch):
 def _config(tiny_config, uri):
     return dataclasses.replace(
         tiny_config,
-        mlflow=MlflowConfig(enabled=True, tracking_uri=uri),
+        mlflow=MlflowConfig(enabled=True, tracking_uri=uri, experiment="fsds"),
         train=dataclasses.replace(tiny_config.train, iterations=2, eval_every=0),
     )
 
@@ -64,7 +64,7 @@ def test_store_lost_during_training_costs_no_result(tiny_config, tiny_split, tmp
 
 
 def test_test_metrics_for_an_unreachable_store_only_warn(no_retries, capfd):
-    tracker = Tracker(MlflowConfig(enabled=True, tracking_uri=f"http://127.0.0.1:{_closed_port()}"))
+    tracker = Tracker(MlflowConfig(enabled=True, tracking_uri=f"http://127.0.0.1:{_closed_port()}", experiment="fsds"))
     tracker.log_test_metrics("0123abcd", {"iou": 0.5})  # the metrics stage writes its files regardless
     assert tracker.lost
     assert "tracking is off for the rest of this stage" in capfd.readouterr().err

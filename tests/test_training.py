@@ -3,16 +3,12 @@ import dataclasses
 import pytest
 import torch
 
-from fsds.config import Variant, parse_config
-from fsds.training import (
-    category_seed,
-    load_checkpoint,
-    load_train_data,
-    resolve_channels_last,
-    resolve_precision,
-    save_checkpoint,
-    train_segmenter,
-)
+from fsds.config import Variant
+from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
+from fsds.engine.device import resolve_channels_last, resolve_precision
+from fsds.engine.training import load_train_data, train_segmenter
+from fsds.pipeline.train import category_seed, stage_params
+from tests.params import make_config
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +61,13 @@ def test_same_seed_same_weights(tiny_config, washer_data):
 def test_checkpoint_rebuilds_the_model(tmp_path, tiny_config, washer_data):
     model, optimizer, _ = train_segmenter(tiny_config, Variant("none", "none"), washer_data, seed=0)
     path = tmp_path / "m.pt"
-    save_checkpoint(path, model, tiny_config, 3, {"category": "washer"}, optimizer=optimizer)
+    save_checkpoint(path, model, tiny_config.model, stage_params(tiny_config, "B"), 3, {"category": "washer"}, optimizer=optimizer)
     rebuilt, state = load_checkpoint(path)
     assert state["iteration"] == 3 and state["category"] == "washer"
     assert state["config"]["train"]["image_size"] == 64
     assert "state" in state["optimizer"] and state["optimizer"]["state"]
     finished = tmp_path / "finished.pt"
-    save_checkpoint(finished, model, tiny_config, 3)  # a finished model leaves Adam's moments out
+    save_checkpoint(finished, model, tiny_config.model, stage_params(tiny_config, "B"), 3)  # a finished model leaves Adam's moments out
     assert "optimizer" not in load_checkpoint(finished)[1]
     assert finished.stat().st_size < path.stat().st_size / 2
     finished.unlink()
@@ -86,20 +82,20 @@ def test_checkpoint_rebuilds_the_model(tmp_path, tiny_config, washer_data):
 
 def test_non_finite_loss_names_iteration_and_images(tiny_config, washer_data):
     bad = dataclasses.replace(washer_data, defect_masks=washer_data.defect_masks.clone())
-    cfg = parse_config({"train": {"image_size": 64, "iterations": 2, "lr": 0.5}, "mlflow": {"enabled": False}})
+    cfg = make_config({"train": {"image_size": 64, "iterations": 2, "lr": 0.5}, "mlflow": {"enabled": False}})
     broken_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, nbr_weight=float("inf")))
     with pytest.raises(FloatingPointError, match=r"non-finite loss at iteration 1: .*defect images \["):
         train_segmenter(broken_cfg, Variant("cosine", "none"), bad, seed=0)
 
 
 def test_precision_resolution(monkeypatch):
-    import fsds.training
+    import fsds.engine.device
 
     assert resolve_precision("fp32", torch.device("cpu")) is None
     assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
-    monkeypatch.setattr(fsds.training, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(fsds.engine.device, "cpu_has_fast_bf16", lambda: True)
     assert resolve_precision("auto", torch.device("cpu")) is torch.bfloat16
-    monkeypatch.setattr(fsds.training, "cpu_has_fast_bf16", lambda: False)  # bf16 emulated in fp32 is slower
+    monkeypatch.setattr(fsds.engine.device, "cpu_has_fast_bf16", lambda: False)  # bf16 emulated in fp32 is slower
     assert resolve_precision("auto", torch.device("cpu")) is None
 
 
@@ -143,9 +139,9 @@ def test_category_seed_is_stable_and_distinct():
 
 
 def test_timing_measures_a_step_of_any_method():
-    from fsds.timing import step_seconds
+    from fsds.experiments.timing import step_seconds
 
-    cfg = parse_config({"profiles": {"t": {"image_size": 64, "iterations": 3}}, "profile": "t",
-                        "variants": {"UNetPP": {"arch": "unetplusplus", "cap": "plain"}}, "mlflow": {"enabled": False}})
+    cfg = make_config({"profiles": {"t": {"image_size": 64, "iterations": 3}}, "profile": "t",
+                        "variants": {"UNetPP": {"arch": "unetplusplus", "nbr": "none", "cap": "plain"}}, "mlflow": {"enabled": False}})
     seconds = step_seconds(cfg, "UNetPP", 5, 3)
     assert 0 < seconds < 60

@@ -1,0 +1,112 @@
+"""Prediction on image files of any size: masks, overlays and a CSV of scores and decisions."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from fsds.data.images import resize_image, resize_probabilities
+from fsds.deploy.model import DeployedModel
+from fsds.errors import InputError, MissingFileError
+from fsds.evaluation.metrics import defect_area
+from fsds.io import atomic_path, read_rgb, write_text
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named, or found (sorted, not recursively) in the folders named."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise MissingFileError(f"{item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise MissingFileError(f"{item}: no such image or folder")
+    stems = [p.stem for p in files]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise InputError(f"several inputs are named {clash[0]!r} (apart from the suffix); their outputs "
+                         "would overwrite each other: predict them into separate --out folders")
+    return files
+
+
+@dataclass
+class Prediction:
+    image: str
+    height: int
+    width: int
+    score: float  # predicted defect area as a fraction of the image (the paper's anomaly score)
+    max_probability: float
+    defective: bool
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image with the predicted defect tinted red and its other pixels as they are."""
+    out = rgb.astype(np.float32)
+    red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * red
+    return out.round().astype(np.uint8)
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(_png_bytes(array))
+
+
+@torch.no_grad()
+def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, threshold: float | None = None,
+                  min_area: float = 0.0, batch_size: int = 4, device: torch.device | str = "cpu") -> list[Prediction]:
+    """Masks (``masks/<stem>.png``, white = defect), overlays (``overlays/<stem>.png``) at each image's
+    own size, and ``predictions.csv`` with each image's score and decision: defective when the
+    predicted defect area exceeds ``min_area`` (default 0: any pixel, the paper's rule). A pixel is
+    a defect above ``threshold``, by default the model's own (``metrics.threshold`` of its training)."""
+    threshold = model.threshold if threshold is None else threshold
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
+    if not 0.0 <= min_area < 1.0:
+        raise InputError(f"--min-area is a fraction of the image in [0, 1), got {min_area}")
+    out = Path(out)
+    size, device = model.image_size, torch.device(device)
+    results: list[Prediction] = []
+    bar = tqdm(total=len(files), desc="predict", unit="img")
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        rgbs = [read_rgb(p) for p in chunk]
+        x = torch.stack([resize_image(rgb, size) for rgb in rgbs]).to(device).float().div_(255.0)
+        probs = (model(x)[:, 0].float().cpu().numpy() * 255.0).round().astype(np.uint8)
+        for path, rgb, prob in zip(chunk, rgbs, probs):
+            full = resize_probabilities(prob, *rgb.shape[:2])
+            mask = full >= threshold
+            _write_png(out / "masks" / f"{path.stem}.png", (mask * 255).astype(np.uint8))
+            _write_png(out / "overlays" / f"{path.stem}.png", overlay(rgb, mask))
+            area = defect_area(full, threshold)
+            results.append(Prediction(str(path), rgb.shape[0], rgb.shape[1], area, float(full.max()), area > min_area))
+            bar.update(1)
+    bar.close()
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["image", "height", "width", "score", "max_probability", "decision"])
+    for r in results:
+        writer.writerow([r.image, r.height, r.width, f"{r.score:.6f}", f"{r.max_probability:.4f}",
+                         "defect" if r.defective else "good"])
+    write_text(out / "predictions.csv", buf.getvalue())
+    return results

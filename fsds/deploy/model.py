@@ -1,0 +1,83 @@
+"""The deployable network: what leaves the lab.
+
+:class:`DeployedModel` is what leaves the lab: RGB images as float ``(B, 3, S, S)`` in [0, 1]
+in, defect probabilities ``(B, 1, S, S)`` out; the ImageNet normalisation and the sigmoid are
+inside, so a caller (PyTorch, MLflow's ``mlflow.pytorch.load_model`` or ONNX Runtime) needs
+nothing from fsds but the image size, which the model carries (``image_size``).
+
+``load_deployed`` takes an fsds checkpoint (``data/models/<method>/<category>.pt``) or an MLflow
+model URI (``runs:/<run id>/model``, ``models:/<name>/<version>``, a local model folder);
+:mod:`fsds.deploy.files` predicts image files with it and :mod:`fsds.deploy.onnx_export` exports it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fsds.data.images import MEAN, STD
+from fsds.engine.checkpoint import load_checkpoint
+from fsds.engine.prediction import inference_model
+from fsds.errors import InputError, MissingFileError
+from fsds.method.networks import Segmenter
+
+
+class DeployedModel(nn.Module):
+    """A segmenter with its input normalisation and output sigmoid: [0, 1] RGB in, probabilities out."""
+
+    def __init__(self, net: Segmenter, image_size: int, threshold: float) -> None:
+        super().__init__()
+        self.net = net
+        self.image_size = int(image_size)
+        self.threshold = float(threshold)  # metrics.threshold of its training: a pixel above it is a defect
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net((images - self.mean) / self.std))
+
+
+def deployable(net: Segmenter, image_size: int, threshold: float) -> DeployedModel:
+    """A copy of a trained network made deployable (fp32, contiguous, batch norms folded, eval mode)."""
+    net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
+    return DeployedModel(inference_model(net), image_size, threshold).eval()
+
+
+def deployed_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> DeployedModel:
+    """The deployable model of an fsds checkpoint, batch norms folded, in eval mode."""
+    net, state = load_checkpoint(path, device)
+    config = state["config"]
+    return DeployedModel(inference_model(net), config["train"]["image_size"],
+                         config["metrics"]["threshold"]).to(device).eval()
+
+
+def load_deployed(spec: str, device: torch.device | str = "cpu") -> DeployedModel:
+    """An fsds checkpoint file, or an MLflow model URI (``runs:/...``, ``models:/...``, a model folder)."""
+    if Path(spec).is_file():
+        return deployed_from_checkpoint(spec, device)
+    if "://" not in spec and ":/" not in spec and not Path(spec).is_dir():
+        raise MissingFileError(f"--model {spec}: neither a checkpoint file nor an MLflow model URI "
+                               "(runs:/<run id>/model, models:/<name>/<version>, or a model folder)")
+    import mlflow.pytorch
+
+    try:
+        model = mlflow.pytorch.load_model(spec, map_location=torch.device(device))
+    except Exception as exc:  # MLflow raises many kinds: say which model and what to check
+        raise InputError(f"--model {spec}: MLflow could not load it ({exc}); check the URI and "
+                         "MLFLOW_TRACKING_URI") from exc
+    if not isinstance(model, DeployedModel):
+        raise InputError(f"--model {spec}: an MLflow model of type {type(model).__name__}, not an fsds model")
+    return model.to(device).eval()
+
+
+def signature(image_size: int):
+    """The MLflow signature: float32 images ``(-1, 3, S, S)`` in [0, 1] -> probabilities ``(-1, 1, S, S)``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, image_size, image_size), "images")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, image_size, image_size))]))

@@ -1,0 +1,61 @@
+"""Checkpoints: everything that rebuilds a trained network (``model_args``, its weights, the
+config it was trained with), written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsds.config import ModelConfig
+from fsds.errors import MissingFileError
+from fsds.io import atomic_path
+from fsds.method.networks import Segmenter, build_model
+
+
+def model_args(cfg: ModelConfig) -> dict[str, Any]:
+    """What :func:`fsds.method.networks.build_model` needs to rebuild the network from a checkpoint alone."""
+    return {"arch": cfg.arch, "encoder_weights": cfg.encoder_weights}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Segmenter,
+    model_cfg: ModelConfig,
+    config: dict[str, Any],
+    iteration: int,
+    extra: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """What rebuilds the model (and, given the ``optimizer``, continues training it), written atomically.
+
+    ``config`` is the params it was trained with (at least ``train.image_size`` and
+    ``metrics.threshold``, which prediction reads back). A finished model's checkpoint leaves the
+    optimizer out: Adam's two moments would triple its size.
+    """
+    state = {
+        "model": model.state_dict(),
+        "model_args": model_args(model_cfg),
+        "config": config,
+        "iteration": iteration,
+        **(extra or {}),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[Segmenter, dict[str, Any]]:
+    """Rebuild the network from a checkpoint alone; returns it in eval mode with the raw dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path} not found; run the train stage first")
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(ModelConfig(**state["model_args"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, state
+
+

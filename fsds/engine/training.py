@@ -1,0 +1,249 @@
+"""Algorithm 1 of the paper: train a segmenter on K defect shots and a pool of normal images.
+
+One iteration samples ``m`` defect shots and ``m`` normal images. With the variant's switches:
+
+- ``nbr`` (none | cosine | euclidean): add the Normal Background Regularization loss between
+  the defect-free part of the defect images and the normal images (eqs. 1-3);
+- ``cap`` (none | plain | weighted): with probability ``cap_probability`` the segmentation loss
+  is computed on the crop-and-pasted image instead of the original (eq. 4), weighted by
+  lambda (eq. 6) for ``weighted`` or by 1 for ``plain``.
+
+NBR, lambda and the segmentation loss share one encoder pass per kind of image, and the
+decoder runs only on the part that is segmented.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from fsds.config import Config, ModelConfig, Variant
+from fsds.data.images import load_images, load_masks, normalize
+from fsds.data.split import category_split
+from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
+from fsds.errors import InputError
+from fsds.evaluation.metrics import iou_dice
+from fsds.method.augmentation import crop_and_paste, random_dihedral
+from fsds.method.losses import cap_lambda, nbr_loss, weighted_bce
+from fsds.method.networks import Segmenter, build_model
+
+HISTORY_COLUMNS = ["iteration", "loss", "seg", "nbr", "lambda", "cap", "probe_iou"]
+
+
+@dataclass
+class TrainData:
+    """A category's training images, decoded and resized once."""
+
+    defect_images: torch.Tensor  # (N, 3, S, S) uint8
+    defect_masks: torch.Tensor  # (N, 1, S, S) uint8 in {0, 1}
+    defect_names: list[str]
+    normal_images: torch.Tensor  # (M, 3, S, S) uint8
+
+
+def load_train_data(table: pd.DataFrame, category: str, size: int) -> TrainData:
+    parts = category_split(table, category)
+    shots, normals = parts["train_defect"], parts["train_normal"]
+    if shots.empty:
+        raise InputError(f"category {category!r} has no training defect images in the split table")
+    if normals.empty:
+        raise InputError(f"category {category!r} has no normal training images; NBR and CaP need some")
+    return TrainData(
+        defect_images=load_images(shots["image"].tolist(), size, desc=f"{category} shots"),
+        defect_masks=load_masks(shots["mask"].tolist(), size),
+        defect_names=shots["image"].tolist(),
+        normal_images=load_images(normals["image"].tolist(), size, desc=f"{category} normals"),
+    )
+
+
+@dataclass
+class ProbeSet:
+    """A few test defect images of a category, for the test IoU during training (Fig. 9)."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    masks: torch.Tensor  # (N, 1, S, S) uint8 in {0, 1}
+
+
+def load_probe(table: pd.DataFrame, category: str, size: int, n: int, seed: int) -> ProbeSet | None:
+    """Up to ``n`` test defect images, drawn with ``seed`` (the same ones for every variant)."""
+    test = category_split(table, category)["test"]
+    defects = test[test["mask"] != ""]
+    if defects.empty:
+        return None
+    if len(defects) > n:
+        keep = np.sort(np.random.default_rng(seed).choice(len(defects), size=n, replace=False))
+        defects = defects.iloc[keep]
+    return ProbeSet(load_images(defects["image"].tolist(), size, desc=f"{category} probe"),
+                    load_masks(defects["mask"].tolist(), size))
+
+
+@torch.no_grad()
+def probe_iou(model: Segmenter, probe: ProbeSet, device: torch.device, amp_dtype: torch.dtype | None,
+              threshold: float, batch_size: int = 8, channels_last: bool = False) -> float:
+    """Mean per-image IoU (:func:`fsds.evaluation.metrics.iou_dice`) on the probe images at network
+    resolution; leaves the model in train mode."""
+    model.eval()
+    ious = []
+    for start in range(0, len(probe.images), batch_size):
+        x = normalize(probe.images[start : start + batch_size].to(device), channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x).float()
+        pred = (torch.sigmoid(logits) >= threshold).cpu().numpy()
+        target = probe.masks[start : start + batch_size].bool().numpy()
+        ious += [iou_dice(p, t)[0] for p, t in zip(pred, target)]
+    model.train()
+    return float(np.mean(ious))
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def train_segmenter(
+    cfg: Config,
+    variant: Variant,
+    data: TrainData,
+    *,
+    seed: int,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    progress_desc: str = "train",
+    encoder_state: dict[str, torch.Tensor] | None = None,
+    model_cfg: ModelConfig | None = None,
+    probe: ProbeSet | None = None,
+    resume_state: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Segmenter, torch.optim.Optimizer, pd.DataFrame]:
+    """Run Algorithm 1 and return the model, its optimizer and the per-iteration loss history.
+
+    ``model_cfg`` is the network (default ``cfg.model``); with a ``probe`` and ``train.eval_every``
+    the history's ``probe_iou`` holds the probe IoU every ``eval_every`` iterations (NaN between).
+    Every ``train.checkpoint_every`` iterations (and at the last) ``on_checkpoint`` gets the whole
+    loop state (:func:`loop_state`); given back as ``resume_state``, training continues from there
+    and ends where an uninterrupted run with the same seed ends.
+    """
+    tc = cfg.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    device = resolve_device(tc.device)
+    amp_dtype = resolve_precision(tc.precision, device)
+    channels_last = resolve_channels_last(tc.channels_last, amp_dtype, training=True)
+    rng = seed_everything(seed)
+    model = build_model(model_cfg or cfg.model, encoder_state).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+
+    m = tc.resolved_batch_size(cfg.shot)
+    history: list[dict[str, float]] = []
+    first = 1
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        rng.bit_generator.state = resume_state["numpy_rng"]
+        torch.set_rng_state(resume_state["torch_rng"])
+        history = list(resume_state["history"])
+        first = resume_state["iteration"] + 1
+    bar = tqdm(range(first, tc.iterations + 1), desc=progress_desc, unit="it", dynamic_ncols=True,
+               initial=first - 1, total=tc.iterations)
+    for it in bar:
+        batch = sample_batch(data, rng, m, variant, tc.cap_probability, tc.augment, device, channels_last)
+        row = {"iteration": it, **train_step(model, optimizer, batch, variant, tc.nbr_weight, amp_dtype, it),
+               "probe_iou": math.nan}
+        if probe is not None and tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
+            row["probe_iou"] = probe_iou(model, probe, device, amp_dtype, cfg.metrics.threshold,
+                                         channels_last=channels_last)
+        history.append(row)
+        if on_log is not None:
+            on_log(it, row)
+        if it % tc.log_every == 0 or it == tc.iterations:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", seg=f"{row['seg']:.4f}", nbr=f"{row['nbr']:.3f}")
+        if on_checkpoint is not None and tc.checkpoint_every and (it % tc.checkpoint_every == 0 or it == tc.iterations):
+            on_checkpoint(loop_state(it, model, optimizer, rng, history))
+    return model, optimizer, pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+def loop_state(iteration: int, model: Segmenter, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+               history: list[dict[str, float]]) -> dict[str, Any]:
+    """Everything the training loop carries from one iteration to the next."""
+    return {"iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": list(history)}
+
+
+@dataclass
+class Batch:
+    """One iteration's images on the device: normalised defect and normal images, the masks."""
+
+    defect: torch.Tensor  # (m, 3, S, S) float
+    mask: torch.Tensor  # (m, 1, S, S) float in {0, 1}
+    normal: torch.Tensor  # (m, 3, S, S) float
+    use_cap: bool
+    names: list[str]
+
+
+def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Variant, cap_probability: float,
+                 augment: bool, device: torch.device, channels_last: bool = False) -> Batch:
+    """Draw ``m`` defect shots and ``m`` normal images (Algorithm 1) from the cached uint8 tensors."""
+    idx_d = rng.integers(0, len(data.defect_images), size=m)
+    idx_n = rng.integers(0, len(data.normal_images), size=m)
+    use_cap = variant.cap != "none" and rng.random() < cap_probability
+    img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
+    if augment:
+        img_d, mask_d = random_dihedral(img_d, mask_d, rng)
+        img_n, _ = random_dihedral(img_n, None, rng)
+    return Batch(normalize(img_d.to(device), channels_last), mask_d.to(device).float(),
+                 normalize(img_n.to(device), channels_last), use_cap,
+                 [Path(data.defect_names[i]).name for i in idx_d])
+
+
+def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch, variant: Variant,
+               nbr_weight: float, amp_dtype: torch.dtype | None, iteration: int = 0) -> dict[str, float]:
+    """One optimisation step of Algorithm 1; returns the loss terms.
+
+    The encoder sees each kind of image the variant needs (defect, normal, pasted) in its own
+    pass of ``m`` images: on a CPU, passes of ``m`` keep the activations closer to the caches
+    than one pass of ``3m`` and run faster (reports/benchmark.md measures both). NBR, lambda
+    and the segmentation loss share those features; the decoder runs once, on the segmented part.
+    """
+    y, use_cap = batch.mask, batch.use_cap
+    device = y.device
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        needs_defect = not use_cap or variant.nbr != "none" or variant.cap == "weighted"
+        f_defect = model.encode(batch.defect) if needs_defect else None
+        f_normal = model.encode(batch.normal) if variant.nbr != "none" else None
+        f_pasted = model.encode(crop_and_paste(batch.defect, batch.normal, y)) if use_cap else None
+        logits = model.decode(f_pasted if use_cap else f_defect)
+
+    lam = None
+    if use_cap and variant.cap == "weighted":
+        lam = cap_lambda(f_defect[-1], f_pasted[-1])
+    seg = weighted_bce(logits, y, lam)
+    nbr = torch.zeros((), device=device)
+    if variant.nbr != "none":
+        nbr = nbr_loss(f_defect[-1], f_normal[-1], y, variant.nbr)
+    loss = seg + nbr_weight * nbr
+
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}: seg={seg.item()}, nbr={nbr.item()}, "
+            f"cap={'yes' if use_cap else 'no'}, defect images {batch.names}; lower train.lr or check these images"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {
+        "loss": loss.item(),
+        "seg": seg.item(),
+        "nbr": nbr.item(),
+        "lambda": lam.mean().item() if lam is not None else math.nan,
+        "cap": float(use_cap),
+    }
+
+

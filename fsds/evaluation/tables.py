@@ -1,0 +1,176 @@
+"""Markdown tables in the layout of the paper's Tables II-VII, mean (std) over seeds.
+
+Everything starts from a long results frame, one row per (method, shot, seed, category) with
+the metrics of :data:`fsds.evaluation.metrics.METRIC_NAMES`. A single run is the one-seed case (no std);
+an experiment grid concatenates the frames of its runs. Means over categories are taken per
+seed first, then summarised over seeds, as the paper does. With ``paper=True`` (MVTec AD) the
+published numbers of :mod:`fsds.evaluation.paper` stand beside ours.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fsds.evaluation import paper as published
+from fsds.evaluation.metrics import METRIC_NAMES
+
+RESULT_KEYS = ["method", "shot", "seed", "category"]
+NETWORKS = published.METHODS  # Tables II-IV, in the paper's column order
+ABLATIONS = {  # table -> its rows, in the paper's order
+    "V": ("B", "B_NBR", "B_NBR_CaP"),
+    "VI": ("B_NBR_CaP1", "B_NBR_CaP"),
+    "VII": ("B_NBReuc_CaP", "B_NBR_CaP"),
+}
+ABLATION_TITLES = {
+    "V": "Table V: the proposed regularizations",
+    "VI": "Table VI: lambda of eq. 6 against lambda = 1",
+    "VII": "Table VII: NBR with cosine similarity against Euclidean distance",
+}
+
+
+def results_frame(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], shot: int, seed: int) -> pd.DataFrame:
+    """Rows of one run's ``metrics.json`` (``{method: {category | "mean": {metric: value}}}``)."""
+    rows = [
+        {"method": method, "shot": shot, "seed": seed, "category": category, **{m: values[m] for m in METRIC_NAMES}}
+        for method, per_category in metrics.items()
+        for category, values in per_category.items()
+        if category != "mean"
+    ]
+    return pd.DataFrame(rows, columns=RESULT_KEYS + list(METRIC_NAMES))
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 4) -> str:
+    """``0.1234 (0.0056)``: mean and sample standard deviation; the mean alone for one value."""
+    values = [v * scale for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ({np.std(values, ddof=1):.{digits}f})"
+
+
+def category_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, shot, seed): the mean over categories of every metric (NaNs skipped)."""
+    return frame.groupby(["method", "shot", "seed"], sort=False)[list(METRIC_NAMES)].mean().reset_index()
+
+
+def _present(frame: pd.DataFrame, methods: Sequence[str]) -> list[str]:
+    have = set(frame["method"])
+    return [m for m in methods if m in have]
+
+
+HEADERS = {"iou": "IoU", "dice": "Dice", "image_acc": "image ACC", "image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC"}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, scale: float = 1.0) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value * scale:.4f}"
+
+
+def per_category_table(
+    frame: pd.DataFrame, metric: str, shot: int, label: Callable[[str], str], paper: bool = False
+) -> str:
+    """Tables II (IoU) / III (Dice): categories down, networks across, a Mean row at the bottom."""
+    methods = _present(frame[frame["shot"] == shot], NETWORKS)
+    part = frame[(frame["shot"] == shot) & frame["method"].isin(methods)]
+    header = ["category"]
+    for m in methods:
+        header += [label(m)] + ([f"{label(m)} (paper)"] if paper else [])
+    rows = []
+    for category in sorted(part["category"].unique()):
+        row = [category]
+        for m in methods:
+            row.append(mean_std(part[(part["method"] == m) & (part["category"] == category)][metric].tolist()))
+            if paper:
+                cell = published.PER_CATEGORY[metric][shot][m].get(category) if shot in (1, 5) else None
+                row.append("-" if cell is None else f"{cell[0]:.4f} ({cell[1]:.4f})")
+        rows.append(row)
+    means = category_means(part)
+    row = ["**Mean**"]
+    for m in methods:
+        row.append(mean_std(means[means["method"] == m][metric].tolist()))
+        if paper:
+            row.append(_fmt(published.PRINTED_MEANS[metric].get(shot, {}).get(m)))
+    rows.append(row)
+    return markdown_table(header, rows)
+
+
+def detection_table(frame: pd.DataFrame, label: Callable[[str], str], paper: bool = False) -> str:
+    """Table IV: image-level accuracy and ROC AUC (mean over categories) per network and shot."""
+    means = category_means(frame)
+    shots = sorted(means["shot"].unique())
+    methods = _present(frame, NETWORKS)
+    header = ["method"]
+    for k in shots:
+        header += [f"{k}-shot ACC", f"{k}-shot AUC"] + ([f"{k}-shot ACC (paper)", f"{k}-shot AUC (paper)"] if paper else [])
+    rows = []
+    for m in methods:
+        row = [label(m)]
+        for k in shots:
+            sel = means[(means["method"] == m) & (means["shot"] == k)]
+            row += [mean_std(sel["image_acc"].tolist()), mean_std(sel["image_auroc"].tolist())]
+            if paper:
+                ref = published.DETECTION.get(k, {}).get(m)
+                row += [_fmt(ref["acc"]) if ref else "-", _fmt(ref["auc"]) if ref else "-"]
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def ablation_table(frame: pd.DataFrame, table: str, label: Callable[[str], str], paper: bool = False) -> str:
+    """Tables V-VII: mean IoU and Dice over categories per method and shot."""
+    means = category_means(frame)
+    shots = sorted(means["shot"].unique())
+    header = ["method"]
+    for k in shots:
+        header += [f"{k}-shot IoU", f"{k}-shot DC"] + ([f"{k}-shot IoU (paper)", f"{k}-shot DC (paper)"] if paper else [])
+    rows = []
+    for m in _present(frame, ABLATIONS[table]):
+        row = [label(m)]
+        for k in shots:
+            sel = means[(means["method"] == m) & (means["shot"] == k)]
+            row += [mean_std(sel["iou"].tolist()), mean_std(sel["dice"].tolist())]
+            if paper:
+                ref = published.ABLATIONS[table].get(m, {}).get(k)
+                row += [_fmt(ref["iou"]) if ref else "-", _fmt(ref["dice"]) if ref else "-"]
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def all_methods_table(frame: pd.DataFrame, label: Callable[[str], str]) -> str:
+    """Every method of the run (including ones the paper does not have): all metrics, per shot."""
+    means = category_means(frame)
+    rows = []
+    for (m, k), sel in means.groupby(["method", "shot"], sort=False):
+        rows.append([label(m), str(k), str(sel["seed"].nunique())] + [mean_std(sel[name].tolist()) for name in METRIC_NAMES])
+    return markdown_table(["method", "shot", "seeds"] + [HEADERS[n] for n in METRIC_NAMES], rows)
+
+
+def paper_tables(
+    frame: pd.DataFrame, label: Callable[[str], str], *, paper: bool = False,
+    parameters: Mapping[str, int] | None = None,
+) -> str:
+    """Every table the results can fill, in the paper's order (a table with no method is left out)."""
+    parts = ["## All methods (mean over categories)", "", all_methods_table(frame, label), ""]
+    networks = _present(frame, NETWORKS)
+    if len(networks) > 1:
+        for metric, number, name in (("iou", "II", "IoU"), ("dice", "III", "Dice")):
+            for shot in sorted(frame["shot"].unique()):
+                parts += [f"## Table {number}: mean {name}, {shot}-shot", "",
+                          per_category_table(frame, metric, shot, label, paper), ""]
+        parts += ["## Table IV: image-level detection (ACC, ROC AUC)", "", detection_table(frame, label, paper), ""]
+    for table, title in ABLATION_TITLES.items():
+        if len(_present(frame, ABLATIONS[table])) > 1:
+            parts += [f"## {title}", "", ablation_table(frame, table, label, paper), ""]
+    if parameters:
+        parts += ["## Networks: trainable parameters", "",
+                  markdown_table(["method", "parameters"], [[label(m), f"{n:,}"] for m, n in parameters.items()]), ""]
+    return "\n".join(parts)

@@ -1,0 +1,70 @@
+"""The segmentation networks: encoder -> decoder -> head.
+
+``model.arch`` (or a variant's ``arch``) names one of the paper's six networks:
+
+- ``albunet34``: the baseline B, a U-Net whose encoder is ResNet-34 (smp ``Unet``, resnet34);
+- ``ternausnet11`` / ``ternausnet16``: U-Net with a VGG-11 / VGG-16 encoder (smp ``Unet``, vgg11/vgg16);
+- ``unetplusplus``: U-Net++ with nested dense skips (smp ``UnetPlusPlus``, resnet34 encoder);
+- ``unet`` / ``attention_unet``: the original U-Net and Attention U-Net (:mod:`fsds.method.unet`).
+
+Every network is a :class:`Segmenter` whose ``encode`` returns the encoder's feature maps,
+deepest last: Normal Background Regularization and the CaP weight lambda work on that one.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from fsds.config import ModelConfig
+from fsds.method.unet import unet_parts
+from fsds.method.weights import load_encoder_weights
+
+
+class Segmenter(nn.Module):
+    """A U-Net-like network whose ``encode`` returns the list of encoder feature maps."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.head = head
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps from full resolution down to stride 32; the last one is what NBR pools."""
+        return list(self.encoder(x))
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B, 1, H, W)`` from the encoder's feature maps."""
+        return self.head(self.decoder(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+_SMP = {  # arch -> (smp model class, encoder name)
+    "albunet34": (smp.Unet, "resnet34"),
+    "ternausnet11": (smp.Unet, "vgg11"),
+    "ternausnet16": (smp.Unet, "vgg16"),
+    "unetplusplus": (smp.UnetPlusPlus, "resnet34"),
+}
+def build_model(cfg: ModelConfig, encoder_state: Mapping[str, torch.Tensor] | None = None) -> Segmenter:
+    """Build the network named by ``model.arch``: random weights, or the given encoder weights."""
+    if cfg.arch in _SMP:
+        cls, encoder = _SMP[cfg.arch]
+        net = cls(encoder_name=encoder, encoder_weights=None, classes=1, activation=None)
+        model = Segmenter(net.encoder, net.decoder, net.segmentation_head)
+    elif cfg.arch in ("unet", "attention_unet"):
+        model = Segmenter(*unet_parts(attention=cfg.arch == "attention_unet"))
+    else:
+        raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
+    if encoder_state is not None:
+        load_encoder_weights(model, encoder_state)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,83 @@
+"""Where encoder weights come from: ``model.encoder_weights`` resolved to a state dict, and its
+strict loading into a network's encoder."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torchvision
+from torch import nn
+
+from fsds.config import ModelConfig
+from fsds.errors import InputError, MissingFileError
+
+# torchvision's ImageNet weights for each encoder: smp's ResNet and VGG encoders use
+# torchvision's parameter names, so the same files serve (minus the classifier). U-Net and
+# Attention U-Net have no pretrained encoder: they always start from random weights.
+_RESNET34 = torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url
+IMAGENET_URLS = {
+    "albunet34": _RESNET34,
+    "unetplusplus": _RESNET34,
+    "ternausnet11": torchvision.models.VGG11_Weights.IMAGENET1K_V1.url,
+    "ternausnet16": torchvision.models.VGG16_Weights.IMAGENET1K_V1.url,
+}
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+
+
+def encoder_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """Resolve ``model.encoder_weights`` to a state dict (or None) and a description of its source.
+
+    ``none``: random initialisation (the offline default). ``imagenet``: torchvision's file in
+    the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded there if the network
+    allows. Anything else: the path of a state dict (an encoder's, a torchvision ResNet's, or an
+    fsds checkpoint, whose encoder is taken). Called before training, so a missing file stops
+    the run at once.
+    """
+    spec = cfg.encoder_weights
+    if spec == "none":
+        return None, "none (random initialisation)"
+    if spec == "imagenet":
+        if cfg.arch not in IMAGENET_URLS:
+            return None, f"none ({cfg.arch} has no ImageNet encoder; random initialisation)"
+        url = IMAGENET_URLS[cfg.arch]
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if not path.is_file():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(url, str(path), progress=True)
+            except (urllib.error.URLError, OSError) as exc:
+                raise MissingFileError(
+                    f"model.encoder_weights: imagenet needs {path}, which is not there, and {url} cannot be "
+                    f"downloaded ({exc}). Download it on a machine with internet and copy it to {path} "
+                    "(or point TORCH_HOME elsewhere), or use model.encoder_weights: none"
+                ) from exc
+        return torch.load(path, map_location="cpu", weights_only=True), f"imagenet ({path})"
+    path = Path(spec)
+    if not path.is_file():
+        raise MissingFileError(f"model.encoder_weights: {path} is not a file; use none, imagenet or the path of a state dict")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # an fsds checkpoint
+    if not isinstance(state, dict):
+        raise InputError(f"model.encoder_weights: {path} does not hold a state dict")
+    if any(k.startswith("encoder.") for k in state):
+        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    return state, str(path)
+
+
+def load_encoder_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load encoder weights strictly (a classifier head, ``fc.*`` or ``classifier.*``, is ignored)."""
+    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    # nn.Module's own method: smp's encoders override load_state_dict and report nothing back.
+    try:
+        result = nn.Module.load_state_dict(model.encoder, state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise InputError(f"encoder weights do not fit model.arch: {str(exc)[:500]}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(
+            f"encoder weights do not fit model.arch: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )

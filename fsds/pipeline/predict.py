@@ -1,0 +1,37 @@
+"""Stage predict's work: every test image of every category through that category's model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fsds.config import Config
+from fsds.data.split import category_split
+from fsds.engine.checkpoint import load_checkpoint
+from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
+from fsds.engine.prediction import inference_model, predict_category
+from fsds.io import atomic_dir, save_probabilities
+
+
+def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, out_dir: str | Path) -> None:
+    """Predict every test image with each category's model; writes ``<category>.npz`` and ``scores.csv``."""
+    models_dir = Path(models_dir)
+    device = resolve_device(cfg.train.device)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
+    tables = []
+    with atomic_dir(out_dir) as tmp:
+        for category in sorted(table["category"].unique()):
+            model, state = load_checkpoint(models_dir / f"{category}.pt", device)
+            model = inference_model(model, channels_last)
+            size = state["config"]["train"]["image_size"]
+            test = category_split(table, category)["test"]
+            probs, scores = predict_category(
+                model, test, size, cfg.metrics.threshold, batch_size=cfg.predict.resolved_batch_size(size),
+                device=device, amp_dtype=amp_dtype, desc=f"{models_dir.name}/{category}",
+                channels_last=channels_last,
+            )
+            save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())
+            tables.append(scores)
+        pd.concat(tables, ignore_index=True).to_csv(tmp / "scores.csv", index=False)

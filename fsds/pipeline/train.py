@@ -1,0 +1,125 @@
+"""Stage train's work: one model per category for one variant, tracked in MLflow, resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from fsds.config import Config
+from fsds.deploy.model import deployable, signature
+from fsds.engine.checkpoint import save_checkpoint
+from fsds.engine.resume import ResumeStore, fingerprint
+from fsds.engine.training import load_probe, load_train_data, train_segmenter
+from fsds.io import atomic_dir, write_json
+from fsds.method.weights import encoder_weights
+from fsds.pipeline.tracking import Tracker, git_commit
+
+
+def category_seed(seed: int, category: str) -> int:
+    """A per-category seed; every variant of a category starts from the same initial weights."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(category.encode())]).generate_state(1)[0])
+
+
+def stage_params(cfg: Config, variant_name: str) -> dict[str, Any]:
+    """The params the train stage reads, and no others (``dvc.yaml`` declares these for it): logged
+    to MLflow, kept in each checkpoint, and keyed into the resume snapshots."""
+    variant = cfg.variant(variant_name)
+    return {
+        "dataset": cfg.dataset, "shot": cfg.shot, "seed": cfg.seed, "profile": cfg.profile,
+        "train": dataclasses.asdict(cfg.train), "model": dataclasses.asdict(cfg.model_for(variant_name)),
+        "metrics": {"threshold": cfg.metrics.threshold}, "variant": {"name": variant_name, **dataclasses.asdict(variant)},
+    }
+
+
+def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: str | Path, tracker: Tracker,
+                  resume_dir: str | Path | None = None) -> None:
+    """Train one model per category for one variant; write ``<category>.pt``, ``<category>_history.csv``
+    and ``runs.json`` (the MLflow run of each category) into ``out_dir`` atomically.
+
+    With a ``resume_dir``, each category's training keeps a snapshot there (see :mod:`fsds.engine.resume`)
+    and a killed run continues from it; the snapshots are removed once ``out_dir`` is complete.
+    """
+
+    variant = cfg.variant(variant_name)
+    model_cfg = cfg.model_for(variant_name)
+    config = stage_params(cfg, variant_name)
+    tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
+    encoder_state, weights_source = encoder_weights(model_cfg)  # a missing weights file fails now too
+    categories = sorted(table["category"].unique())
+    runs: dict[str, str | None] = {}
+    seconds: dict[str, float] = {}  # wall time of each category's training
+    commit = git_commit()
+    store = ResumeStore(resume_dir) if resume_dir else None
+    snapshots: list[Path] = []
+    with atomic_dir(out_dir) as tmp:
+        for category in categories:
+            data = load_train_data(table, category, cfg.train.image_size)
+            snapshot, resumed = None, None
+            if store is not None:
+                key = fingerprint(config, dataclasses.asdict(variant), dataclasses.asdict(model_cfg), category,
+                                  [data.defect_images, data.defect_masks, data.normal_images], weights_source)
+                snapshot = store.path(variant_name, category, key)
+                snapshots.append(snapshot)
+                resumed = store.load(snapshot)
+                if resumed is not None:
+                    tqdm.write(f"{variant_name}/{category}: resuming at iteration {resumed['iteration']} of "
+                               f"{cfg.train.iterations} from {snapshot}")
+            probe = None
+            if cfg.train.eval_every:
+                probe = load_probe(table, category, cfg.train.image_size, cfg.train.eval_images, cfg.seed)
+            tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
+                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "arch": model_cfg.arch,
+                    "dataset": cfg.dataset, "encoder_weights": weights_source, "profile": cfg.profile}
+            params = {**config,
+                      "resolved": {"batch_size": cfg.train.resolved_batch_size(cfg.shot), "category": category,
+                                   "n_shots": len(data.defect_images), "n_normals": len(data.normal_images)}}
+            run_id = tracker.start_run(f"{variant_name}/{category}", tags, params,
+                                       resume_run_id=(resumed or {}).get("mlflow_run_id"))
+            earlier = (resumed or {}).get("seconds", 0.0)  # training time before the interruption
+
+            def log(it: int, row: dict[str, float], run_id: str | None = run_id) -> None:
+                tracker.log_metrics(run_id, {k: row[k] for k in ("loss", "seg", "nbr", "lambda", "probe_iou")}, it)
+                if it % cfg.train.log_every == 0:
+                    tracker.flush(run_id)
+
+            status = "FAILED"
+            start = time.perf_counter()
+
+            def keep(state: dict[str, Any], path: Path | None = snapshot, run_id: str | None = run_id,
+                     earlier: float = earlier, start: float = start) -> None:
+                tracker.flush(run_id)  # what the snapshot has done is in MLflow too
+                store.save(path, {**state, "mlflow_run_id": run_id, "seconds": earlier + time.perf_counter() - start})
+
+            try:
+                model, _, history = train_segmenter(
+                    cfg, variant, data, seed=category_seed(cfg.seed, category), on_log=log,
+                    progress_desc=f"{variant_name}/{category}", encoder_state=encoder_state,
+                    model_cfg=model_cfg, probe=probe, resume_state=resumed,
+                    on_checkpoint=keep if snapshot is not None else None,
+                )
+                ckpt = tmp / f"{category}.pt"
+                save_checkpoint(ckpt, model, model_cfg, config, cfg.train.iterations,
+                                {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id,
+                                 "encoder_weights": weights_source})
+                history.to_csv(tmp / f"{category}_history.csv", index=False)
+                seconds[category] = round(earlier + time.perf_counter() - start, 1)
+                tracker.log_metrics(run_id, {"train_seconds": seconds[category]})
+                tracker.log_model(run_id, deployable(model, cfg.train.image_size, cfg.metrics.threshold), signature(cfg.train.image_size),
+                                  {"variant": variant_name, "category": category, "arch": model_cfg.arch,
+                                   "image_size": cfg.train.image_size, "threshold": cfg.metrics.threshold,
+                                   "encoder_weights": weights_source})
+                status = "FINISHED"
+            finally:
+                tracker.end_run(run_id, status)
+            runs[category] = run_id
+        write_json(tmp / "runs.json", runs)
+        write_json(tmp / "timing.json", seconds)
+    if store is not None:
+        store.discard(snapshots)

@@ -1,0 +1,45 @@
+"""Configs for tests: the repository's params.yaml with a few values changed.
+
+params.yaml is the one source of every value (a missing key is an error), so a test states only
+what it changes. ``train.image_size`` / ``train.iterations`` go to the chosen profile; a
+``variants`` override replaces the whole mapping and, unless ``methods`` is given, runs them all.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fsds.config import Config, parse_config
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base.get(key) or {}, value) if isinstance(value, dict) and key != "variants" else value
+    return out
+
+
+def params_with(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The raw params.yaml mapping with ``overrides`` merged in (see the module docstring)."""
+    raw = yaml.safe_load(PARAMS.read_text())
+    overrides = copy.deepcopy(overrides)
+    train = overrides.get("train")
+    if isinstance(train, dict):
+        profile = overrides.get("profile", raw["profile"])
+        for key in ("image_size", "iterations"):
+            if key in train:
+                overrides.setdefault("profiles", {}).setdefault(profile, {})[key] = train.pop(key)
+    if "variants" in overrides and "methods" not in overrides and isinstance(overrides["variants"], dict):
+        overrides["methods"] = list(overrides["variants"])
+    return merge(raw, overrides)
+
+
+def make_config(overrides: dict[str, Any] | None = None) -> Config:
+    """params.yaml with ``overrides``, parsed and validated."""
+    return parse_config(params_with(overrides or {}))
