@@ -14,12 +14,30 @@ from fsds.evaluation.metrics import defect_area
 from fsds.method.networks import Segmenter
 
 
+# Convolution -> batch norm pairs by attribute name, where a module's forward runs the one straight
+# into the other: torchvision's ResNet blocks and stem (conv<i>/bn<i>), and timm's EfficientNet
+# (smp's timm-tf_efficientnet_lite encoders), whose norms are BatchNormAct2d (norm, then its activation).
+_NAMED_PAIRS = {
+    "EfficientNetLiteEncoder": (("conv_stem", "bn1"), ("conv_head", "bn2")),
+    "DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+}
+_TORCHVISION_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+
+def _what_remains(norm: nn.BatchNorm2d) -> nn.Module:
+    """What a folded batch norm leaves: nothing, or the activation of a norm-and-activation layer."""
+    if hasattr(norm, "act") and hasattr(norm, "drop"):  # timm's BatchNormAct2d
+        return nn.Sequential(norm.drop, norm.act)
+    return nn.Identity()
+
+
 def fold_batch_norms(module: nn.Module) -> int:
     """Fold each BatchNorm2d that directly follows a Conv2d into that convolution, in place; returns
-    how many were folded. For inference only (eval mode: running statistics). Two patterns are
-    certain to run the convolution straight into its batch norm: consecutive children of an
-    ``nn.Sequential`` (smp's Conv2dReLU, ResNet's downsample, fsds' double_conv) and torchvision's
-    ``conv<i>``/``bn<i>`` pairs (the ResNet stem and blocks)."""
+    how many were folded. For inference only (eval mode: running statistics). The patterns are
+    those certain to run the convolution straight into its batch norm: consecutive children of an
+    ``nn.Sequential`` (smp's Conv2dReLU, ResNet's downsample, fsds' double_conv) and the named
+    pairs of torchvision's ResNet and timm's EfficientNet blocks."""
     folded = 0
     for child in module.children():
         folded += fold_batch_norms(child)
@@ -29,13 +47,13 @@ def fold_batch_norms(module: nn.Module) -> int:
             conv, norm = module._modules[a], module._modules[b]
             if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
                 module._modules[a] = fuse_conv_bn_eval(conv, norm)
-                module._modules[b] = nn.Identity()
+                module._modules[b] = _what_remains(norm)
                 folded += 1
-    for i in range(1, 4):
-        conv, norm = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+    for conv_name, norm_name in _NAMED_PAIRS.get(type(module).__name__, _TORCHVISION_PAIRS):
+        conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-            setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, norm))
-            setattr(module, f"bn{i}", nn.Identity())
+            setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+            setattr(module, norm_name, _what_remains(norm))
             folded += 1
     return folded
 
