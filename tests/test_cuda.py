@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fsds.config import ARCHS, ModelConfig
+from fsds.data.images import IMAGENET
 from fsds.engine.checkpoint import load_checkpoint
 from fsds.engine.device import resolve_precision
 from fsds.engine.prediction import inference_model, predict_probabilities
@@ -70,7 +71,7 @@ def test_a_gpu_step_in_fp32_computes_the_cpu_step(tiny_config, tiny_split, varia
         model = build_model(cfg.model).to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, grads stay
         rng = np.random.default_rng(1)
-        batch = sample_batch(data, rng, 2, v, 1.0, True, torch.device(device))
+        batch = sample_batch(data, rng, 2, v, 1.0, True, IMAGENET, torch.device(device))
         terms = train_step(model, opt, batch, v, 1.0, None)
         grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).cpu()
         results[device] = terms, grad

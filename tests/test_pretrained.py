@@ -8,6 +8,8 @@ up with its batch-norm statistics channel by channel; a shuffled mapping must no
 from __future__ import annotations
 
 import collections
+import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -15,10 +17,16 @@ import torch
 from torch import nn
 
 from fsds.config import ModelConfig
-from fsds.data.images import load_images
+from fsds.data.images import IMAGENET, SIGNED, load_images, resize_probabilities
+from fsds.deploy.cli import main
+from fsds.deploy.model import DeployedModel, deployed_from_checkpoint
+from fsds.deploy.onnx_export import ONNX_TOLERANCE, export_onnx
+from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
+from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.errors import InputError
 from fsds.method.networks import build_model
 from fsds.method.weights import PACKAGED, efficientnet_pytorch_to_encoder, encoder_weights
+from fsds.pipeline.train import stage_params
 from tests.conftest import REPO
 
 TRANSISTOR = REPO.parent / "shared" / "datasets" / "mvtec_transistor_512" / "transistor" / "train" / "good"
@@ -92,3 +100,47 @@ def test_a_file_of_another_network_is_refused():
     lite0, _ = encoder_weights(ModelConfig(arch="lite0_unet", encoder_weights="imagenet"))
     with pytest.raises(InputError, match="not this EfficientNet-Lite"):
         build_model(ModelConfig(arch="lite2_unet", encoder_weights="none"), lite0)
+
+
+def test_the_networks_own_normalisation_travels_from_checkpoint_to_predict_and_onnx(tmp_path, tiny_config, tiny_root):
+    """EfficientNet-Lite takes [-1, 1], AlbuNet ImageNet mean/std: the checkpoint keeps which, and the
+    predict stage, `fsds predict`, the deployed (MLflow) model and ONNX all apply it."""
+    assert build_model(tiny_config.model).input_stats == IMAGENET
+    cfg = dataclasses.replace(tiny_config, model=ModelConfig(arch="lite0_unet", encoder_weights="none"))
+    torch.manual_seed(0)
+    net = build_model(cfg.model).eval()
+    assert net.input_stats == SIGNED
+    path = tmp_path / "lite.pt"
+    save_checkpoint(path, net, cfg.model, stage_params(cfg, "B"), 3)
+    loaded, state = load_checkpoint(path)
+    assert loaded.input_stats == SIGNED and state["input_stats"] == SIGNED._asdict()
+
+    image = sorted(tiny_root.glob("*/test/*/*.png"))[0]
+    pixels = load_images([str(image)], 64)
+    stage = predict_probabilities(inference_model(loaded), pixels)[0]  # what the predict stage computes
+    deployed = deployed_from_checkpoint(path)
+    assert deployed.mean.flatten().tolist() == [0.5] * 3 and deployed.std.flatten().tolist() == [0.5] * 3
+    with torch.no_grad():
+        direct = (deployed(pixels.float() / 255)[0, 0] * 255).round().to(torch.uint8).numpy()
+    assert np.abs(direct.astype(int) - stage.astype(int)).max() <= 1
+    deployed.net.input_stats = IMAGENET
+    with torch.no_grad():  # the normalisation matters: ImageNet's gives other maps
+        wrong = (DeployedModel(deployed.net, 64, 0.5)(pixels.float() / 255)[0, 0] * 255).round().numpy()
+    assert np.abs(wrong - stage.astype(float)).mean() > 1
+
+    out = tmp_path / "out"
+    main(["predict", "--model", str(path), str(image), "--out", str(out)])
+    (row,) = list(csv.DictReader(open(out / "predictions.csv")))
+    full = resize_probabilities(stage, int(row["height"]), int(row["width"]))
+    assert float(row["max_probability"]) == pytest.approx(float(full.max()), abs=2 / 255)
+    assert export_onnx(deployed_from_checkpoint(path), tmp_path / "lite.onnx") <= ONNX_TOLERANCE
+
+
+def test_a_checkpoint_without_stored_stats_takes_its_networks(tmp_path, tiny_config):
+    cfg = dataclasses.replace(tiny_config, model=ModelConfig(arch="lite0_unet", encoder_weights="none"))
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, build_model(cfg.model), cfg.model, stage_params(cfg, "B"), 3)
+    state = torch.load(path, weights_only=False)
+    del state["input_stats"]
+    torch.save(state, path)
+    assert load_checkpoint(path)[0].input_stats == SIGNED

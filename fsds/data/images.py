@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -12,9 +12,17 @@ from tqdm import tqdm
 
 from fsds.io import read_mask, read_rgb
 
-# ImageNet statistics: the usual input normalisation for a ResNet encoder.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+
+class InputStats(NamedTuple):
+    """The per-channel mean and std an encoder's weights expect of RGB in [0, 1]: a property of the
+    network (:attr:`fsds.method.networks.Segmenter.input_stats`), kept in its checkpoint."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET = InputStats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's ResNet and VGG weights
+SIGNED = InputStats((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [-1, 1]: TF-trained weights (EfficientNet-Lite)
 
 
 def resize_image(rgb: np.ndarray, size: int) -> torch.Tensor:
@@ -49,11 +57,11 @@ def load_masks(paths: Sequence[str], size: int) -> torch.Tensor:
     return out
 
 
-def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> float, ImageNet-normalised; in channels-last memory if asked
-    (the layout oneDNN's convolutions prefer; the shape stays NCHW)."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+def normalize(images: torch.Tensor, stats: InputStats, channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float, normalised with the network's ``stats``; in channels-last
+    memory if asked (the layout oneDNN's convolutions prefer; the shape stays NCHW)."""
+    mean = torch.tensor(stats.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(stats.std, device=images.device).view(1, 3, 1, 1)
     out = (images.float() / 255.0 - mean) / std
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 

@@ -1,8 +1,8 @@
 """The deployable network: what leaves the lab.
 
 :class:`DeployedModel` is what leaves the lab: RGB images as float ``(B, 3, S, S)`` in [0, 1]
-in, defect probabilities ``(B, 1, S, S)`` out; the ImageNet normalisation and the sigmoid are
-inside, so a caller (PyTorch, MLflow's ``mlflow.pytorch.load_model`` or ONNX Runtime) needs
+in, defect probabilities ``(B, 1, S, S)`` out; the network's own input normalisation (ImageNet
+mean/std for a ResNet, [-1, 1] for EfficientNet-Lite) and the sigmoid are inside, so a caller (PyTorch, MLflow's ``mlflow.pytorch.load_model`` or ONNX Runtime) needs
 nothing from fsds but the image size, which the model carries (``image_size``).
 
 ``load_deployed`` takes an fsds checkpoint (``data/models/<method>/<category>.pt``) or an MLflow
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fsds.data.images import MEAN, STD
 from fsds.engine.checkpoint import load_checkpoint
 from fsds.engine.prediction import inference_model
 from fsds.errors import InputError, MissingFileError
@@ -34,8 +33,9 @@ class DeployedModel(nn.Module):
         self.net = net
         self.image_size = int(image_size)
         self.threshold = float(threshold)  # metrics.threshold of its training: a pixel above it is a defect
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        # The network's own input normalisation (its encoder's weights decide it), inside the model.
+        self.register_buffer("mean", torch.tensor(net.input_stats.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(net.input_stats.std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net((images - self.mean) / self.std))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from fsds.config import ModelConfig
+from fsds.data.images import InputStats
 from fsds.errors import MissingFileError
 from fsds.io import atomic_path
 from fsds.method.networks import Segmenter, build_model
@@ -37,6 +38,7 @@ def save_checkpoint(
     state = {
         "model": model.state_dict(),
         "model_args": model_args(model_cfg),
+        "input_stats": model.input_stats._asdict(),
         "config": config,
         "iteration": iteration,
         **(extra or {}),
@@ -55,6 +57,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     state = torch.load(path, map_location=device, weights_only=False)
     model = build_model(ModelConfig(**state["model_args"]))
     model.load_state_dict(state["model"])
+    if "input_stats" in state:  # checkpoints before it was stored used their arch's, which build_model set
+        model.input_stats = InputStats(**{k: tuple(v) for k, v in state["input_stats"].items()})
     model.to(device).eval()
     return model, state
 

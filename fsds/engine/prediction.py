@@ -82,7 +82,7 @@ def predict_probabilities(
     model.eval()
     out = np.empty((len(images), images.shape[-2], images.shape[-1]), dtype=np.uint8)
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        x = normalize(images[start : start + batch_size].to(device), channels_last)
+        x = normalize(images[start : start + batch_size].to(device), model.input_stats, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
         prob = torch.sigmoid(logits.float())[:, 0]

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from fsds.config import Config, ModelConfig, Variant
-from fsds.data.images import load_images, load_masks, normalize
+from fsds.data.images import InputStats, load_images, load_masks, normalize
 from fsds.data.split import category_split
 from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.errors import InputError
@@ -91,7 +91,7 @@ def probe_iou(model: Segmenter, probe: ProbeSet, device: torch.device, amp_dtype
     model.eval()
     ious = []
     for start in range(0, len(probe.images), batch_size):
-        x = normalize(probe.images[start : start + batch_size].to(device), channels_last)
+        x = normalize(probe.images[start : start + batch_size].to(device), model.input_stats, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x).float()
         pred = (torch.sigmoid(logits) >= threshold).cpu().numpy()
@@ -154,7 +154,8 @@ def train_segmenter(
     bar = tqdm(range(first, tc.iterations + 1), desc=progress_desc, unit="it", dynamic_ncols=True,
                initial=first - 1, total=tc.iterations)
     for it in bar:
-        batch = sample_batch(data, rng, m, variant, tc.cap_probability, tc.augment, device, channels_last)
+        batch = sample_batch(data, rng, m, variant, tc.cap_probability, tc.augment, model.input_stats, device,
+                             channels_last)
         row = {"iteration": it, **train_step(model, optimizer, batch, variant, tc.nbr_weight, amp_dtype, it),
                "probe_iou": math.nan}
         if probe is not None and tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
@@ -189,8 +190,9 @@ class Batch:
 
 
 def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Variant, cap_probability: float,
-                 augment: bool, device: torch.device, channels_last: bool = False) -> Batch:
-    """Draw ``m`` defect shots and ``m`` normal images (Algorithm 1) from the cached uint8 tensors."""
+                 augment: bool, stats: InputStats, device: torch.device, channels_last: bool = False) -> Batch:
+    """Draw ``m`` defect shots and ``m`` normal images (Algorithm 1) from the cached uint8 tensors,
+    normalised with the network's ``stats``."""
     idx_d = rng.integers(0, len(data.defect_images), size=m)
     idx_n = rng.integers(0, len(data.normal_images), size=m)
     use_cap = variant.cap != "none" and rng.random() < cap_probability
@@ -198,8 +200,8 @@ def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Var
     if augment:
         img_d, mask_d = random_dihedral(img_d, mask_d, rng)
         img_n, _ = random_dihedral(img_n, None, rng)
-    return Batch(normalize(img_d.to(device), channels_last), mask_d.to(device).float(),
-                 normalize(img_n.to(device), channels_last), use_cap,
+    return Batch(normalize(img_d.to(device), stats, channels_last), mask_d.to(device).float(),
+                 normalize(img_n.to(device), stats, channels_last), use_cap,
                  [Path(data.defect_names[i]).name for i in idx_d])
 
 

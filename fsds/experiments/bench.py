@@ -213,6 +213,7 @@ class Runner:
         """Draw ``i`` of Algorithm 1 (the same for every setup: the rng is seeded with ``i``)."""
         tc = self.cfg.train
         return sample_batch(self.data, np.random.default_rng(i), self.m, VARIANT, tc.cap_probability, tc.augment,
+                            self.model.input_stats,
                             torch.device("cpu"), self.setup.channels_last)
 
     def train_step(self, batch: Batch) -> None:
@@ -288,12 +289,12 @@ def bench_prediction(cfg: Config, files: Files, size: int, n: int, ours: Setup, 
     paths = ((files.defects + files.normals) * n)[:n]
     amp = torch.bfloat16 if ours.bf16 else None
     with torch.no_grad():
-        forward_flops = count_flops(lambda: model(normalize(load_images(paths[:1], size, desc="decode"))))
+        forward_flops = count_flops(lambda: model(normalize(load_images(paths[:1], size, desc="decode"), model.input_stats)))
 
     def reference() -> None:
         with torch.no_grad():
             for path in paths:
-                torch.sigmoid(model(normalize(load_images([path], size, desc="decode"))))
+                torch.sigmoid(model(normalize(load_images([path], size, desc="decode"), model.input_stats)))
 
     fast = build_model(cfg.model)
     fast.load_state_dict(model.state_dict())

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fsds.config import ModelConfig
+from fsds.data.images import IMAGENET, SIGNED, InputStats
 from fsds.method.unet import unet_parts
 from fsds.method.weights import load_encoder_weights
 
@@ -29,11 +30,12 @@ from fsds.method.weights import load_encoder_weights
 class Segmenter(nn.Module):
     """A U-Net-like network whose ``encode`` returns the list of encoder feature maps."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, input_stats: InputStats) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.head = head
+        self.input_stats = input_stats  # how its input is normalised (fsds.data.images.normalize)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps from full resolution down to stride 32; the last one is what NBR pools."""
@@ -47,6 +49,8 @@ class Segmenter(nn.Module):
         return self.decode(self.encode(x))
 
 
+# The input normalisation each encoder's weights expect; the rest take ImageNet's mean and std.
+INPUT_STATS = {"lite0_unet": SIGNED, "lite2_unet": SIGNED}
 _SMP = {  # arch -> (smp model class, encoder name)
     "albunet34": (smp.Unet, "resnet34"),
     "ternausnet11": (smp.Unet, "vgg11"),
@@ -60,9 +64,9 @@ def build_model(cfg: ModelConfig, encoder_state: Mapping[str, torch.Tensor] | No
     if cfg.arch in _SMP:
         cls, encoder = _SMP[cfg.arch]
         net = cls(encoder_name=encoder, encoder_weights=None, classes=1, activation=None)
-        model = Segmenter(net.encoder, net.decoder, net.segmentation_head)
+        model = Segmenter(net.encoder, net.decoder, net.segmentation_head, INPUT_STATS.get(cfg.arch, IMAGENET))
     elif cfg.arch in ("unet", "attention_unet"):
-        model = Segmenter(*unet_parts(attention=cfg.arch == "attention_unet"))
+        model = Segmenter(*unet_parts(attention=cfg.arch == "attention_unet"), IMAGENET)
     else:
         raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
     if encoder_state is not None:

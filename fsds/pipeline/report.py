@@ -233,7 +233,7 @@ def crop_and_paste_examples(rows: Sequence[tuple[Segmenter, str, str, str]], siz
         image, normal = load_images([defect], size, desc="figure"), load_images([normal_path], size, desc="figure")
         mask = load_masks([mask_path], size)
         pasted = (crop_and_paste(image.float(), normal.float(), mask) + 0.5).clamp(0, 255).to(torch.uint8)
-        feats = model.encode(normalize(torch.cat([image, pasted]).to(device)))[-1].float()
+        feats = model.encode(normalize(torch.cat([image, pasted]).to(device), model.input_stats))[-1].float()
         lam = float(cap_lambda(feats[:1], feats[1:])[0])
         hwc = [t[0].permute(1, 2, 0).numpy() for t in (image, normal, pasted)]
         out.append((hwc[0], mask[0, 0].numpy(), hwc[1], hwc[2], lam))
