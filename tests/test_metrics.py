@@ -126,3 +126,79 @@ def test_mean_over_categories_skips_nan():
     mean = mean_over_categories(per_cat)
     assert mean["iou"] == pytest.approx(0.3)
     assert mean["image_auroc"] == pytest.approx(0.8)
+
+
+def _hist(pairs):
+    """A PixelHistogram from (probabilities, mask) pairs of hand-made arrays."""
+    hist = PixelHistogram()
+    for prob, target in pairs:
+        hist.add(np.asarray(prob, dtype=float), np.asarray(target, dtype=bool))
+    return hist
+
+
+def test_aupro_is_one_for_a_perfect_map_and_nan_without_regions():
+    target = np.zeros((4, 4), dtype=bool)
+    target[1:3, 1:3] = True
+    assert _hist([(target.astype(float), target)]).aupro() == pytest.approx(1.0)
+    assert math.isnan(_hist([(np.zeros((4, 4)), np.zeros((4, 4), dtype=bool))]).aupro())  # empty mask
+
+
+def test_aupro_of_a_region_half_found_hand_computed():
+    # One region of two pixels (probabilities 1 and 0), ten normal pixels at 0. For every threshold
+    # in (0, 1]: FPR 0, PRO 0.5; at threshold 0 everything is predicted: FPR 1, PRO 1. The curve
+    # (0,0) -> (0,0.5) -> (1,1) is 0.65 at FPR 0.3, so the area to 0.3 is (0.5 + 0.65) / 2 * 0.3,
+    # and divided by 0.3: 0.575.
+    prob = np.array([[1.0, 0.0] + [0.0] * 10])
+    target = np.array([[True, True] + [False] * 10])
+    assert _hist([(prob, target)]).aupro() == pytest.approx(0.575)
+
+
+def test_aupro_weighs_regions_equally_whatever_their_size():
+    # A large region fully found and a small one missed: PRO is 0.5 at low FPR (a pixel average
+    # would be near 1). Both images' normal pixels are at 0, so FPR stays 0 until threshold 0.
+    big = np.zeros((10, 10), dtype=bool)
+    big[0:8, 0:8] = True
+    small = np.zeros((10, 10), dtype=bool)
+    small[9, 9] = True
+    hist = _hist([(big.astype(float), big), (np.zeros((10, 10)), small)])
+    assert len(hist.regions) == 2
+    assert hist.aupro() == pytest.approx(0.575)  # the same curve as the half-found region above
+
+
+def test_regions_are_eight_connected():
+    target = np.zeros((5, 5), dtype=bool)
+    target[1, 1] = target[2, 2] = True  # diagonal neighbours: one region
+    target[4, 4] = True  # apart: a second one
+    assert len(_hist([(np.zeros((5, 5)), target)]).regions) == 2
+
+
+def test_pooled_iou_counts_every_test_image_and_differs_from_the_per_image_mean(tmp_path):
+    # Image a: a 4-pixel defect, half found (TP 2, FN 2): IoU 0.5. Image b: a 4-pixel defect fully
+    # found (TP 4): IoU 1. Image c, normal: 2 false positives. Per-image mean over the defective
+    # images 0.75; pooled TP 6, FP 2, FN 2: IoU 0.6, Dice 12 / 16.
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[0:2, 0:2] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    test = pd.DataFrame({
+        "category": ["c"] * 3, "defect_type": ["hole", "hole", "good"], "image": ["a.png", "b.png", "c.png"],
+        "mask": [str(tmp_path / "m.png")] * 2 + [""], "label": [1, 1, 0], "height": [4] * 3, "width": [4] * 3,
+    })
+    probs = np.zeros((3, 4, 4), dtype=np.uint8)
+    probs[0, 0, 0:2] = 255
+    probs[1, 0:2, 0:2] = 255
+    probs[2, 3, 2:4] = 200
+    summary, rows = evaluate_category(probs, test, threshold=0.5)
+    assert summary["iou"] == pytest.approx(0.75)
+    assert summary["iou_pooled"] == pytest.approx(0.6)
+    assert summary["dice_pooled"] == pytest.approx(12 / 16)
+    assert rows["max_probability"].tolist() == pytest.approx([1.0, 1.0, 200 / 255])
+    assert summary["image_auroc_max"] == pytest.approx(1.0)
+    # By area the normal image (2 px) ties the half-found one (2 px) and is below b (4 px): AUROC 0.75.
+    assert summary["image_auroc"] == pytest.approx(0.75)
+
+
+def test_pooled_iou_is_nan_without_defect_pixels(tmp_path):
+    test = pd.DataFrame({"category": ["c"], "defect_type": ["good"], "image": ["a.png"], "mask": [""],
+                         "label": [0], "height": [4], "width": [4]})
+    summary, _ = evaluate_category(np.zeros((1, 4, 4), dtype=np.uint8), test, threshold=0.5)
+    assert math.isnan(summary["iou_pooled"]) and math.isnan(summary["aupro"]) and math.isnan(summary["iou"])

@@ -1,13 +1,21 @@
-"""Segmentation and detection metrics, as the paper reports them.
+"""Segmentation and detection metrics: the paper's, and those anomaly-segmentation tools report.
 
-- IoU and Dice at a threshold, **per image, then averaged** over the defective test images
-  (those whose mask is not empty).
+- ``iou`` / ``dice``: at a threshold, **per image, then averaged** over the defective test images
+  (those whose mask is not empty); the paper's figures are most likely these (its Dice is
+  far below ``2 IoU / (1 + IoU)``, which pooled counts would give exactly; reports/pretrained.md).
   An empty prediction on an empty mask scores 1 (``zero_division``); defective images have
   non-empty masks, so this only matters for callers that pass normal images.
-- Image level: an image is anomalous iff at least one pixel is predicted defective; its score
-  is the predicted defect area. Accuracy and ROC AUC over defective + normal test images.
-- Pixel AUROC over every pixel of every test image of a category (probabilities are stored
-  with 256 levels, so it is computed exactly from per-level counts).
+- ``iou_pooled`` / ``dice_pooled``: the same from TP, FP and FN summed over **all** test images
+  of a category, normal ones included (their false positives count), as a dataset-level
+  confusion matrix gives them.
+- Image level: an image is anomalous iff at least one pixel is predicted defective.
+  ``image_acc`` and ``image_auroc`` score it by the predicted defect area (the paper's rule);
+  ``image_auroc_max`` by its highest pixel probability (what anomaly-detection tools use).
+- ``pixel_auroc`` over every pixel of every test image of a category, and ``aupro``: the mean
+  overlap of each connected ground-truth region (8-connectivity) with the prediction, against
+  the false-positive rate on defect-free pixels, integrated up to 30% FPR and divided by 0.3
+  (MVTec AD's definition). Probabilities are stored with 256 levels, so both are computed
+  exactly from per-level counts.
 """
 
 from __future__ import annotations
@@ -16,14 +24,18 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from fsds.data.images import resize_probabilities
 from fsds.errors import InputError
 from fsds.io import read_mask
 
-METRIC_NAMES = ("iou", "dice", "image_acc", "image_auroc", "pixel_auroc")
+METRIC_NAMES = ("iou", "dice", "iou_pooled", "dice_pooled", "image_acc", "image_auroc", "image_auroc_max",
+                "pixel_auroc", "aupro")
 LEVELS = 256
+AUPRO_MAX_FPR = 0.3
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def iou_dice(pred: np.ndarray, target: np.ndarray, zero_division: float = 1.0) -> tuple[float, float]:
@@ -61,18 +73,48 @@ def safe_auroc(labels: np.ndarray, scores: np.ndarray, sample_weight: np.ndarray
     return float(roc_auc_score(labels, scores, sample_weight=sample_weight))
 
 
+def _at_or_above(counts: np.ndarray) -> np.ndarray:
+    """Per-level counts -> pixels at level >= t, for t = 255 down to 0 (last axis)."""
+    return np.cumsum(counts[..., ::-1], axis=-1)
+
+
 class PixelHistogram:
-    """Counts of quantised probabilities for defective and normal pixels."""
+    """Counts of quantised probabilities for defective and normal pixels, and per ground-truth region."""
 
     def __init__(self) -> None:
         self.positive = np.zeros(LEVELS, dtype=np.int64)
         self.negative = np.zeros(LEVELS, dtype=np.int64)
+        self.regions: list[np.ndarray] = []  # one (LEVELS,) count per connected defect region
 
     def add(self, prob: np.ndarray, target: np.ndarray) -> None:
-        levels = np.clip(np.rint(np.asarray(prob) * (LEVELS - 1)), 0, LEVELS - 1).astype(np.int64).ravel()
-        target = np.asarray(target, dtype=bool).ravel()
+        target = np.asarray(target, dtype=bool)
+        levels = np.clip(np.rint(np.asarray(prob) * (LEVELS - 1)), 0, LEVELS - 1).astype(np.int64)
         self.positive += np.bincount(levels[target], minlength=LEVELS)
         self.negative += np.bincount(levels[~target], minlength=LEVELS)
+        regions, n = ndimage.label(target, structure=EIGHT_CONNECTED)
+        if n:
+            inside = regions > 0
+            counts = np.bincount((regions[inside] - 1) * LEVELS + levels[inside], minlength=n * LEVELS)
+            self.regions.extend(counts.reshape(n, LEVELS))
+
+    def aupro(self, max_fpr: float = AUPRO_MAX_FPR) -> float:
+        """Area under the per-region-overlap curve up to ``max_fpr``, divided by ``max_fpr``.
+
+        Thresholds are the 256 levels: at level ``t`` a pixel is predicted defective iff its level
+        is ``>= t``. The curve runs from (0, 0) (nothing predicted) to (1, 1) and is integrated with
+        the trapezoid rule, interpolated linearly at ``max_fpr``. NaN without regions or normal pixels.
+        """
+        if not self.regions or self.negative.sum() == 0:
+            return math.nan
+        fpr = np.r_[0.0, _at_or_above(self.negative) / self.negative.sum()]
+        regions = np.stack(self.regions)
+        pro = np.r_[0.0, (_at_or_above(regions) / regions.sum(axis=1, keepdims=True)).mean(axis=0)]
+        end = int(np.searchsorted(fpr, max_fpr, side="right"))  # fpr is non-decreasing
+        x, y = fpr[:end], pro[:end]
+        if end < len(fpr) and x[-1] < max_fpr:
+            step = (max_fpr - x[-1]) / (fpr[end] - x[-1])
+            x, y = np.r_[x, max_fpr], np.r_[y, y[-1] + step * (pro[end] - y[-1])]
+        return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / max_fpr)  # trapezoid rule
 
     def auroc(self) -> float:
         """Exact ROC AUC of the quantised scores: scikit-learn on the levels weighted by counts."""
@@ -90,6 +132,7 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
     if len(probs) != len(test):
         raise InputError(f"{len(probs)} probability maps for {len(test)} test images")
     hist = PixelHistogram()
+    counts = np.zeros(3, dtype=np.int64)  # TP, FP, FN over every test image
     rows = []
     for prob_u8, row in zip(probs, test.itertuples()):
         h, w = int(row.height), int(row.width)
@@ -99,6 +142,7 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
             raise InputError(f"mask {row.mask} is {target.shape[::-1]} but its image is {w}x{h}")
         pred = prob >= threshold
         hist.add(prob, target)
+        counts += [np.count_nonzero(pred & target), np.count_nonzero(pred & ~target), np.count_nonzero(~pred & target)]
         # A defect filed with an empty mask has nothing to segment: it counts at image level only.
         iou, dice = iou_dice(pred, target) if row.label and target.any() else (math.nan, math.nan)
         rows.append(
@@ -108,6 +152,7 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
                 "image": row.image,
                 "label": int(row.label),
                 "score": defect_area(prob, threshold),
+                "max_probability": float(prob.max()),
                 "anomalous": int(pred.any()),
                 "iou": iou,
                 "dice": dice,
@@ -115,20 +160,28 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
         )
     per_image = pd.DataFrame(rows)
     defective = per_image[per_image["iou"].notna()]
+    labels = per_image["label"].to_numpy()
+    tp, fp, fn = (int(c) for c in counts)
     summary = {
         "iou": float(defective["iou"].mean()) if len(defective) else math.nan,
         "dice": float(defective["dice"].mean()) if len(defective) else math.nan,
-        "image_acc": image_accuracy(per_image["label"].to_numpy(), per_image["score"].to_numpy()),
-        "image_auroc": safe_auroc(per_image["label"].to_numpy(), per_image["score"].to_numpy()),
+        "iou_pooled": tp / (tp + fp + fn) if tp + fn else math.nan,
+        "dice_pooled": 2 * tp / (2 * tp + fp + fn) if tp + fn else math.nan,
+        "image_acc": image_accuracy(labels, per_image["score"].to_numpy()),
+        "image_auroc": safe_auroc(labels, per_image["score"].to_numpy()),
+        "image_auroc_max": safe_auroc(labels, per_image["max_probability"].to_numpy()),
         "pixel_auroc": hist.auroc(),
+        "aupro": hist.aupro(),
     }
     return summary, per_image
 
 
 def mean_over_categories(per_category: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The paper's "Mean" row: the unweighted mean of the per-category figures (NaNs skipped)."""
+    """The paper's "Mean" row: the unweighted mean of the per-category figures (NaNs and metrics a
+    category lacks, as in results from before a metric existed, skipped)."""
     out = {}
     for name in METRIC_NAMES:
-        values = [m[name] for m in per_category.values() if not math.isnan(m[name])]
+        values = [m.get(name, math.nan) for m in per_category.values()]
+        values = [v for v in values if not math.isnan(v)]
         out[name] = float(np.mean(values)) if values else math.nan
     return out

@@ -25,6 +25,10 @@ ABLATIONS = {  # table -> its rows, in the paper's order
     "VI": ("B_NBR_CaP1", "B_NBR_CaP"),
     "VII": ("B_NBReuc_CaP", "B_NBR_CaP"),
 }
+# The ablations run on more than one network: the paper's B (``model.arch``) and, under a prefix,
+# the pretrained networks of params.yaml (``L0_B_NBR_CaP`` is B+NBR+CaP on the Lite0 U-Net).
+ABLATION_FAMILIES = {"": "", "L0_": " (EfficientNet-Lite0 U-Net, ImageNet weights)",
+                     "L2_": " (EfficientNet-Lite2 U-Net, ImageNet weights)"}
 ABLATION_TITLES = {
     "V": "Table V: the proposed regularizations",
     "VI": "Table VI: lambda of eq. 6 against lambda = 1",
@@ -35,7 +39,7 @@ ABLATION_TITLES = {
 def results_frame(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], shot: int, seed: int) -> pd.DataFrame:
     """Rows of one run's ``metrics.json`` (``{method: {category | "mean": {metric: value}}}``)."""
     rows = [
-        {"method": method, "shot": shot, "seed": seed, "category": category, **{m: values[m] for m in METRIC_NAMES}}
+        {"method": method, "shot": shot, "seed": seed, "category": category, **{m: values.get(m, math.nan) for m in METRIC_NAMES}}
         for method, per_category in metrics.items()
         for category, values in per_category.items()
         if category != "mean"
@@ -54,7 +58,9 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 4) -> st
 
 
 def category_means(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, shot, seed): the mean over categories of every metric (NaNs skipped)."""
+    """Per (method, shot, seed): the mean over categories of every metric (NaNs skipped; a metric the
+    frame lacks, as in results from before it existed, is NaN)."""
+    frame = frame.reindex(columns=RESULT_KEYS + list(METRIC_NAMES))
     return frame.groupby(["method", "shot", "seed"], sort=False)[list(METRIC_NAMES)].mean().reset_index()
 
 
@@ -63,7 +69,9 @@ def _present(frame: pd.DataFrame, methods: Sequence[str]) -> list[str]:
     return [m for m in methods if m in have]
 
 
-HEADERS = {"iou": "IoU", "dice": "Dice", "image_acc": "image ACC", "image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC"}
+HEADERS = {"iou": "IoU", "dice": "Dice", "iou_pooled": "pooled IoU", "dice_pooled": "pooled Dice", "image_acc": "image ACC",
+           "image_auroc": "image AUROC", "image_auroc_max": "image AUROC (max)", "pixel_auroc": "pixel AUROC",
+           "aupro": "AUPRO (30% FPR)"}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -125,21 +133,26 @@ def detection_table(frame: pd.DataFrame, label: Callable[[str], str], paper: boo
     return markdown_table(header, rows)
 
 
-def ablation_table(frame: pd.DataFrame, table: str, label: Callable[[str], str], paper: bool = False) -> str:
-    """Tables V-VII: mean IoU and Dice over categories per method and shot."""
+def ablation_table(frame: pd.DataFrame, table: str, label: Callable[[str], str], paper: bool = False,
+                   family: str = "") -> str:
+    """Tables V-VII: mean IoU and Dice over categories per method and shot; ``family`` is the prefix
+    of the network's variants (see :data:`ABLATION_FAMILIES`); the paper's rows stand beside them."""
     means = category_means(frame)
     shots = sorted(means["shot"].unique())
     header = ["method"]
     for k in shots:
         header += [f"{k}-shot IoU", f"{k}-shot DC"] + ([f"{k}-shot IoU (paper)", f"{k}-shot DC (paper)"] if paper else [])
     rows = []
-    for m in _present(frame, ABLATIONS[table]):
+    for base in ABLATIONS[table]:
+        m = family + base
+        if m not in set(frame["method"]):
+            continue
         row = [label(m)]
         for k in shots:
             sel = means[(means["method"] == m) & (means["shot"] == k)]
             row += [mean_std(sel["iou"].tolist()), mean_std(sel["dice"].tolist())]
             if paper:
-                ref = published.ABLATIONS[table].get(m, {}).get(k)
+                ref = published.ABLATIONS[table].get(base, {}).get(k)
                 row += [_fmt(ref["iou"]) if ref else "-", _fmt(ref["dice"]) if ref else "-"]
         rows.append(row)
     return markdown_table(header, rows)
@@ -167,9 +180,10 @@ def paper_tables(
                 parts += [f"## Table {number}: mean {name}, {shot}-shot", "",
                           per_category_table(frame, metric, shot, label, paper), ""]
         parts += ["## Table IV: image-level detection (ACC, ROC AUC)", "", detection_table(frame, label, paper), ""]
-    for table, title in ABLATION_TITLES.items():
-        if len(_present(frame, ABLATIONS[table])) > 1:
-            parts += [f"## {title}", "", ablation_table(frame, table, label, paper), ""]
+    for family, network in ABLATION_FAMILIES.items():
+        for table, title in ABLATION_TITLES.items():
+            if len(_present(frame, [family + m for m in ABLATIONS[table]])) > 1:
+                parts += [f"## {title}{network}", "", ablation_table(frame, table, label, paper, family), ""]
     if parameters:
         parts += ["## Networks: trainable parameters", "",
                   markdown_table(["method", "parameters"], [[label(m), f"{n:,}"] for m, n in parameters.items()]), ""]
