@@ -51,7 +51,8 @@ def test_repro_writes_metrics_for_every_variant(repo_copy):
     for figures in metrics.values():
         assert set(figures) == {"mean", "fabric", "washer"}
         for values in figures.values():
-            assert set(values) == {"iou", "dice", "image_acc", "image_auroc", "pixel_auroc"}
+            assert set(values) == {"iou", "dice", "iou_pooled", "dice_pooled", "image_acc", "image_auroc",
+                                    "image_auroc_max", "pixel_auroc", "aupro"}
             assert all(0.0 <= v <= 1.0 for v in values.values())
     report = (dest / "reports" / "ablation.md").read_text()
     for title in ("Table II: mean IoU, 1-shot", "Table III: mean Dice, 1-shot", "Table IV", "Table V"):
