@@ -132,12 +132,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class Variant:
-    """One method: a network (``arch``, default ``model.arch``), an NBR loss and a CaP flavour."""
+    """One method: a network (``arch``, default ``model.arch``) with its encoder weights
+    (``encoder_weights``, default ``model.encoder_weights``), an NBR loss and a CaP flavour."""
 
     nbr: str
     cap: str
     # Optional per variant; leaving them out is not a default that could differ from params.yaml.
     arch: str = ""  # "" = model.arch
+    encoder_weights: str = ""  # "" = model.encoder_weights
     label: str = ""  # display name in reports; "" = the id with '_' -> '+'
 
     def __post_init__(self) -> None:
@@ -223,9 +225,10 @@ class Config:
         return self.variants[name]
 
     def model_for(self, name: str) -> ModelConfig:
-        """The network of variant ``name``: its own ``arch``, else ``model.arch``."""
-        arch = self.variant(name).arch
-        return dataclasses.replace(self.model, arch=arch) if arch else self.model
+        """The network of variant ``name``: its own ``arch`` and ``encoder_weights``, else ``model``'s."""
+        variant = self.variant(name)
+        return ModelConfig(arch=variant.arch or self.model.arch,
+                           encoder_weights=variant.encoder_weights or self.model.encoder_weights)
 
     def label(self, name: str) -> str:
         return variant_label(name, self.variants.get(name))

@@ -3,7 +3,7 @@ import re
 import pytest
 import yaml
 
-from fsds.config import load_config, parse_config, variant_label
+from fsds.config import ModelConfig, load_config, parse_config, variant_label
 from fsds.errors import ConfigError
 from tests.conftest import REPO
 from tests.params import params_with
@@ -12,7 +12,12 @@ from tests.params import params_with
 def test_repository_params_load():
     cfg = load_config(REPO / "params.yaml")
     assert cfg.dataset == "synthetic"
-    assert cfg.methods == ("B", "B_NBR", "B_NBR_CaP")  # the default run: Table V
+    # the default run: Table V on the Lite0 U-Net with the ImageNet weights of its registry package
+    assert cfg.methods == ("L0_B", "L0_B_NBR", "L0_B_NBR_CaP")
+    for name in cfg.methods:
+        assert cfg.model_for(name) == ModelConfig(arch="lite0_unet", encoder_weights="imagenet")
+    assert [cfg.variant(m).nbr for m in cfg.methods] == ["none", "cosine", "cosine"]
+    assert [cfg.variant(m).cap for m in cfg.methods] == ["none", "none", "weighted"]
     assert cfg.variant("B_NBR_CaP").cap == "weighted"
     # the paper's benchmark networks are trained with plain CaP and ordinary BCE
     nets = {"AlbuNet": "albunet34", "TernausNet11": "ternausnet11", "TernausNet16": "ternausnet16",
@@ -20,7 +25,7 @@ def test_repository_params_load():
     for name, arch in nets.items():
         assert (cfg.model_for(name).arch, cfg.variant(name).cap, cfg.variant(name).nbr) == (arch, "plain", "none")
     assert cfg.variant("B_NBR_CaP1").cap == "plain" and cfg.variant("B_NBReuc_CaP").nbr == "euclidean"
-    assert cfg.model_for("B").arch == cfg.model.arch == "albunet34"
+    assert cfg.model_for("B") == cfg.model == ModelConfig(arch="albunet34", encoder_weights="none")  # the paper's B
     assert (cfg.train.image_size, cfg.train.iterations) == (128, 300)
 
 
@@ -82,7 +87,8 @@ def test_a_missing_key_is_an_error_that_names_it(key):
 
 
 def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
-    """Only a variant's optional ``arch`` and ``label`` may be left out (meaning: model.arch, the id)."""
+    """Only a variant's optional ``arch``, ``encoder_weights`` and ``label`` may be left out (meaning:
+    model.arch, model.encoder_weights, the id)."""
     import dataclasses
 
     import fsds.config as config
@@ -92,7 +98,7 @@ def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
         if dataclasses.is_dataclass(cls):
             optional |= {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
                          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    assert optional == {"Variant.arch", "Variant.label"}
+    assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label"}
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_config):
@@ -127,3 +133,15 @@ def test_variant_label():
     assert variant_label("B_NBR_CaP") == "B+NBR+CaP"
     cfg = load_config(REPO / "params.yaml")
     assert cfg.label("UNetPP") == "U-Net++" and cfg.label("B_NBR") == "B+NBR"
+
+
+def test_a_variant_takes_its_own_network_and_weights_or_models():
+    variants = {"Own": {"nbr": "none", "cap": "none", "arch": "lite2_unet", "encoder_weights": "imagenet"},
+                "ArchOnly": {"nbr": "none", "cap": "none", "arch": "lite0_unet"},
+                "Plain": {"nbr": "none", "cap": "none"}}
+    cfg = parse_config(params_with({"variants": variants, "model": {"arch": "unet", "encoder_weights": "none"}}))
+    assert cfg.model_for("Own") == ModelConfig("lite2_unet", "imagenet")
+    assert cfg.model_for("ArchOnly") == ModelConfig("lite0_unet", "none")
+    assert cfg.model_for("Plain") == ModelConfig("unet", "none")
+    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, label, nbr"):
+        parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "weights": "imagenet"}}}))

