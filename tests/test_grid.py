@@ -137,10 +137,11 @@ def test_grid_file_is_checked_before_anything_runs(tmp_path):
 
 
 def test_committed_grids_load_and_do_not_share_experiments_or_archives():
-    grids = [load_grid(path, REPO / "params.yaml") for path in sorted((REPO / "grids").glob("*.yaml"))]
-    assert len(grids) >= 2
+    grids = [load_grid(path, REPO / "params.yaml") for path in sorted((REPO / "grids").rglob("*.yaml"))]
+    assert len(grids) >= 7
     assert len({g.name for g in grids}) == len(grids)  # experiment names are <name>-k<shot>-s<seed>
-    assert len({g.archive_dir() for g in grids}) == len(grids)
+    cells = [g.archive_dir() / name for g in grids for name, _, _ in g.cells()]
+    assert len(set(cells)) == len(cells)  # grids may share an archive folder, never a cell's
 
 
 def _experiments(uri):

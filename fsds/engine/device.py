@@ -6,6 +6,9 @@ prediction resolve them here the same way.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from fsds.errors import ConfigError
@@ -17,6 +20,37 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda requested but no CUDA device is available; use auto or cpu")
     return torch.device(name)
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def cpu_model() -> str:
+    """The CPU as a report names it: model, family/model numbers, cores and its fastest vector
+    unit, e.g. ``AMD EPYC (family 23 model 1), 2 cores, AVX2``."""
+    info, flags = _cpuinfo(), cpu_flags()
+    name = info.get("model name", "unknown CPU")
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']} model {info['model']})"
+    units = [unit for unit, flag in (("AMX bf16", "amx_bf16"), ("AVX-512 bf16", "avx512_bf16")) if flag in flags]
+    if not units:
+        units = ["AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"]
+    return f"{name}, {os.cpu_count()} cores, {', '.join(units)}"
 
 
 def cpu_has_fast_bf16() -> bool:

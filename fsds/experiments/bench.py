@@ -39,7 +39,7 @@ import torch
 from fsds.config import Config, Variant, load_config
 from fsds.data.images import load_images, load_masks, normalize
 from fsds.data.synthetic import generate_synthetic
-from fsds.engine.device import resolve_channels_last, resolve_precision
+from fsds.engine.device import cpu_flags, resolve_channels_last, resolve_precision
 from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.engine.training import Batch, TrainData, sample_batch, train_step
 from fsds.io import write_json, write_text
@@ -49,16 +49,6 @@ VARIANT = Variant(nbr="cosine", cap="weighted")  # B+NBR+CaP: the step that need
 
 
 # --- the machine --------------------------------------------------------------------------
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
 
 def machine() -> dict[str, Any]:
     model = platform.processor() or "unknown"

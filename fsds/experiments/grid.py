@@ -42,6 +42,7 @@ import yaml
 from tqdm import tqdm
 
 from fsds.config import MlflowConfig, parse_config
+from fsds.engine.device import cpu_model
 from fsds.errors import ConfigError, RunError
 from fsds.evaluation.figures import plot_curves, save_figure
 from fsds.evaluation.tables import markdown_table, paper_tables, results_frame
@@ -319,7 +320,8 @@ def pipeline_outputs(repo: Path) -> dict[str, str]:
 
 def archive_cell(grid: Grid, repo: Path, name: str, shot: int, seed: int, commit: str) -> None:
     """Copy a finished experiment's results into ``<archive>/<name>/`` (atomically), with
-    ``cell.json``: the experiment's commit, the cell's params and each model's training time."""
+    ``cell.json``: the experiment's commit, the cell's params, each model's training time and the
+    CPU (this machine's: cells are archived where they ran)."""
     outputs = pipeline_outputs(repo)
     files = CELL_FILES + (FIRST_SEED_FILES if seed == grid.seeds[0] else ())
     with atomic_dir(grid.archive_dir(repo) / name) as tmp:
@@ -327,7 +329,8 @@ def archive_cell(grid: Grid, repo: Path, name: str, shot: int, seed: int, commit
             (tmp / archived).write_bytes(git_file(repo, commit, outputs[archived]))
         methods = list(json.loads((tmp / "metrics.json").read_text()))
         write_json(tmp / "cell.json", {"experiment": name, "commit": commit, "params": grid.overrides(shot, seed),
-                                       "train_seconds": _training_seconds(repo, commit, methods, outputs["models"])})
+                                       "train_seconds": _training_seconds(repo, commit, methods, outputs["models"]),
+                                       "cpu": cpu_model()})
 
 
 def _training_seconds(repo: Path, commit: str, methods: Sequence[str], models: str) -> dict[str, float | None]:
