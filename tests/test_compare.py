@@ -91,8 +91,38 @@ def test_a_grid_without_finished_cells_is_listed_and_settings_are_kept_apart(rep
     (repo / "todo.yaml").write_text(yaml.safe_dump({"name": "todo", "shots": [1, 5], "seeds": [0],
                                                     "set": {**other, "methods": ["L0_B"]}, "archive": "cells"}))
     text = compare_report([done, repo / "todo.yaml"], repo / "report.md", repo, REPO / "params.yaml")
-    assert "## MVTec AD transistor, K per defect type (the paper's text)" in text
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections == ["## MVTec AD transistor, K per category (the paper's Table I); profile `cpu` (128 px, 300 "
+                        "iterations), precision auto",
+                        "## MVTec AD transistor, K per defect type (the paper's text); profile `cpu` (128 px, 300 "
+                        "iterations), precision auto"]
     assert "`todo` (0 of 2 cells: L0_B)" in text and "No finished cell yet." in text
+
+
+def test_grids_that_set_other_params_cannot_share_a_table(repo):
+    a = _grid(repo, "a", ["B"], {"B": {0: 0.1}})
+    b = _grid(repo, "b", ["L0_B"], {"L0_B": {0: 0.2}}, settings={**TRANSISTOR, "train.lr": 0.001})
+    with pytest.raises(ConfigError, match="grids a and b share a setting .* but set different params besides methods"):
+        compare_report([a, b], repo / "report.md", repo, REPO / "params.yaml")
+
+
+def test_cells_from_before_a_metric_or_without_a_time_say_n_a(repo):
+    """Archived cells of older code lack the newer metrics (and, off the DVC cache, training times)."""
+    path = _grid(repo, "old", ["B"], {"B": {0: 0.1, 1: 0.3}})
+    for seed in (0, 1):
+        folder = repo / "cells" / f"old-k1-s{seed}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        for values in metrics["B"].values():
+            del values["aupro"]
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        cell = json.loads((folder / "cell.json").read_text())
+        cell["train_seconds"] = {"B": None}
+        del cell["cpu"]
+        (folder / "cell.json").write_text(json.dumps(cell))
+    text = compare_report([path], repo / "report.md", repo, REPO / "params.yaml")
+    row = next(line for line in text.splitlines() if line.startswith("| B |")).split(" | ")
+    assert row[2] == "0.2000 (0.1414)" and row[-2] == "n/a" and row[-1].rstrip(" |") == "n/a"
+    assert "CPU of the cells: not recorded." in text
 
 
 def test_a_method_two_grids_of_one_setting_ran_is_refused(repo):

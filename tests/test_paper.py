@@ -111,3 +111,13 @@ def test_paper_column_is_a_copy():
     column = paper_column("iou", 1, "UNet")
     column["carpet"] = None
     assert PER_CATEGORY["iou"][1]["UNet"]["carpet"] == (0.4995, 0.0035)
+
+
+def test_the_papers_dice_says_its_iou_is_a_per_image_mean():
+    """Pooled counts give Dice = 2 IoU / (1 + IoU); the paper's Dice lies below that in almost every
+    cell (per-image means), which fsds.experiments.compare's reports state."""
+    from fsds.evaluation.paper import dice_against_pooled_identity
+
+    below, cells, median = dice_against_pooled_identity()
+    assert cells == 2 * 7 * 15 - 7  # both shots, 7 methods, 15 categories, less toothbrush at 1-shot
+    assert below / cells > 0.95 and median < -0.02

@@ -145,3 +145,22 @@ def test_timing_measures_a_step_of_any_method():
                         "variants": {"UNetPP": {"arch": "unetplusplus", "nbr": "none", "cap": "plain"}}, "mlflow": {"enabled": False}})
     seconds = step_seconds(cfg, "UNetPP", 5, 3)
     assert 0 < seconds < 60
+
+
+@pytest.mark.parametrize("flags, unit", [
+    ("fpu avx2 avx512f avx512_bf16 amx_bf16", "AMX bf16, AVX-512 bf16"),
+    ("fpu avx2 avx512f avx512_bf16", "AVX-512 bf16"),
+    ("fpu avx2 avx512f", "AVX-512"),
+    ("fpu avx2", "AVX2"),
+    ("fpu sse4_2", "no AVX2"),
+])
+def test_the_cpu_is_named_with_what_decides_its_speed(monkeypatch, flags, unit):
+    """Reports (grid cells, reports/pretrained.md) name the CPU a time was measured on."""
+    import os
+
+    import fsds.engine.device as device
+
+    info = {"model name": "AMD EPYC", "cpu family": "25", "model": "17", "flags": flags}
+    monkeypatch.setattr(device, "_cpuinfo", lambda: info)
+    cores = len(os.sched_getaffinity(0))
+    assert device.cpu_model() == f"AMD EPYC (family 25 model 17), {cores} cores, {unit}"

@@ -1,8 +1,8 @@
 """The ``fsds`` command: use a trained model outside the pipeline.
 
-    fsds predict --model data/models/B_NBR_CaP/fabric.pt photos/ --out inspected/
+    fsds predict --model data/models/L0_B_NBR_CaP/fabric.pt photos/ --out inspected/
     fsds predict --model runs:/<run id>/model part.png --out inspected/ --threshold 0.3
-    fsds export --model data/models/B_NBR_CaP/fabric.pt --format onnx --out fabric.onnx
+    fsds export --model data/models/L0_B_NBR_CaP/fabric.pt --format onnx --out fabric.onnx
 
 ``--model`` is an fsds checkpoint or an MLflow model URI (``runs:/<run id>/model``,
 ``models:/<name>/<version>``; the tracking store is ``MLFLOW_TRACKING_URI``'s).

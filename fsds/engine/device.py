@@ -37,6 +37,7 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def cpu_flags() -> set[str]:
+    """The instruction-set flags of the CPU (``avx2``, ``avx512_bf16``, ``amx_bf16``, ...)."""
     return set(_cpuinfo().get("flags", "").split())
 
 
@@ -50,7 +51,8 @@ def cpu_model() -> str:
     units = [unit for unit, flag in (("AMX bf16", "amx_bf16"), ("AVX-512 bf16", "avx512_bf16")) if flag in flags]
     if not units:
         units = ["AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"]
-    return f"{name}, {os.cpu_count()} cores, {', '.join(units)}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores, {', '.join(units)}"
 
 
 def cpu_has_fast_bf16() -> bool:

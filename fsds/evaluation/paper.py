@@ -21,11 +21,14 @@ plain Python constants:
   to 1, and ``B_NBR_CaP``) and ``"VII"`` (``B_NBReuc_CaP``: Euclidean NBR loss, and
   ``B_NBR_CaP``: cosine).
 - ``paper_column(metric, shot, method)`` -> ``{category: (mean, std) | None}``.
+- ``dice_against_pooled_identity()``: how many of Tables II/III's Dice values lie below
+  2 IoU / (1 + IoU), which tells whether the paper's IoU is pooled or a per-image mean.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 
 CATEGORIES = (
     "carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule",
@@ -190,3 +193,23 @@ ABLATIONS = {
 def paper_column(metric: str, shot: int, method: str) -> dict[str, tuple[float, float] | None]:
     """One column of Table II (``metric="iou"``) or III (``"dice"``): category -> (mean, std) | None."""
     return dict(PER_CATEGORY[metric][shot][method])
+
+
+def dice_against_pooled_identity() -> tuple[int, int, float]:
+    """Which IoU the paper reports, read from its own Tables II and III.
+
+    Pooled counts (TP, FP, FN summed over a category's images) give Dice = 2 IoU / (1 + IoU)
+    exactly; per-image means give a lower Dice (the function is concave: Jensen's inequality).
+    Returns ``(cells whose Dice is below 2 IoU / (1 + IoU), cells with both numbers, median of
+    Dice - 2 IoU / (1 + IoU))`` over every method, shot and category. The paper's figures are
+    means over 5 seeds, which also lowers Dice a little, so only a clear majority says which.
+    """
+    gaps = []
+    for shot, columns in PER_CATEGORY["iou"].items():
+        for method, column in columns.items():
+            for category, cell in column.items():
+                dice = PER_CATEGORY["dice"][shot][method][category]
+                if cell is not None and dice is not None:
+                    gaps.append(dice[0] - 2 * cell[0] / (1 + cell[0]))
+    below = sum(g < 0 for g in gaps)
+    return below, len(gaps), float(statistics.median(gaps))

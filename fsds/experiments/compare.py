@@ -53,6 +53,7 @@ class Results:
 
 
 def grid_config(grid: Grid, base: Mapping[str, Any]) -> Config:
+    """The config of the grid's first cell (what every cell shares besides shot and seed)."""
     return parse_config(apply_overrides(base, {**grid.set, "shot": grid.shots[0], "seed": grid.seeds[0]}))
 
 
@@ -162,7 +163,7 @@ def setting_section(title: str, results: Sequence[Results]) -> list[str]:
                 raise ConfigError(f"{m} is run by grids {owners[m]} and {r.grid.name} of the same setting; "
                                   "keep it in one of them")
             owners[m] = r.grid.name
-    labels = {m: lbl for r in results for m in r.cfg.methods for lbl in [r.cfg.label(m)]}
+    labels = {m: r.cfg.label(m) for r in results for m in r.cfg.methods}
     means = category_means(frame)
     seconds = seconds_per_model(results)
     cpus = sorted({str(c.get("cpu", "not recorded")) for r in results for c in r.cells.values()})
@@ -194,14 +195,27 @@ def compare_report(paths: Sequence[str | Path], report: str | Path, repo: str | 
     """Write the report of the grids in ``paths`` (see the module docstring); returns the markdown."""
     results = load_results(paths, repo, params)
     settings: dict[str, list[Results]] = {}
+    shared: dict[str, tuple[Grid, dict[str, Any]]] = {}
     for r in results:
-        settings.setdefault(setting(r.cfg), []).append(r)
+        title = setting(r.cfg)
+        rest = {k: v for k, v in r.grid.set.items() if k != "methods"}  # all a cell sets but its methods
+        if title in shared and shared[title][1] != rest:
+            raise ConfigError(f"grids {shared[title][0].name} and {r.grid.name} share a setting ({title}) but set "
+                              "different params besides methods; their methods were not trained alike, so they "
+                              "cannot share a table: make their `set` equal but for `methods`")
+        shared.setdefault(title, (r.grid, rest))
+        settings.setdefault(title, []).append(r)
+    below, cells, gap = published.dice_against_pooled_identity()
     parts = [preamble.rstrip(), ""] if preamble else []
-    parts += ["Metrics: per-image IoU and Dice (means over a category's defective test images: most likely what "
-              "the paper reports), pooled IoU and Dice (TP, FP, FN summed over all test images, normal ones "
-              "included), image ACC and AUROC (the paper's predicted-area score), image AUROC from the highest "
-              "pixel probability, pixel AUROC and AUPRO (per-region overlap up to 30% FPR, normalised). "
-              "Threshold 0.5. `n/a`: a metric the cell's code did not compute yet.", ""]
+    parts += ["Metrics: per-image IoU and Dice (means over a category's defective test images), pooled IoU and "
+              "Dice (TP, FP, FN summed over all test images, normal ones included), image ACC and AUROC (the "
+              "paper's predicted-area score), image AUROC from the highest pixel probability, pixel AUROC and "
+              "AUPRO (per-region overlap up to 30% FPR, normalised). Threshold 0.5. `n/a`: a metric the cell's "
+              "code did not compute yet.", "",
+              "Which IoU the paper reports: pooled counts give Dice = 2 IoU / (1 + IoU) exactly, per-image means a "
+              f"lower Dice. In {below} of the {cells} per-category cells of the paper's Tables II/III the Dice is "
+              f"below 2 IoU / (1 + IoU) (median difference {gap:+.3f}), so its numbers are most likely per-image "
+              "means, which is our `IoU` column (`fsds.evaluation.paper.dice_against_pooled_identity`).", ""]
     for title, group in settings.items():
         parts += setting_section(title, group)
     text = "\n".join(parts) + "\n"
