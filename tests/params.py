@@ -1,7 +1,7 @@
 """Configs for tests: the repository's params.yaml with a few values changed.
 
 params.yaml is the one source of every value (a missing key is an error), so a test states only
-what it changes. ``train.image_size`` / ``train.iterations`` go to the chosen profile; a
+what it changes. ``train.image_size`` / ``train.iterations`` / ``train.lr`` go to the chosen profile; a
 ``variants`` override replaces the whole mapping and, unless ``methods`` is given, runs them all.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from fsds.config import Config, parse_config
+from fsds.config import PROFILE_KEYS, Config, parse_config
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -32,7 +32,7 @@ def params_with(overrides: dict[str, Any]) -> dict[str, Any]:
     train = overrides.get("train")
     if isinstance(train, dict):
         profile = overrides.get("profile", raw["profile"])
-        for key in ("image_size", "iterations"):
+        for key in PROFILE_KEYS:
             if key in train:
                 overrides.setdefault("profiles", {}).setdefault(profile, {})[key] = train.pop(key)
     if "variants" in overrides and "methods" not in overrides and isinstance(overrides["variants"], dict):

@@ -93,15 +93,15 @@ def test_a_grid_without_finished_cells_is_listed_and_settings_are_kept_apart(rep
     text = compare_report([done, repo / "todo.yaml"], repo / "report.md", repo, REPO / "params.yaml")
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections == ["## MVTec AD transistor, K per category (the paper's Table I); profile `cpu` (128 px, 300 "
-                        "iterations), precision auto",
+                        "iterations, Adam 0.0001), precision auto",
                         "## MVTec AD transistor, K per defect type (the paper's text); profile `cpu` (128 px, 300 "
-                        "iterations), precision auto"]
+                        "iterations, Adam 0.0001), precision auto"]
     assert "`todo` (0 of 2 cells: L0_B)" in text and "No finished cell yet." in text
 
 
 def test_grids_that_set_other_params_cannot_share_a_table(repo):
     a = _grid(repo, "a", ["B"], {"B": {0: 0.1}})
-    b = _grid(repo, "b", ["L0_B"], {"L0_B": {0: 0.2}}, settings={**TRANSISTOR, "train.lr": 0.001})
+    b = _grid(repo, "b", ["L0_B"], {"L0_B": {0: 0.2}}, settings={**TRANSISTOR, "train.augment": False})
     with pytest.raises(ConfigError, match="grids a and b share a setting .* but set different params besides methods"):
         compare_report([a, b], repo / "report.md", repo, REPO / "params.yaml")
 

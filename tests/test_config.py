@@ -34,12 +34,18 @@ def test_profiles_select_image_size_and_iterations():
     paper = parse_config({**raw, "profile": "paper"})
     assert (paper.train.image_size, paper.train.iterations) == (512, 1350)
     assert paper.train.resolved_batch_size(1) == 2 and paper.train.resolved_batch_size(5) == 4
-    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, cpu, quick, got 'fast'"):
-        parse_config({**raw, "profile": "fast"})
+    assert paper.train.lr == 1e-4  # the paper's Adam rate; the default profile's is its own
+    assert parse_config(raw).train.lr == raw["profiles"][raw["profile"]]["lr"]
+    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, cpu, quick, got 'slow'"):
+        parse_config({**raw, "profile": "slow"})
+    with pytest.raises(ConfigError, match=r"^train\.lr: set it in profiles"):
+        parse_config({**raw, "train": {**raw["train"], "lr": 0.01}})
+    with pytest.raises(ConfigError, match=r"^profiles\.\*\.lr: must be in \(0, 1\)"):
+        parse_config({**raw, "profiles": {"cpu": {"image_size": 128, "iterations": 300, "lr": 2.0}}})
     with pytest.raises(ConfigError, match=r"^train\.image_size: set it in profiles"):
         parse_config({**raw, "train": {"image_size": 256}})
     with pytest.raises(ConfigError, match=r"^profiles\.\*\.image_size: must be a positive multiple of 32"):
-        parse_config({**raw, "profiles": {"cpu": {"image_size": 100, "iterations": 300}}})
+        parse_config({**raw, "profiles": {"cpu": {"image_size": 100, "iterations": 300, "lr": 1e-4}}})
     with pytest.raises(ConfigError, match=r"^methods: 'C' is not a variant"):
         parse_config({**raw, "methods": ["B", "C"]})
 
@@ -50,7 +56,7 @@ def test_profiles_select_image_size_and_iterations():
         ({"shot": 0}, r"^shot: must be >= 1"),
         ({"shto": 1}, r"^shto: unknown key; allowed keys: .*shot"),
         ({"train": {"image_size": 100}}, r"^profiles\.\*\.image_size: must be a positive multiple of 32"),
-        ({"train": {"lr": "fast"}}, r"^train\.lr: expected a number"),
+        ({"train": {"lr": "fast"}}, r"^profiles\.fast\.lr: expected a number"),
         ({"train": {"iteration": 5}}, r"^train\.iteration: unknown key; allowed keys: .*iterations"),
         ({"train": {"precision": "fp8"}}, r"^train\.precision: expected one of auto, fp32, bf16, got 'fp8'"),
         ({"train": {"batch_size": "big"}}, r"^train\.batch_size: "),

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 import fsds.config as config_module
+from fsds.config import PROFILE_KEYS
 from fsds.imports import import_closure, import_cycles, imported_modules, module_file
 from tests.conftest import REPO
 from tests.params import params_with
@@ -148,7 +149,8 @@ class ReadRecorder:
 
 
 def uncovered(read: set[str], declared: list[str], profile: str) -> list[str]:
-    """The keys read that no declared param covers (a declared ``train`` covers ``train.lr``)."""
+    """The keys read that no declared param covers (a declared ``train`` covers ``train.augment``; the
+    train keys a profile sets need ``profile`` and that profile's key)."""
     def covered(key: str) -> bool:
         return any(key == d or key.startswith(d + ".") for d in declared)
 
@@ -156,7 +158,7 @@ def uncovered(read: set[str], declared: list[str], profile: str) -> list[str]:
     for key in sorted(read):
         if key.split(".")[0] in NOT_RESULTS:
             continue
-        if key in ("train.image_size", "train.iterations"):  # they come from the chosen profile
+        if key in {f"train.{k}" for k in PROFILE_KEYS}:  # they come from the chosen profile
             ok = covered("profile") and covered(f"profiles.{profile}.{key.split('.')[1]}")
         else:
             ok = covered(key)
@@ -210,6 +212,8 @@ def test_every_stage_declares_the_params_it_reads(tmp_path, monkeypatch):
 
 
 def test_the_params_check_sees_an_undeclared_read():
-    assert uncovered({"train.lr", "metrics.threshold", "mlflow.experiment"}, ["train"], "cpu") == ["metrics.threshold"]
+    assert uncovered({"train.augment", "metrics.threshold", "mlflow.experiment"}, ["train"], "cpu") == ["metrics.threshold"]
+    assert uncovered({"train.lr"}, ["train"], "cpu") == ["train.lr"]
+    assert uncovered({"train.lr"}, ["profile", "profiles.cpu"], "cpu") == []
     assert uncovered({"train.image_size"}, ["train"], "cpu") == ["train.image_size"]
     assert uncovered({"train.image_size"}, ["profile", "profiles.cpu"], "cpu") == []

@@ -16,7 +16,7 @@ from tests.conftest import run, tiny_repo
 
 TINY = {
     "data": {"synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64}},
-    "profiles": {"cpu": {"image_size": 64, "iterations": 4}},
+    "profiles": {"fast": {"image_size": 64, "iterations": 4}},
     "train": {"log_every": 2, "eval_every": 2, "eval_images": 2},
     # Table V, a benchmark network (Table II) and the default's pretrained network (its own arch and weights)
     "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet", "L0_B_NBR_CaP"],

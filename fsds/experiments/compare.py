@@ -66,7 +66,7 @@ def setting(cfg: Config) -> str:
         name += f" {categories}"
     rule = {"defect_type": "K per defect type (the paper's text)", "category": "K per category (the paper's Table I)"}
     return (f"{name}, {rule[cfg.split.unit]}; profile `{cfg.profile}` ({cfg.train.image_size} px, "
-            f"{cfg.train.iterations} iterations), precision {cfg.train.precision}")
+            f"{cfg.train.iterations} iterations, Adam {cfg.train.lr:g}), precision {cfg.train.precision}")
 
 
 def load_results(paths: Sequence[str | Path], repo: str | Path = ".", params: str | Path = "params.yaml") -> list[Results]:
