@@ -1,0 +1,111 @@
+"""A quick in-process comparison: train one variant per (profile, shot, seed) on one category of
+data on disk and score it on the category's test images, without DVC or MLflow.
+
+    python -m fsds.experiments.sweep ../shared/datasets/mvtec_transistor_512 transistor \\
+        --variant L0_B --profiles cpu fast --shots 1 5 --seeds 0 1 2 -S split.unit=category
+
+Each run is what the pipeline's split, train, predict and metrics stages do for that category
+(the same functions, the same per-category seed), at ``metrics.threshold``. Every run appends one
+JSON line to ``--out`` as it finishes (so a long sweep can be read while it runs) and the end prints
+mean (std) over the seeds as markdown. For results to commit, run a grid (``stages.grid``): it
+versions every cell; this is for deciding what is worth a grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+from fsds.config import Config, parse_config
+from fsds.data.datasets import index_dataset
+from fsds.data.split import category_split, k_shot_split
+from fsds.engine.device import resolve_device, resolve_precision
+from fsds.engine.prediction import inference_model, predict_category
+from fsds.engine.training import load_train_data, train_segmenter
+from fsds.evaluation.metrics import evaluate_category
+from fsds.evaluation.tables import markdown_table
+from fsds.experiments.grid import apply_overrides
+from fsds.method.weights import encoder_weights
+from fsds.pipeline.train import category_seed
+
+SUMMARY = ("iou", "iou_pooled", "dice", "aupro", "pixel_auroc", "image_auroc_max", "train_seconds")
+
+
+def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> dict[str, Any]:
+    """Train ``variant`` on ``category`` of a split ``table`` and return its test metrics."""
+    model_cfg = cfg.model_for(variant)
+    encoder_state, _ = encoder_weights(model_cfg)
+    data = load_train_data(table, category, cfg.train.image_size)
+    start = time.perf_counter()
+    model, _, _ = train_segmenter(cfg, cfg.variant(variant), data, seed=category_seed(cfg.seed, category),
+                                  encoder_state=encoder_state, model_cfg=model_cfg,
+                                  progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
+    seconds = time.perf_counter() - start
+    test = category_split(table, category)["test"]
+    amp = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
+    probs, _ = predict_category(inference_model(model), test, cfg.train.image_size, cfg.metrics.threshold,
+                                amp_dtype=amp)
+    metrics, _ = evaluate_category(probs, test, cfg.metrics.threshold)
+    return {**metrics, "train_seconds": seconds, "n_shots": len(data.defect_images)}
+
+
+def sweep(base: dict[str, Any], root: str | Path, category: str, variant: str, profiles: Sequence[str],
+          shots: Sequence[int], seeds: Sequence[int], out: Path) -> pd.DataFrame:
+    index = index_dataset(root, [category])
+    rows = []
+    for shot in shots:
+        for seed in seeds:
+            for profile in profiles:
+                cfg = parse_config(apply_overrides(base, {"profile": profile, "shot": shot, "seed": seed,
+                                                          "train.eval_every": 0}))
+                table = k_shot_split(index, shot, seed, cfg.split.unit)
+                row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
+                       "shot": shot, "seed": seed, **run_one(cfg, table, category, variant)}
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(results: pd.DataFrame) -> str:
+    """Mean (std) over seeds per (profile, shot)."""
+    rows = []
+    for (profile, shot), group in results.groupby(["profile", "shot"], sort=False):
+        cells = [f"{group[m].mean():.4f} ({group[m].std(ddof=1):.4f})" if len(group) > 1 else f"{group[m].mean():.4f}"
+                 for m in SUMMARY]
+        rows.append([profile, str(shot), str(len(group)), *cells])
+    return markdown_table(["profile", "shot", "seeds", *SUMMARY], rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", help="a dataset in MVTec layout (a folder of category folders)")
+    parser.add_argument("category")
+    parser.add_argument("--variant", required=True, help="one of params.yaml's variants")
+    parser.add_argument("--profiles", nargs="+", required=True)
+    parser.add_argument("--shots", nargs="+", type=int, default=[1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("-S", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params override as for dvc exp run, e.g. split.unit=category (YAML value)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"), help="JSON lines, appended")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"-S {item}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    base = apply_overrides(yaml.safe_load(Path(args.params).read_text()), overrides)
+    results = sweep(base, args.root, args.category, args.variant, args.profiles, args.shots, args.seeds, args.out)
+    print(summary(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""fsds.experiments.sweep: one training per (profile, shot, seed), scored like the pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fsds.experiments.sweep import main
+from tests.params import params_with
+
+
+def test_a_sweep_trains_each_profile_and_seed_and_summarises_them(tiny_root, tmp_path, capsys):
+    raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-4},
+                                    "b": {"image_size": 32, "iterations": 2, "lr": 1e-3}}})
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(raw))  # JSON is YAML
+    out = tmp_path / "sweep.jsonl"
+    main([str(tiny_root), "fabric", "--variant", "B", "--profiles", "a", "b", "--seeds", "0", "1",
+          "--params", str(params), "--out", str(out), "-S", "split.unit=category"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["profile"], r["lr"], r["seed"]) for r in rows] == [("a", 1e-4, 0), ("b", 1e-3, 0), ("a", 1e-4, 1),
+                                                                 ("b", 1e-3, 1)]
+    assert all(r["n_shots"] == 1 for r in rows)  # split.unit=category: one shot for the whole category
+    assert all(0 <= r["iou"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in rows)
+    printed = capsys.readouterr().out
+    assert "| a | 1 | 2 |" in printed and "| b | 1 | 2 |" in printed
+
+
+def test_a_bad_override_is_named(tiny_root, tmp_path):
+    with pytest.raises(SystemExit):
+        main([str(tiny_root), "fabric", "--variant", "B", "--profiles", "fast", "-S", "split.unit"])
