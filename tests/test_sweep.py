@@ -24,9 +24,19 @@ def test_a_sweep_trains_each_profile_and_seed_and_summarises_them(tiny_root, tmp
     assert all(r["n_shots"] == 1 for r in rows)  # split.unit=category: one shot for the whole category
     assert all(0 <= r["iou"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in rows)
     printed = capsys.readouterr().out
-    assert "| a | 1 | 2 |" in printed and "| b | 1 | 2 |" in printed
+    assert "| fabric | 1 | a | 0.0001 | 2 |" in printed and "| fabric | 1 | b | 0.001 | 2 |" in printed
+    difference = [line for line in printed.splitlines() if "| b - a |" in line]
+    assert len(difference) == 1
+    iou_gap = (rows[1]["iou"] - rows[0]["iou"] + rows[3]["iou"] - rows[2]["iou"]) / 2  # per seed, then mean
+    assert difference[0].split("|")[5].strip().startswith(f"{iou_gap:+.4f}")
+    main(["--summarize", str(out)])
+    assert capsys.readouterr().out.strip() == printed.strip()
 
 
-def test_a_bad_override_is_named(tiny_root, tmp_path):
+def test_a_bad_override_or_missing_argument_stops_with_usage(tiny_root, capsys):
     with pytest.raises(SystemExit):
         main([str(tiny_root), "fabric", "--variant", "B", "--profiles", "fast", "-S", "split.unit"])
+    assert "-S split.unit: expected KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tiny_root), "fabric", "--profiles", "fast"])
+    assert "--variant" in capsys.readouterr().err

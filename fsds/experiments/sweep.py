@@ -7,7 +7,8 @@ data on disk and score it on the category's test images, without DVC or MLflow.
 Each run is what the pipeline's split, train, predict and metrics stages do for that category
 (the same functions, the same per-category seed), at ``metrics.threshold``. Every run appends one
 JSON line to ``--out`` as it finishes (so a long sweep can be read while it runs) and the end prints
-mean (std) over the seeds as markdown. For results to commit, run a grid (``stages.grid``): it
+mean (std) over the seeds and the paired per-seed differences from the first profile as markdown
+(``--summarize FILE`` prints them for lines already written, e.g. several sweeps appended to one file). For results to commit, run a grid (``stages.grid``): it
 versions every cell; this is for deciding what is worth a grid.
 """
 
@@ -73,22 +74,42 @@ def sweep(base: dict[str, Any], root: str | Path, category: str, variant: str, p
     return pd.DataFrame(rows)
 
 
+def _mean_std(values: pd.Series, signed: bool = False) -> str:
+    text = f"{values.mean():+.4f}" if signed else f"{values.mean():.4f}"
+    return f"{text} ({values.std(ddof=1):.4f})" if len(values) > 1 else text
+
+
 def summary(results: pd.DataFrame) -> str:
-    """Mean (std) over seeds per (profile, shot)."""
-    rows = []
-    for (profile, shot), group in results.groupby(["profile", "shot"], sort=False):
-        cells = [f"{group[m].mean():.4f} ({group[m].std(ddof=1):.4f})" if len(group) > 1 else f"{group[m].mean():.4f}"
-                 for m in SUMMARY]
-        rows.append([profile, str(shot), str(len(group)), *cells])
-    return markdown_table(["profile", "shot", "seeds", *SUMMARY], rows)
+    """Mean (std) over seeds per (category, shot, profile), then each profile's paired difference
+    (per seed) from the first profile of its (category, shot)."""
+    keys = ["category", "shot"]
+    rows, diffs = [], []
+    for (category, shot), runs in results.groupby(keys, sort=False):
+        profiles = list(dict.fromkeys(runs["profile"]))
+        base = runs[runs["profile"] == profiles[0]].set_index("seed")
+        for profile in profiles:
+            group = runs[runs["profile"] == profile]
+            rows.append([category, str(shot), profile, f"{group['lr'].iloc[0]:g}", str(len(group)),
+                         *(_mean_std(group[m]) for m in SUMMARY)])
+            if profile != profiles[0]:
+                paired = group.set_index("seed")
+                seeds = paired.index.intersection(base.index)
+                diffs.append([category, str(shot), f"{profile} - {profiles[0]}", str(len(seeds)),
+                              *(_mean_std(paired.loc[seeds, m] - base.loc[seeds, m], signed=True) for m in SUMMARY[:-1])])
+    out = markdown_table(["category", "shot", "profile", "lr", "seeds", *SUMMARY], rows)
+    if diffs:
+        out += "\n\n" + markdown_table(["category", "shot", "difference", "seeds", *SUMMARY[:-1]], diffs)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", help="a dataset in MVTec layout (a folder of category folders)")
-    parser.add_argument("category")
-    parser.add_argument("--variant", required=True, help="one of params.yaml's variants")
-    parser.add_argument("--profiles", nargs="+", required=True)
+    parser.add_argument("root", nargs="?", help="a dataset in MVTec layout (a folder of category folders)")
+    parser.add_argument("category", nargs="?")
+    parser.add_argument("--summarize", type=Path, metavar="JSONL",
+                        help="print the summary of runs already written (no training)")
+    parser.add_argument("--variant", help="one of params.yaml's variants")
+    parser.add_argument("--profiles", nargs="+")
     parser.add_argument("--shots", nargs="+", type=int, default=[1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("-S", dest="set", action="append", default=[], metavar="KEY=VALUE",
@@ -96,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"), help="JSON lines, appended")
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(summary(pd.read_json(args.summarize, lines=True)))
+        return
+    if not (args.root and args.category and args.variant and args.profiles):
+        parser.error("give ROOT CATEGORY --variant V --profiles P [P ...], or --summarize JSONL")
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
