@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fsds.errors import InputError
 from fsds.experiments.sweep import main
 from tests.params import params_with
 
@@ -24,13 +25,17 @@ def test_a_sweep_trains_each_profile_and_seed_and_summarises_them(tiny_root, tmp
     assert all(r["n_shots"] == 1 for r in rows)  # split.unit=category: one shot for the whole category
     assert all(0 <= r["iou"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in rows)
     printed = capsys.readouterr().out
-    assert "| fabric | 1 | a | 0.0001 | 2 |" in printed and "| fabric | 1 | b | 0.001 | 2 |" in printed
+    run = "fabric B split.unit=category"  # category, variant and the overrides name the runs
+    assert f"| {run} | 1 | a | 0.0001 | 2 |" in printed and f"| {run} | 1 | b | 0.001 | 2 |" in printed
     difference = [line for line in printed.splitlines() if "| b - a |" in line]
     assert len(difference) == 1
     iou_gap = (rows[1]["iou"] - rows[0]["iou"] + rows[3]["iou"] - rows[2]["iou"]) / 2  # per seed, then mean
     assert difference[0].split("|")[5].strip().startswith(f"{iou_gap:+.4f}")
     main(["--summarize", str(out)])
     assert capsys.readouterr().out.strip() == printed.strip()
+    out.write_text(out.read_text() + out.read_text().splitlines()[0] + "\n")  # one run listed twice
+    with pytest.raises(InputError, match="profile a, seed 0 was run twice"):
+        main(["--summarize", str(out)])
 
 
 def test_a_bad_override_or_missing_argument_stops_with_usage(tiny_root, capsys):

@@ -141,7 +141,7 @@ def test_category_seed_is_stable_and_distinct():
 def test_timing_measures_a_step_of_any_method():
     from fsds.experiments.timing import step_seconds
 
-    cfg = make_config({"profiles": {"t": {"image_size": 64, "iterations": 3}}, "profile": "t",
+    cfg = make_config({"profiles": {"t": {"image_size": 64, "iterations": 3, "lr": 1e-4}}, "profile": "t",
                         "variants": {"UNetPP": {"arch": "unetplusplus", "nbr": "none", "cap": "plain"}}, "mlflow": {"enabled": False}})
     seconds = step_seconds(cfg, "UNetPP", 5, 3)
     assert 0 < seconds < 60

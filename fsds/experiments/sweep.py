@@ -26,7 +26,8 @@ import yaml
 from fsds.config import Config, parse_config
 from fsds.data.datasets import index_dataset
 from fsds.data.split import category_split, k_shot_split
-from fsds.engine.device import resolve_device, resolve_precision
+from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
+from fsds.errors import InputError
 from fsds.engine.prediction import inference_model, predict_category
 from fsds.engine.training import load_train_data, train_segmenter
 from fsds.evaluation.metrics import evaluate_category
@@ -48,16 +49,20 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> di
                                   encoder_state=encoder_state, model_cfg=model_cfg,
                                   progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
     seconds = time.perf_counter() - start
-    test = category_split(table, category)["test"]
-    amp = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
-    probs, _ = predict_category(inference_model(model), test, cfg.train.image_size, cfg.metrics.threshold,
-                                amp_dtype=amp)
+    test = category_split(table, category)["test"]  # predicted as the predict stage does
+    device = resolve_device(cfg.train.device)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
+    size = cfg.train.image_size
+    probs, _ = predict_category(inference_model(model, channels_last), test, size, cfg.metrics.threshold,
+                                batch_size=cfg.predict.resolved_batch_size(size), device=device,
+                                amp_dtype=amp_dtype, channels_last=channels_last)
     metrics, _ = evaluate_category(probs, test, cfg.metrics.threshold)
     return {**metrics, "train_seconds": seconds, "n_shots": len(data.defect_images)}
 
 
 def sweep(base: dict[str, Any], root: str | Path, category: str, variant: str, profiles: Sequence[str],
-          shots: Sequence[int], seeds: Sequence[int], out: Path) -> pd.DataFrame:
+          shots: Sequence[int], seeds: Sequence[int], out: Path, overrides: Sequence[str] = ()) -> pd.DataFrame:
     index = index_dataset(root, [category])
     rows = []
     for shot in shots:
@@ -67,7 +72,8 @@ def sweep(base: dict[str, Any], root: str | Path, category: str, variant: str, p
                                                           "train.eval_every": 0}))
                 table = k_shot_split(index, shot, seed, cfg.split.unit)
                 row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
-                       "shot": shot, "seed": seed, **run_one(cfg, table, category, variant)}
+                       "shot": shot, "seed": seed, "overrides": " ".join(overrides),
+                       **run_one(cfg, table, category, variant)}
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 rows.append(row)
@@ -80,25 +86,33 @@ def _mean_std(values: pd.Series, signed: bool = False) -> str:
 
 
 def summary(results: pd.DataFrame) -> str:
-    """Mean (std) over seeds per (category, shot, profile), then each profile's paired difference
-    (per seed) from the first profile of its (category, shot)."""
-    keys = ["category", "shot"]
+    """Mean (std) over seeds per (category, variant, overrides, shot, profile), then each profile's
+    paired difference (per seed) from the first profile of its group."""
+    results = results.assign(overrides=results["overrides"].fillna("")) if "overrides" in results else \
+        results.assign(overrides="")
+    keys = ["category", "variant", "overrides", "shot"]
+    twice = results[results.duplicated([*keys, "profile", "seed"])]
+    if not twice.empty:
+        row = twice.iloc[0]
+        raise InputError(f"{row['category']} {row['variant']} {row['shot']}-shot, profile {row['profile']}, seed "
+                         f"{row['seed']} was run twice; keep one of its lines")
     rows, diffs = [], []
-    for (category, shot), runs in results.groupby(keys, sort=False):
+    for (category, variant, overrides, shot), runs in results.groupby(keys, sort=False):
+        category = " ".join(filter(None, [category, variant, overrides]))
         profiles = list(dict.fromkeys(runs["profile"]))
         base = runs[runs["profile"] == profiles[0]].set_index("seed")
         for profile in profiles:
             group = runs[runs["profile"] == profile]
-            rows.append([category, str(shot), profile, f"{group['lr'].iloc[0]:g}", str(len(group)),
+            rows.append([category, str(shot), profile, "/".join(f"{lr:g}" for lr in group["lr"].unique()), str(len(group)),
                          *(_mean_std(group[m]) for m in SUMMARY)])
             if profile != profiles[0]:
                 paired = group.set_index("seed")
                 seeds = paired.index.intersection(base.index)
                 diffs.append([category, str(shot), f"{profile} - {profiles[0]}", str(len(seeds)),
                               *(_mean_std(paired.loc[seeds, m] - base.loc[seeds, m], signed=True) for m in SUMMARY[:-1])])
-    out = markdown_table(["category", "shot", "profile", "lr", "seeds", *SUMMARY], rows)
+    out = markdown_table(["run", "shot", "profile", "lr", "seeds", *SUMMARY], rows)
     if diffs:
-        out += "\n\n" + markdown_table(["category", "shot", "difference", "seeds", *SUMMARY[:-1]], diffs)
+        out += "\n\n" + markdown_table(["run", "shot", "difference", "seeds", *SUMMARY[:-1]], diffs)
     return out
 
 
@@ -129,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"-S {item}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
     base = apply_overrides(yaml.safe_load(Path(args.params).read_text()), overrides)
-    results = sweep(base, args.root, args.category, args.variant, args.profiles, args.shots, args.seeds, args.out)
+    results = sweep(base, args.root, args.category, args.variant, args.profiles, args.shots, args.seeds, args.out,
+                    args.set)
     print(summary(results))
 
 
