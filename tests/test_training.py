@@ -74,7 +74,10 @@ def test_checkpoint_rebuilds_the_model(tmp_path, tiny_config, washer_data):
     model.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(model(x), rebuilt(x), rtol=1e-4, atol=1e-4)  # same weights; the trained copy is channels-last
+        expected = model(x)
+        # Same weights; the trained copy may be channels-last, so the sums run in another order: the
+        # rounding scales with the logits (tens after three steps at the default profile's lr 1e-3).
+        torch.testing.assert_close(rebuilt(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
     with pytest.raises(FileNotFoundError, match="run the train stage first"):
         load_checkpoint(tmp_path / "missing.pt")
