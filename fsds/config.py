@@ -22,6 +22,7 @@ __all__ = ["ConfigError", "Config", "load_config", "parse_config"]
 
 DATASETS = ("synthetic", "mvtec", "magnetic_tile", "folder")
 NBR_KINDS = ("none", "cosine", "euclidean")
+SEG_LOSSES = ("bce", "bce_dice", "focal")
 CAP_KINDS = ("none", "plain", "weighted")
 ARCHS = ("albunet34", "ternausnet11", "ternausnet16", "unet", "attention_unet", "unetplusplus", "lite0_unet", "lite2_unet")
 DEVICES = ("auto", "cpu", "cuda")
@@ -94,6 +95,7 @@ class TrainConfig:
     cap_probability: float
     augment: bool
     nbr_weight: float
+    seg_loss: str  # the segmentation loss of variants that do not name one: bce (the paper) | bce_dice | focal
     device: str
     precision: str
     channels_last: bool | Literal["auto"]  # NHWC memory for the network and its inputs
@@ -109,6 +111,7 @@ class TrainConfig:
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
         _check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
         _check(self.nbr_weight >= 0, "train.nbr_weight", "must be >= 0")
+        _check_choice(self.seg_loss, SEG_LOSSES, "train.seg_loss")
         _check_choice(self.device, DEVICES, "train.device")
         _check_choice(self.precision, PRECISIONS, "train.precision")
         _check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = all cores)")
@@ -137,18 +140,23 @@ class ModelConfig:
 @dataclass(frozen=True)
 class Variant:
     """One method: a network (``arch``, default ``model.arch``) with its encoder weights
-    (``encoder_weights``, default ``model.encoder_weights``), an NBR loss and a CaP flavour."""
+    (``encoder_weights``, default ``model.encoder_weights``), an NBR loss, a CaP flavour and a
+    segmentation loss (``seg_loss``, default ``train.seg_loss``: the paper's ``bce``, or
+    ``bce_dice`` / ``focal``, weighted by lambda under weighted CaP as eq. 5 weights the BCE)."""
 
     nbr: str
     cap: str
     # Optional per variant; leaving them out is not a default that could differ from params.yaml.
     arch: str = ""  # "" = model.arch
     encoder_weights: str = ""  # "" = model.encoder_weights
+    seg_loss: str = ""  # "" = train.seg_loss
     label: str = ""  # display name in reports; "" = the id with '_' -> '+'
 
     def __post_init__(self) -> None:
         _check_choice(self.nbr, NBR_KINDS, "variants.*.nbr")
         _check_choice(self.cap, CAP_KINDS, "variants.*.cap")
+        if self.seg_loss:
+            _check_choice(self.seg_loss, SEG_LOSSES, "variants.*.seg_loss")
         if self.arch:
             _check_choice(self.arch, ARCHS, "variants.*.arch")
 
@@ -233,6 +241,10 @@ class Config:
         variant = self.variant(name)
         return ModelConfig(arch=variant.arch or self.model.arch,
                            encoder_weights=variant.encoder_weights or self.model.encoder_weights)
+
+    def seg_loss_for(self, name: str) -> str:
+        """The segmentation loss of variant ``name``: its own ``seg_loss``, else ``train.seg_loss``."""
+        return self.variant(name).seg_loss or self.train.seg_loss
 
     def label(self, name: str) -> str:
         return variant_label(name, self.variants.get(name))

@@ -93,8 +93,8 @@ def test_a_missing_key_is_an_error_that_names_it(key):
 
 
 def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
-    """Only a variant's optional ``arch``, ``encoder_weights`` and ``label`` may be left out (meaning:
-    model.arch, model.encoder_weights, the id)."""
+    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss`` and ``label`` may be left
+    out (meaning: model.arch, model.encoder_weights, train.seg_loss, the id)."""
     import dataclasses
 
     import fsds.config as config
@@ -104,7 +104,7 @@ def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
         if dataclasses.is_dataclass(cls):
             optional |= {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
                          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label"}
+    assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label", "Variant.seg_loss"}
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_config):
@@ -149,5 +149,18 @@ def test_a_variant_takes_its_own_network_and_weights_or_models():
     assert cfg.model_for("Own") == ModelConfig("lite2_unet", "imagenet")
     assert cfg.model_for("ArchOnly") == ModelConfig("lite0_unet", "none")
     assert cfg.model_for("Plain") == ModelConfig("unet", "none")
-    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, label, nbr"):
+    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, label, nbr, seg_loss"):
         parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "weights": "imagenet"}}}))
+
+
+def test_a_variant_names_its_segmentation_loss_and_the_papers_methods_keep_bce():
+    cfg = load_config(REPO / "params.yaml")
+    paper = ["B", "B_NBR", "B_NBR_CaP", "B_NBR_CaP1", "B_NBReuc_CaP", "AlbuNet", "TernausNet11", "UNet", "UNetPP"]
+    assert {cfg.seg_loss_for(name) for name in paper} == {"bce"} and cfg.train.seg_loss == "bce"
+    assert cfg.seg_loss_for("L0_B_NBR_CaP_Dice") == "bce_dice" and cfg.seg_loss_for("L0_B_Focal") == "focal"
+    other = parse_config(params_with({"train": {"seg_loss": "focal"}}))
+    assert other.seg_loss_for("B") == "focal" and other.seg_loss_for("L0_B_NBR_CaP_Dice") == "bce_dice"
+    with pytest.raises(ConfigError, match=r"^train\.seg_loss: expected one of bce, bce_dice, focal, got 'dice'"):
+        parse_config(params_with({"train": {"seg_loss": "dice"}}))
+    with pytest.raises(ConfigError, match=r"^variants\.\*\.seg_loss: expected one of bce, bce_dice, focal, got 'dice'"):
+        parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "seg_loss": "dice"}}}))

@@ -9,8 +9,11 @@ from fsds.method.augmentation import crop_and_paste
 from fsds.method.losses import (
     bce_per_image,
     cap_lambda,
+    dice_per_image,
     downsample_mask,
+    focal_per_image,
     nbr_loss,
+    segmentation_loss,
     weighted_bce,
 )
 
@@ -140,3 +143,59 @@ def test_random_dihedral_moves_image_and_mask_together():
         again, _ = random_dihedral(images, masks, np.random.default_rng(seed))
         assert torch.equal(out, again)
     assert len(seen) == 8  # all flips and rotations occur
+
+
+SURE = 30.0  # a logit whose sigmoid is 1 to float precision
+
+
+def test_dice_on_hand_made_masks():
+    target = torch.zeros(1, 1, 4, 4)
+    target[0, 0, 0, :] = 1  # 4 defect pixels
+    perfect = torch.where(target > 0, SURE, -SURE)
+    assert dice_per_image(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    half = torch.full_like(target, -SURE)
+    half[0, 0, 0, :2] = SURE  # half the region found, nothing else predicted
+    assert dice_per_image(half, target).item() == pytest.approx(1 - (2 * 2 + 1) / (2 + 4 + 1), abs=1e-6)
+    nothing = torch.full_like(target, -SURE)
+    assert dice_per_image(nothing, target).item() == pytest.approx(1 - 1 / 5, abs=1e-6)
+
+
+def test_dice_on_an_empty_mask_is_finite_and_zero_for_an_empty_prediction():
+    empty = torch.zeros(2, 1, 4, 4)
+    logits = torch.stack([torch.full((1, 4, 4), -SURE), torch.zeros(1, 4, 4)])  # nothing; p = 0.5 everywhere
+    loss = dice_per_image(logits, empty)
+    assert loss[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert loss[1].item() == pytest.approx(8 / (8 + 1), abs=1e-6)  # sum(p) / (sum(p) + 1)
+
+
+def test_focal_on_hand_made_pixels():
+    logits = torch.tensor([0.0, 2.0, -1.0, 3.0]).view(1, 1, 2, 2)
+    target = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 2, 2)
+    p = torch.sigmoid(logits)
+    p_t = torch.where(target > 0, p, 1 - p)
+    expected = (-(1 - p_t) ** 2 * torch.log(p_t)).mean()
+    assert focal_per_image(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert focal_per_image(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)).item() == pytest.approx(0.25 * math.log(2), rel=1e-6)
+    assert focal_per_image(logits, target, gamma=0.0).item() == pytest.approx(bce_per_image(logits, target).item(), rel=1e-6)
+    assert not math.isnan(focal_per_image(logits, torch.zeros_like(target)).item())  # an empty mask is fine
+
+
+@pytest.mark.parametrize("kind", ["bce", "bce_dice", "focal"])
+def test_segmentation_loss_is_weighted_by_lambda_per_image(kind):
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.8).float()
+    unweighted = torch.stack([segmentation_loss(logits[i : i + 1], target[i : i + 1], kind=kind) for i in range(2)])
+    lam = torch.tensor([0.25, 1.0])
+    assert segmentation_loss(logits, target, lam, kind).item() == pytest.approx((unweighted * lam).mean().item(), rel=1e-5)
+    assert segmentation_loss(logits, target, kind=kind).item() == pytest.approx(unweighted.mean().item(), rel=1e-5)
+
+
+def test_segmentation_loss_kinds_differ_and_bce_is_the_papers():
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.8).float()
+    bce = segmentation_loss(logits, target, kind="bce")
+    assert bce.item() == pytest.approx(weighted_bce(logits, target).item(), rel=1e-6)
+    assert segmentation_loss(logits, target, kind="bce_dice").item() > bce.item()
+    assert segmentation_loss(logits, target, kind="focal").item() < bce.item()
+    with pytest.raises(ValueError, match="dice"):
+        segmentation_loss(logits, target, kind="dice")

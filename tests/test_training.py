@@ -27,7 +27,8 @@ def test_train_data_is_decoded_once_at_network_size(washer_data):
 
 @pytest.mark.parametrize(
     "variant",
-    [Variant("none", "none"), Variant("cosine", "none"), Variant("cosine", "weighted"), Variant("euclidean", "plain"), Variant("none", "plain")],
+    [Variant("none", "none"), Variant("cosine", "none"), Variant("cosine", "weighted"), Variant("euclidean", "plain"), Variant("none", "plain"),
+     Variant("cosine", "weighted", seg_loss="bce_dice"), Variant("none", "none", seg_loss="focal")],
 )
 def test_every_variant_trains_and_logs_its_terms(tiny_config, washer_data, variant):
     cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, cap_probability=1.0))
@@ -45,6 +46,14 @@ def test_every_variant_trains_and_logs_its_terms(tiny_config, washer_data, varia
     else:
         assert (history["nbr"] != 0).all()
     assert history["loss"].tolist() == pytest.approx((history["seg"] + history["nbr"]).tolist(), rel=1e-5)
+
+
+def test_the_variants_segmentation_loss_is_the_one_trained(tiny_config, washer_data):
+    """Same seed, same first batch: focal is below the BCE on every pixel, BCE+Dice above it."""
+    cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, iterations=1))
+    first = {kind: train_segmenter(cfg, Variant("cosine", "weighted", seg_loss=kind), washer_data, seed=0)[2]["seg"].iloc[0]
+             for kind in ("bce", "bce_dice", "focal")}
+    assert first["focal"] < first["bce"] < first["bce_dice"]
 
 
 def test_same_seed_same_weights(tiny_config, washer_data):

@@ -6,7 +6,9 @@ One iteration samples ``m`` defect shots and ``m`` normal images. With the varia
   the defect-free part of the defect images and the normal images (eqs. 1-3);
 - ``cap`` (none | plain | weighted): with probability ``cap_probability`` the segmentation loss
   is computed on the crop-and-pasted image instead of the original (eq. 4), weighted by
-  lambda (eq. 6) for ``weighted`` or by 1 for ``plain``.
+  lambda (eq. 6) for ``weighted`` or by 1 for ``plain``;
+- ``seg_loss`` (bce | bce_dice | focal; "" = ``train.seg_loss``): the segmentation loss, the
+  paper's BCE (eq. 7) or one for defects of a few pixels (beyond the paper), weighted the same way.
 
 NBR, lambda and the segmentation loss share one encoder pass per kind of image, and the
 decoder runs only on the part that is segmented.
@@ -14,6 +16,7 @@ decoder runs only on the part that is segmented.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,7 @@ from fsds.engine.device import resolve_channels_last, resolve_device, resolve_pr
 from fsds.errors import InputError
 from fsds.evaluation.metrics import iou_dice
 from fsds.method.augmentation import crop_and_paste, random_dihedral
-from fsds.method.losses import cap_lambda, nbr_loss, weighted_bce
+from fsds.method.losses import cap_lambda, nbr_loss, segmentation_loss
 from fsds.method.networks import Segmenter, build_model
 
 HISTORY_COLUMNS = ["iteration", "loss", "seg", "nbr", "lambda", "cap", "probe_iou"]
@@ -134,6 +137,7 @@ def train_segmenter(
     device = resolve_device(tc.device)
     amp_dtype = resolve_precision(tc.precision, device)
     channels_last = resolve_channels_last(tc.channels_last, amp_dtype, training=True)
+    variant = dataclasses.replace(variant, seg_loss=variant.seg_loss or tc.seg_loss)
     rng = seed_everything(seed)
     model = build_model(model_cfg or cfg.model, encoder_state).to(device)
     if channels_last:
@@ -226,7 +230,7 @@ def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch,
     lam = None
     if use_cap and variant.cap == "weighted":
         lam = cap_lambda(f_defect[-1], f_pasted[-1])
-    seg = weighted_bce(logits, y, lam)
+    seg = segmentation_loss(logits, y, lam, variant.seg_loss)
     nbr = torch.zeros((), device=device)
     if variant.nbr != "none":
         nbr = nbr_loss(f_defect[-1], f_normal[-1], y, variant.nbr)

@@ -1,4 +1,5 @@
-"""Losses of Algorithm 1: segmentation BCE, Normal Background Regularization, CaP weight.
+"""Losses of Algorithm 1: segmentation BCE, Normal Background Regularization, CaP weight; and
+two segmentation losses beyond the paper for defects that cover a few pixels (``seg_loss``).
 
 Each loss is a pure function of tensors.
 Feature maps are the deepest encoder output, ``(B, C, h, w)``; masks are ``(B, 1, H, W)`` in {0, 1}.
@@ -82,9 +83,49 @@ def bce_per_image(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return loss.mean(dim=(1, 2, 3))
 
 
-def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 5 (with ``weight`` = lambda per image) or eq. 7 (``weight`` None), averaged over the batch."""
-    per_image = bce_per_image(logits, target)
+def dice_per_image(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per image, ``1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s)``: ``(B, 1, H, W) -> (B,)``.
+
+    Unlike the per-pixel BCE its scale does not shrink with the defect's share of the image, so a
+    defect of a few pixels is not outweighed by the background. ``smooth`` keeps an empty mask
+    finite: there the loss is ``sum(p) / (sum(p) + s)``, 0 for an empty prediction.
+    """
+    p = torch.sigmoid(logits.float())
+    t = target.float()
+    inter = (p * t).sum(dim=(1, 2, 3))
+    total = p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3))
+    return 1.0 - (2.0 * inter + smooth) / (total + smooth)
+
+
+def focal_per_image(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017), ``(1 - p_t)^gamma`` times the per-pixel BCE, as a per-pixel mean:
+    ``(B, 1, H, W) -> (B,)``. Easy background pixels (p_t near 1) count almost nothing; ``gamma``
+    0 is the BCE."""
+    logits, t = logits.float(), target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    p_t = torch.exp(-bce)  # the probability given to the true class
+    return ((1.0 - p_t) ** gamma * bce).mean(dim=(1, 2, 3))
+
+
+SEG_LOSSES = {
+    "bce": bce_per_image,  # the paper's (eq. 7)
+    "bce_dice": lambda logits, target: bce_per_image(logits, target) + dice_per_image(logits, target),
+    "focal": focal_per_image,
+}
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                      kind: str = "bce") -> torch.Tensor:
+    """Eq. 5 (with ``weight`` = lambda per image) or eq. 7 (``weight`` None) with the per-image loss
+    ``kind`` (``bce``: the paper's; ``bce_dice``; ``focal``), averaged over the batch."""
+    if kind not in SEG_LOSSES:
+        raise ValueError(f"unknown segmentation loss {kind!r}; expected one of {', '.join(SEG_LOSSES)}")
+    per_image = SEG_LOSSES[kind](logits, target)
     if weight is not None:
         per_image = per_image * weight.to(per_image.dtype)
     return per_image.mean()
+
+
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 5 (with ``weight`` = lambda per image) or eq. 7 (``weight`` None), averaged over the batch."""
+    return segmentation_loss(logits, target, weight, "bce")

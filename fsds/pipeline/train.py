@@ -75,7 +75,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
             if cfg.train.eval_every:
                 probe = load_probe(table, category, cfg.train.image_size, cfg.train.eval_images, cfg.seed)
             tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
-                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "arch": model_cfg.arch,
+                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "seg_loss": cfg.seg_loss_for(variant_name), "arch": model_cfg.arch,
                     "dataset": cfg.dataset, "encoder_weights": weights_source, "profile": cfg.profile}
             params = {**config,
                       "resolved": {"batch_size": cfg.train.resolved_batch_size(cfg.shot), "category": category,
