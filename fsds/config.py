@@ -64,9 +64,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     unit: str
+    calibration_normals: int  # normal training images per category held out to pick the threshold
 
     def __post_init__(self) -> None:
         _check_choice(self.unit, SPLIT_UNITS, "split.unit")
+        _check(self.calibration_normals >= 0, "split.calibration_normals", "must be >= 0 (0 = no calibrated threshold)")
 
 
 @dataclass(frozen=True)
@@ -164,9 +166,11 @@ class Variant:
 @dataclass(frozen=True)
 class MetricsConfig:
     threshold: float
+    calibration_fpr: float  # the calibrated threshold keeps at most this share of calibration pixels defective
 
     def __post_init__(self) -> None:
         _check(0 < self.threshold < 1, "metrics.threshold", "must be in (0, 1)")
+        _check(0 < self.calibration_fpr < 1, "metrics.calibration_fpr", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def main() -> None:
     warning = empty_mask_warning(index)
     if warning:
         print(warning)
-    table = k_shot_split(index, cfg.shot, cfg.seed, cfg.split.unit)
+    table = k_shot_split(index, cfg.shot, cfg.seed, cfg.split.unit, cfg.split.calibration_normals)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
     print(table.groupby(["category", "split"]).size().unstack(fill_value=0).to_string())

@@ -88,6 +88,21 @@ def test_without_a_threshold_predict_uses_the_models_own(tmp_path, tiny_config, 
     assert own == given != other
 
 
+def test_a_calibrated_threshold_is_the_models_own(tmp_path, tiny_config, checkpoint, photos):
+    """A checkpoint with a threshold calibrated on normal images: `fsds predict` and the deployed
+    (MLflow, ONNX) model use it rather than metrics.threshold, unless --threshold is given."""
+    state = torch.load(checkpoint, weights_only=False)
+    state["calibration"] = {"threshold": 0.4, "fpr": 0.001, "max_fpr": 0.001, "images": 8, "reached": True}
+    path = tmp_path / "calibrated.pt"
+    torch.save(state, path)
+    assert load_deployed(str(path)).threshold == 0.4 and load_deployed(str(checkpoint)).threshold == 0.5
+    for name, model, flags in (("own", path, []), ("given", checkpoint, ["--threshold", "0.4"]),
+                               ("plain", checkpoint, [])):
+        main(["predict", "--model", str(model), str(photos / "wide.png"), "--out", str(tmp_path / name), *flags])
+    own, given, plain = (_rows(tmp_path / n / "predictions.csv")[0]["score"] for n in ("own", "given", "plain"))
+    assert own == given != plain
+
+
 def test_the_threshold_and_min_area_flags_decide(checkpoint, photos, tmp_path):
     low, high = tmp_path / "low", tmp_path / "high"
     main(["predict", "--model", str(checkpoint), str(photos / "wide.png"), "--out", str(low), "--threshold", "0.05"])

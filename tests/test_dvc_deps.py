@@ -169,6 +169,7 @@ def uncovered(read: set[str], declared: list[str], profile: str) -> list[str]:
 
 TINY = {
     "data": {"categories": ["fabric"], "synthetic": {"n_train_good": 4, "n_test_good": 2, "n_per_defect": 3, "size": 64}},
+    "split": {"calibration_normals": 1},  # of 4
     "train": {"image_size": 32, "iterations": 2, "eval_every": 1, "eval_images": 2, "checkpoint_every": 1},
     "methods": ["B_NBR_CaP"],
     "mlflow": {"enabled": False},

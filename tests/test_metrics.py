@@ -202,3 +202,27 @@ def test_pooled_iou_is_nan_without_defect_pixels(tmp_path):
                          "label": [0], "height": [4], "width": [4]})
     summary, _ = evaluate_category(np.zeros((1, 4, 4), dtype=np.uint8), test, threshold=0.5)
     assert math.isnan(summary["iou_pooled"]) and math.isnan(summary["aupro"]) and math.isnan(summary["iou"])
+
+
+def test_evaluate_category_at_the_calibrated_threshold(tmp_path):
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[2:6, 2:6] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    test = pd.DataFrame({"category": ["c", "c"], "defect_type": ["hole", "good"], "image": ["a.png", "b.png"],
+                         "mask": [str(tmp_path / "m.png"), ""], "label": [1, 0], "height": [8, 8], "width": [8, 8]})
+    probs = np.zeros((2, 8, 8), dtype=np.uint8)
+    probs[0, 2:6, 2:4] = 255  # half the defect, sure
+    probs[0, 2:6, 4:6] = 76  # the other half at p = 0.3
+    probs[1, 0, 0] = 25  # one normal pixel at p = 0.1
+    summary, rows = evaluate_category(probs, test, threshold=0.5)
+    assert summary["iou"] == pytest.approx(0.5)
+    assert all(math.isnan(summary[k]) for k in ("iou_cal", "dice_cal", "iou_pooled_cal", "image_acc_cal", "threshold_cal"))
+    at_half, _ = evaluate_category(probs, test, threshold=0.5, calibrated=0.5)
+    assert {k: at_half[f"{k}_cal"] for k in ("iou", "dice", "iou_pooled", "image_acc")} == \
+        {k: summary[k] for k in ("iou", "dice", "iou_pooled", "image_acc")}
+    low, rows = evaluate_category(probs, test, threshold=0.5, calibrated=0.2)  # finds the whole defect
+    assert low["iou_cal"] == 1.0 and low["iou_pooled_cal"] == 1.0 and low["image_acc_cal"] == 1.0
+    assert low["iou"] == summary["iou"] and low["threshold_cal"] == 0.2
+    lower, _ = evaluate_category(probs, test, threshold=0.5, calibrated=0.05)  # the normal pixel too
+    assert lower["iou_cal"] == 1.0 and lower["iou_pooled_cal"] == pytest.approx(16 / 17) and lower["image_acc_cal"] == 0.5
+    assert rows["iou_cal"].iloc[0] == 1.0 and rows["anomalous_cal"].tolist() == [1, 0]

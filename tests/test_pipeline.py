@@ -16,6 +16,7 @@ from tests.conftest import run, tiny_repo
 
 TINY = {
     "data": {"synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64}},
+    "split": {"calibration_normals": 2},  # of 6
     "profiles": {"fast": {"image_size": 64, "iterations": 4}},
     "train": {"log_every": 2, "eval_every": 2, "eval_images": 2},
     # Table V, a benchmark network (Table II) and the default's pretrained network (its own arch and weights)
@@ -53,7 +54,8 @@ def test_repro_writes_metrics_for_every_variant(repo_copy):
         assert set(figures) == {"mean", "fabric", "washer"}
         for values in figures.values():
             assert set(values) == {"iou", "dice", "iou_pooled", "dice_pooled", "image_acc", "image_auroc",
-                                    "image_auroc_max", "pixel_auroc", "aupro"}
+                                    "image_auroc_max", "pixel_auroc", "aupro", "iou_cal", "dice_cal",
+                                    "iou_pooled_cal", "image_acc_cal", "threshold_cal"}
             assert all(0.0 <= v <= 1.0 for v in values.values())
     report = (dest / "reports" / "ablation.md").read_text()
     for title in ("Table II: mean IoU, 1-shot", "Table III: mean Dice, 1-shot", "Table IV", "Table V"):
@@ -80,8 +82,16 @@ def test_repro_outputs_are_complete_and_rebuildable(repo_copy):
     assert {"model", "model_args", "config", "iteration"} <= set(state)
     assert "optimizer" not in state  # a finished model's checkpoint is a third of the size without Adam's moments
     assert state["iteration"] == 4
+    # the threshold calibrated on the two held-out normals, and passed on to the metrics stage
+    calibration = state["calibration"]
+    assert calibration["images"] == 2 and calibration["max_fpr"] == 0.001 and 0 < calibration["threshold"] < 1
+    thresholds = json.loads((dest / "data" / "predictions" / "B_NBR_CaP" / "thresholds.json").read_text())
+    assert thresholds["washer"] == calibration["threshold"]
+    metrics = json.loads((dest / "reports" / "metrics.json").read_text())
+    assert metrics["B_NBR_CaP"]["washer"]["threshold_cal"] == calibration["threshold"]
     split = pd.read_csv(dest / "data" / "split.csv", keep_default_na=False)
     assert (split[split["split"] == "train_defect"].groupby(["category", "defect_type"]).size() == 1).all()
+    assert (split[split["split"] == "calibration"].groupby("category").size() == 2).all()
     assert not list(dest.rglob("*.tmp"))  # nothing half-written left behind
 
 

@@ -78,7 +78,8 @@ def test_a_snapshot_is_used_only_for_the_same_training(tiny_config, washer_data,
 TINY = {"profile": "cpu", "profiles": {"cpu": {"image_size": 64, "iterations": 40}},
         "methods": ["B_NBR_CaP"], "train": {"checkpoint_every": 5, "eval_every": 0, "precision": "fp32"},
         "data": {"categories": ["washer"],
-                 "synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64}}}
+                 "synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64}},
+        "split": {"calibration_normals": 2}}  # of 6
 
 
 def _models(dest):

@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsds.data.split import category_split, k_shot_split
+from fsds.errors import InputError
 
 
 def test_k_per_defect_type_and_pool(tiny_index):
@@ -65,7 +66,8 @@ def test_empty_masks_are_never_training_shots(tiny_index):
 
 def test_category_split_parts(tiny_split):
     parts = category_split(tiny_split, "washer")
-    assert set(parts) == {"train_defect", "train_normal", "test"}
+    assert set(parts) == {"train_defect", "train_normal", "calibration", "test"}
+    assert parts["calibration"].empty  # none held out unless asked
     assert (parts["test"]["label"] == 0).sum() == 3
     with pytest.raises(ValueError, match="not in the split table"):
         category_split(tiny_split, "nope")
@@ -114,3 +116,29 @@ def test_split_properties_on_random_indexes(index, shot, seed, unit):
     assert (table[table["split"] == "train_normal"]["label"] == 0).all()
     shuffled = index.sample(frac=1.0, random_state=seed % 997)
     assert k_shot_split(shuffled, shot, seed, unit).equals(table)
+
+
+def test_calibration_normals_are_held_out_of_the_normal_pool(tiny_index):
+    table = k_shot_split(tiny_index, shot=1, seed=0, calibration_normals=2)
+    train_normals = tiny_index[tiny_index["source"] == "train"]
+    for category in sorted(tiny_index["category"].unique()):
+        parts = category_split(table, category)
+        assert len(parts["calibration"]) == 2 and (parts["calibration"]["label"] == 0).all()
+        assert len(parts["calibration"]) + len(parts["train_normal"]) == (train_normals["category"] == category).sum()
+        assert set(parts["calibration"]["image"]).isdisjoint(parts["train_normal"]["image"])
+        assert set(parts["calibration"]["image"]) <= set(train_normals["image"])  # never a test image
+    # the draw is the seed's and leaves the shots alone
+    again = k_shot_split(tiny_index.sample(frac=1.0, random_state=1), shot=1, seed=0, calibration_normals=2)
+    assert set(again[again["split"] == "calibration"]["image"]) == set(table[table["split"] == "calibration"]["image"])
+    without = k_shot_split(tiny_index, shot=1, seed=0)
+    assert (without["split"] != "calibration").all()
+    assert set(without[without["split"] == "train_defect"]["image"]) == set(table[table["split"] == "train_defect"]["image"])
+    draws = {tuple(k_shot_split(tiny_index, shot=1, seed=s, calibration_normals=2).query("split == 'calibration'")["image"])
+             for s in range(6)}
+    assert len(draws) > 1
+
+
+def test_too_many_calibration_normals_is_an_error_naming_the_limit(tiny_index):
+    n = int(((tiny_index["source"] == "train") & (tiny_index["category"] == "fabric")).sum())
+    with pytest.raises(InputError, match=rf"split.calibration_normals={n} but category fabric has only {n} normal .* at most {n - 1}"):
+        k_shot_split(tiny_index, shot=1, seed=0, calibration_normals=n)

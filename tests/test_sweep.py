@@ -18,16 +18,17 @@ def test_a_sweep_trains_each_profile_and_seed_and_summarises_them(tiny_root, tmp
     params.write_text(json.dumps(raw))  # JSON is YAML
     out = tmp_path / "sweep.jsonl"
     main([str(tiny_root), "fabric", "--variant", "B", "--profiles", "a", "b", "--seeds", "0", "1",
-          "--params", str(params), "--out", str(out), "-S", "split.unit=category"])
+          "--params", str(params), "--out", str(out), "-S", "split.unit=category", "-S", "split.calibration_normals=2"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["profile"], r["lr"], r["seed"]) for r in rows] == [("a", 1e-4, 0), ("b", 1e-3, 0), ("a", 1e-4, 1),
                                                                  ("b", 1e-3, 1)]
     assert all(r["n_shots"] == 1 for r in rows)  # split.unit=category: one shot for the whole category
     assert all(0 <= r["iou"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in rows)
+    assert all(0 < r["threshold_cal"] < 1 and 0 <= r["iou_cal"] <= 1 for r in rows)  # calibrated on 2 held-out normals
     printed = capsys.readouterr().out
-    run = "fabric B split.unit=category"  # category, variant and the overrides name the runs
-    assert f"| {run} | 1 | a | 0.0001 | 2 |" in printed and f"| {run} | 1 | b | 0.001 | 2 |" in printed
-    difference = [line for line in printed.splitlines() if "| b - a |" in line]
+    run = "fabric split.unit=category split.calibration_normals=2"  # category and overrides name the runs
+    assert f"| {run} | 1 | B a | 0.0001 | 2 |" in printed and f"| {run} | 1 | B b | 0.001 | 2 |" in printed
+    difference = [line for line in printed.splitlines() if "| B b - B a |" in line]
     assert len(difference) == 1
     iou_gap = (rows[1]["iou"] - rows[0]["iou"] + rows[3]["iou"] - rows[2]["iou"]) / 2  # per seed, then mean
     assert difference[0].split("|")[5].strip().startswith(f"{iou_gap:+.4f}")
@@ -36,6 +37,21 @@ def test_a_sweep_trains_each_profile_and_seed_and_summarises_them(tiny_root, tmp
     out.write_text(out.read_text() + out.read_text().splitlines()[0] + "\n")  # one run listed twice
     with pytest.raises(InputError, match="profile a, seed 0 was run twice"):
         main(["--summarize", str(out)])
+
+
+def test_variants_are_trained_on_the_same_splits_and_paired(tiny_root, tmp_path, capsys):
+    raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-3}},
+                       "split": {"calibration_normals": 1}})
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(raw))
+    out = tmp_path / "sweep.jsonl"
+    main([str(tiny_root), "washer", "--variant", "B", "B_NBR", "--profiles", "a", "--seeds", "0", "1",
+          "--params", str(params), "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("B", 0), ("B_NBR", 0), ("B", 1), ("B_NBR", 1)]
+    difference = [line for line in capsys.readouterr().out.splitlines() if "| B_NBR a - B a |" in line]
+    iou_gap = (rows[1]["iou"] - rows[0]["iou"] + rows[3]["iou"] - rows[2]["iou"]) / 2
+    assert len(difference) == 1 and difference[0].split("|")[5].strip().startswith(f"{iou_gap:+.4f}")
 
 
 def test_a_bad_override_or_missing_argument_stops_with_usage(tiny_root, capsys):

@@ -7,7 +7,10 @@ Two rules, chosen by ``split.unit``:
   of the paper's Table I, e.g. MVTec bottle: 63 defect images, 62 left for test at 1-shot).
 
 Only defect images with a non-empty mask are drawn. The other defect images and the test
-normals form ``test``; every training normal is in the ``train_normal`` pool.
+normals form ``test``; the training normals are the ``train_normal`` pool, except
+``calibration_normals`` of each category, drawn at random and never trained on: the
+``calibration`` images from which the train stage picks a threshold with a known false-alarm
+rate (:mod:`fsds.evaluation.threshold`).
 """
 
 from __future__ import annotations
@@ -19,19 +22,33 @@ import pandas as pd
 
 from fsds.errors import InputError
 
-SPLITS = ("train_defect", "train_normal", "test")
+SPLITS = ("train_defect", "train_normal", "calibration", "test")
 UNITS = ("defect_type", "category")
 SPLIT_COLUMNS = ["split", "category", "defect_type", "image", "mask", "label", "mask_area", "height", "width"]
 
 
-def k_shot_split(index: pd.DataFrame, shot: int, seed: int, unit: str = "defect_type") -> pd.DataFrame:
-    """Assign every indexed image to a split; each unit's draw depends only on (seed, unit name)."""
+def k_shot_split(index: pd.DataFrame, shot: int, seed: int, unit: str = "defect_type",
+                 calibration_normals: int = 0) -> pd.DataFrame:
+    """Assign every indexed image to a split; each unit's draw depends only on (seed, unit name), each
+    category's calibration normals only on (seed, category)."""
     if shot < 1:
         raise InputError(f"shot must be >= 1, got {shot}")
     if unit not in UNITS:
         raise InputError(f"split.unit: unknown unit {unit!r}; allowed: {', '.join(UNITS)}")
     table = index.copy()
     table["split"] = np.where(table["source"] == "train", "train_normal", "test")
+    if calibration_normals < 0:
+        raise InputError(f"split.calibration_normals must be >= 0, got {calibration_normals}")
+    if calibration_normals:
+        for category, normals in table[table["split"] == "train_normal"].groupby("category", sort=True):
+            if calibration_normals >= len(normals):
+                raise InputError(
+                    f"split.calibration_normals={calibration_normals} but category {category} has only "
+                    f"{len(normals)} normal training images; use at most {len(normals) - 1} so that some are left to train on"
+                )
+            rng = np.random.default_rng([seed, _stable_hash(f"{category}/calibration")])
+            held = rng.choice(normals.sort_values("image").index.to_numpy(), size=calibration_normals, replace=False)
+            table.loc[held, "split"] = "calibration"
 
     defects = table[table["label"] == 1]
     keys = ["category", "defect_type"] if unit == "defect_type" else ["category"]

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="fsds checkpoint (.pt) or MLflow model URI")
     p.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
     p.add_argument("--threshold", type=float, default=None,
-                   help="probability above which a pixel is a defect (default: the model's, metrics.threshold of its training)")
+                   help="probability at or above which a pixel is a defect (default: the model's own: the threshold "
+                        "calibrated on its held-out normal images, else metrics.threshold of its training)")
     p.add_argument("--min-area", type=float, default=0.0,
                    help="an image is defective when its predicted defect area exceeds this fraction (default 0: any pixel)")
     p.add_argument("--batch-size", type=int, default=4)

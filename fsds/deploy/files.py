@@ -78,7 +78,8 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
     """Masks (``masks/<stem>.png``, white = defect), overlays (``overlays/<stem>.png``) at each image's
     own size, and ``predictions.csv`` with each image's score and decision: defective when the
     predicted defect area exceeds ``min_area`` (default 0: any pixel, the paper's rule). A pixel is
-    a defect above ``threshold``, by default the model's own (``metrics.threshold`` of its training)."""
+    a defect at or above ``threshold``, by default the model's own (its calibrated threshold, else
+    ``metrics.threshold`` of its training)."""
     threshold = model.threshold if threshold is None else threshold
     if not 0.0 < threshold < 1.0:
         raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")

@@ -32,7 +32,7 @@ class DeployedModel(nn.Module):
         super().__init__()
         self.net = net
         self.image_size = int(image_size)
-        self.threshold = float(threshold)  # metrics.threshold of its training: a pixel above it is a defect
+        self.threshold = float(threshold)  # its calibrated threshold, else metrics.threshold: a pixel at or above it is a defect
         # The network's own input normalisation (its encoder's weights decide it), inside the model.
         self.register_buffer("mean", torch.tensor(net.input_stats.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(net.input_stats.std).view(1, 3, 1, 1))
@@ -51,8 +51,14 @@ def deployed_from_checkpoint(path: str | Path, device: torch.device | str = "cpu
     """The deployable model of an fsds checkpoint, batch norms folded, in eval mode."""
     net, state = load_checkpoint(path, device)
     config = state["config"]
-    return DeployedModel(inference_model(net), config["train"]["image_size"],
-                         config["metrics"]["threshold"]).to(device).eval()
+    return DeployedModel(inference_model(net), config["train"]["image_size"], model_threshold(state)).to(device).eval()
+
+
+def model_threshold(state: dict) -> float:
+    """A checkpoint's threshold: the one calibrated on its normal images (:mod:`fsds.evaluation.threshold`)
+    if the split held some out, else the ``metrics.threshold`` it was trained with."""
+    calibration = state.get("calibration")
+    return float(calibration["threshold"]) if calibration else float(state["config"]["metrics"]["threshold"])
 
 
 def load_deployed(spec: str, device: torch.device | str = "cpu") -> DeployedModel:

@@ -16,6 +16,9 @@
   the false-positive rate on defect-free pixels, integrated up to 30% FPR and divided by 0.3
   (MVTec AD's definition). Probabilities are stored with 256 levels, so both are computed
   exactly from per-level counts.
+- ``*_cal``: IoU, Dice, pooled IoU and image ACC again at the model's calibrated threshold
+  (``threshold_cal``: the lowest keeping false alarms on held-out normal images under
+  ``metrics.calibration_fpr``, see :mod:`fsds.evaluation.threshold`); NaN for a model without one.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from fsds.data.images import resize_probabilities
 from fsds.errors import InputError
 from fsds.io import read_mask
 
+CALIBRATED_NAMES = ("iou_cal", "dice_cal", "iou_pooled_cal", "image_acc_cal", "threshold_cal")
 METRIC_NAMES = ("iou", "dice", "iou_pooled", "dice_pooled", "image_acc", "image_auroc", "image_auroc_max",
-                "pixel_auroc", "aupro")
+                "pixel_auroc", "aupro", *CALIBRATED_NAMES)
 LEVELS = 256
 AUPRO_MAX_FPR = 0.3
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -134,12 +138,15 @@ class PixelHistogram:
         return float(roc_auc_score(labels[keep], np.r_[levels, levels][keep], sample_weight=weights[keep]))
 
 
-def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -> tuple[dict[str, float], pd.DataFrame]:
-    """Metrics of one category from its uint8 probability maps (rows of ``probs`` follow ``test``)."""
+def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float,
+                      calibrated: float | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """Metrics of one category from its uint8 probability maps (rows of ``probs`` follow ``test``), at
+    ``threshold`` and, for the ``*_cal`` metrics, at the ``calibrated`` threshold (NaN without one)."""
     if len(probs) != len(test):
         raise InputError(f"{len(probs)} probability maps for {len(test)} test images")
     hist = PixelHistogram()
     counts = np.zeros(3, dtype=np.int64)  # TP, FP, FN over every test image
+    counts_cal = np.zeros(3, dtype=np.int64)  # the same at the calibrated threshold
     rows = []
     for prob_u8, row in zip(probs, test.itertuples()):
         h, w = int(row.height), int(row.width)
@@ -152,6 +159,14 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
         counts += confusion(pred, target)
         # A defect filed with an empty mask has nothing to segment: it counts at image level only.
         iou, dice = iou_dice(pred, target) if row.label and target.any() else (math.nan, math.nan)
+        iou_cal = dice_cal = math.nan
+        anomalous_cal = -1
+        if calibrated is not None:
+            pred_cal = prob >= calibrated
+            counts_cal += confusion(pred_cal, target)
+            anomalous_cal = int(pred_cal.any())
+            if row.label and target.any():
+                iou_cal, dice_cal = iou_dice(pred_cal, target)
         rows.append(
             {
                 "category": row.category,
@@ -163,6 +178,9 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
                 "anomalous": int(pred.any()),
                 "iou": iou,
                 "dice": dice,
+                "anomalous_cal": anomalous_cal,  # -1: no calibrated threshold
+                "iou_cal": iou_cal,
+                "dice_cal": dice_cal,
             }
         )
     per_image = pd.DataFrame(rows)
@@ -179,7 +197,18 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float) -
         "image_auroc_max": safe_auroc(labels, per_image["max_probability"].to_numpy()),
         "pixel_auroc": hist.auroc(),
         "aupro": hist.aupro(),
+        **dict.fromkeys(CALIBRATED_NAMES, math.nan),
     }
+    if calibrated is not None:
+        pooled_cal = iou_dice_from_counts(*(int(c) for c in counts_cal)) if counts_cal[0] + counts_cal[2] else \
+            (math.nan, math.nan)
+        summary.update({
+            "iou_cal": float(defective["iou_cal"].mean()) if len(defective) else math.nan,
+            "dice_cal": float(defective["dice_cal"].mean()) if len(defective) else math.nan,
+            "iou_pooled_cal": pooled_cal[0],
+            "image_acc_cal": float(np.mean(per_image["anomalous_cal"].to_numpy() == labels)),
+            "threshold_cal": float(calibrated),
+        })
     return summary, per_image
 
 

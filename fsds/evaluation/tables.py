@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fsds.evaluation import paper as published
-from fsds.evaluation.metrics import METRIC_NAMES
+from fsds.evaluation.metrics import CALIBRATED_NAMES, METRIC_NAMES
 
 RESULT_KEYS = ["method", "shot", "seed", "category"]
 NETWORKS = published.METHODS  # Tables II-IV, in the paper's column order
@@ -71,7 +71,8 @@ def _present(frame: pd.DataFrame, methods: Sequence[str]) -> list[str]:
 
 HEADERS = {"iou": "IoU", "dice": "Dice", "iou_pooled": "pooled IoU", "dice_pooled": "pooled Dice", "image_acc": "image ACC",
            "image_auroc": "image AUROC", "image_auroc_max": "image AUROC (max)", "pixel_auroc": "pixel AUROC",
-           "aupro": "AUPRO (30% FPR)"}
+           "aupro": "AUPRO (30% FPR)", "iou_cal": "IoU (cal.)", "dice_cal": "Dice (cal.)",
+           "iou_pooled_cal": "pooled IoU (cal.)", "image_acc_cal": "image ACC (cal.)", "threshold_cal": "threshold (cal.)"}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -161,10 +162,17 @@ def ablation_table(frame: pd.DataFrame, table: str, label: Callable[[str], str],
 def all_methods_table(frame: pd.DataFrame, label: Callable[[str], str]) -> str:
     """Every method of the run (including ones the paper does not have): all metrics, per shot."""
     means = category_means(frame)
+    shown = present_metrics(means)
     rows = []
     for (m, k), sel in means.groupby(["method", "shot"], sort=False):
-        rows.append([label(m), str(k), str(sel["seed"].nunique())] + [mean_std(sel[name].tolist()) for name in METRIC_NAMES])
-    return markdown_table(["method", "shot", "seeds"] + [HEADERS[n] for n in METRIC_NAMES], rows)
+        rows.append([label(m), str(k), str(sel["seed"].nunique())] + [mean_std(sel[name].tolist()) for name in shown])
+    return markdown_table(["method", "shot", "seeds"] + [HEADERS[n] for n in shown], rows)
+
+
+def present_metrics(means: pd.DataFrame) -> list[str]:
+    """The metrics of :data:`METRIC_NAMES` to show: all but the calibrated-threshold ones (``*_cal``)
+    that no row has (runs whose split held no normals out, or from before calibration existed)."""
+    return [m for m in METRIC_NAMES if m not in CALIBRATED_NAMES or (m in means and means[m].notna().any())]
 
 
 def paper_tables(

@@ -27,8 +27,7 @@ import yaml
 from fsds.config import Config, parse_config
 from fsds.errors import ConfigError, RunError, run_stage
 from fsds.evaluation import paper as published
-from fsds.evaluation.metrics import METRIC_NAMES
-from fsds.evaluation.tables import HEADERS, category_means, markdown_table, mean_std
+from fsds.evaluation.tables import HEADERS, category_means, markdown_table, mean_std, present_metrics
 from fsds.experiments.grid import Grid, apply_overrides, collect_results, load_grid
 from fsds.io import write_text
 
@@ -168,7 +167,8 @@ def setting_section(title: str, results: Sequence[Results]) -> list[str]:
     seconds = seconds_per_model(results)
     cpus = sorted({str(c.get("cpu", "not recorded")) for r in results for c in r.cells.values()})
     parts += [f"CPU of the cells: {'; '.join(cpus)}.", ""]
-    header = ["method", "seeds", *(HEADERS[m] for m in METRIC_NAMES), "train s/model"]
+    shown = present_metrics(means)
+    header = ["method", "seeds", *(HEADERS[m] for m in shown), "train s/model"]
     for shot in sorted(means["shot"].unique()):
         rows = []
         for method in dict.fromkeys(means["method"]):
@@ -176,7 +176,7 @@ def setting_section(title: str, results: Sequence[Results]) -> list[str]:
             if sel.empty:
                 continue
             secs = seconds[(seconds["method"] == method) & (seconds["shot"] == shot)]["seconds"].tolist()
-            rows.append([labels.get(method, method), str(len(sel)), *(mean_std(sel[m].tolist()) for m in METRIC_NAMES),
+            rows.append([labels.get(method, method), str(len(sel)), *(mean_std(sel[m].tolist()) for m in shown),
                          mean_std(secs, digits=0)])
         rows += paper_rows(cfg, shot, len(header))
         parts += [f"### {shot}-shot", "", markdown_table(header, rows), ""]

@@ -1,13 +1,15 @@
-"""A quick in-process comparison: train one variant per (profile, shot, seed) on one category of
+"""A quick in-process comparison: train each variant per (profile, shot, seed) on one category of
 data on disk and score it on the category's test images, without DVC or MLflow.
 
     python -m fsds.experiments.sweep ../shared/datasets/mvtec_transistor_512 transistor \\
         --variant L0_B --profiles cpu fast --shots 1 5 --seeds 0 1 2 -S split.unit=category
+    python -m fsds.experiments.sweep <root> <category> --variant L0_B L0_B_Dice --profiles fast
 
 Each run is what the pipeline's split, train, predict and metrics stages do for that category
-(the same functions, the same per-category seed), at ``metrics.threshold``. Every run appends one
-JSON line to ``--out`` as it finishes (so a long sweep can be read while it runs) and the end prints
-mean (std) over the seeds and the paired per-seed differences from the first profile as markdown
+(the same functions, the same per-category seed), at ``metrics.threshold`` and at the calibrated
+threshold (``*_cal``). Every run appends one JSON line to ``--out`` as it finishes (so a long sweep
+can be read while it runs) and the end prints mean (std) over the seeds of each setting (variant
+and profile) and the paired per-seed differences from the first setting as markdown
 (``--summarize FILE`` prints them for lines already written, e.g. several sweeps appended to one file). For results to commit, run a grid (``stages.grid``): it
 versions every cell; this is for deciding what is worth a grid.
 """
@@ -34,9 +36,9 @@ from fsds.evaluation.metrics import evaluate_category
 from fsds.evaluation.tables import markdown_table
 from fsds.experiments.grid import apply_overrides
 from fsds.method.weights import encoder_weights
-from fsds.pipeline.train import category_seed
+from fsds.pipeline.train import calibrate, category_seed
 
-SUMMARY = ("iou", "iou_pooled", "dice", "aupro", "pixel_auroc", "image_auroc_max", "train_seconds")
+SUMMARY = ("iou", "iou_pooled", "dice", "aupro", "pixel_auroc", "image_auroc_max", "iou_cal", "train_seconds")
 
 
 def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> dict[str, Any]:
@@ -49,6 +51,7 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> di
                                   encoder_state=encoder_state, model_cfg=model_cfg,
                                   progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
     seconds = time.perf_counter() - start
+    calibration = calibrate(cfg, model, table, category)  # as the train stage does, before folding
     test = category_split(table, category)["test"]  # predicted as the predict stage does
     device = resolve_device(cfg.train.device)
     amp_dtype = resolve_precision(cfg.train.precision, device)
@@ -57,11 +60,11 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> di
     probs, _ = predict_category(inference_model(model, channels_last), test, size, cfg.metrics.threshold,
                                 batch_size=cfg.predict.resolved_batch_size(size), device=device,
                                 amp_dtype=amp_dtype, channels_last=channels_last)
-    metrics, _ = evaluate_category(probs, test, cfg.metrics.threshold)
+    metrics, _ = evaluate_category(probs, test, cfg.metrics.threshold, calibration.threshold if calibration else None)
     return {**metrics, "train_seconds": seconds, "n_shots": len(data.defect_images)}
 
 
-def sweep(base: dict[str, Any], root: str | Path, category: str, variant: str, profiles: Sequence[str],
+def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Sequence[str], profiles: Sequence[str],
           shots: Sequence[int], seeds: Sequence[int], out: Path, overrides: Sequence[str] = ()) -> pd.DataFrame:
     index = index_dataset(root, [category])
     rows = []
@@ -70,47 +73,52 @@ def sweep(base: dict[str, Any], root: str | Path, category: str, variant: str, p
             for profile in profiles:
                 cfg = parse_config(apply_overrides(base, {"profile": profile, "shot": shot, "seed": seed,
                                                           "train.eval_every": 0}))
-                table = k_shot_split(index, shot, seed, cfg.split.unit)
-                row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
-                       "shot": shot, "seed": seed, "overrides": " ".join(overrides),
-                       **run_one(cfg, table, category, variant)}
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                rows.append(row)
+                table = k_shot_split(index, shot, seed, cfg.split.unit, cfg.split.calibration_normals)
+                for variant in variants:
+                    row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
+                           "shot": shot, "seed": seed, "overrides": " ".join(overrides),
+                           **run_one(cfg, table, category, variant)}
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _mean_std(values: pd.Series, signed: bool = False) -> str:
+def _mean_std(values: pd.Series | None, signed: bool = False) -> str:
+    if values is None or values.isna().all():  # a metric lines from before it existed lack
+        return "-"
     text = f"{values.mean():+.4f}" if signed else f"{values.mean():.4f}"
     return f"{text} ({values.std(ddof=1):.4f})" if len(values) > 1 else text
 
 
 def summary(results: pd.DataFrame) -> str:
-    """Mean (std) over seeds per (category, variant, overrides, shot, profile), then each profile's
-    paired difference (per seed) from the first profile of its group."""
+    """Mean (std) over seeds per (category, overrides, shot) and setting (variant, profile), then each
+    setting's paired difference (per seed) from the first setting of its group."""
     results = results.assign(overrides=results["overrides"].fillna("")) if "overrides" in results else \
         results.assign(overrides="")
-    keys = ["category", "variant", "overrides", "shot"]
-    twice = results[results.duplicated([*keys, "profile", "seed"])]
+    results = results.assign(setting=results["variant"] + " " + results["profile"])
+    keys = ["category", "overrides", "shot"]
+    twice = results[results.duplicated([*keys, "setting", "seed"])]
     if not twice.empty:
         row = twice.iloc[0]
         raise InputError(f"{row['category']} {row['variant']} {row['shot']}-shot, profile {row['profile']}, seed "
                          f"{row['seed']} was run twice; keep one of its lines")
     rows, diffs = [], []
-    for (category, variant, overrides, shot), runs in results.groupby(keys, sort=False):
-        category = " ".join(filter(None, [category, variant, overrides]))
-        profiles = list(dict.fromkeys(runs["profile"]))
-        base = runs[runs["profile"] == profiles[0]].set_index("seed")
-        for profile in profiles:
-            group = runs[runs["profile"] == profile]
-            rows.append([category, str(shot), profile, "/".join(f"{lr:g}" for lr in group["lr"].unique()), str(len(group)),
-                         *(_mean_std(group[m]) for m in SUMMARY)])
-            if profile != profiles[0]:
+    for (category, overrides, shot), runs in results.groupby(keys, sort=False):
+        category = " ".join(filter(None, [category, overrides]))
+        settings = list(dict.fromkeys(runs["setting"]))
+        base = runs[runs["setting"] == settings[0]].set_index("seed")
+        for setting in settings:
+            group = runs[runs["setting"] == setting]
+            rows.append([category, str(shot), setting, "/".join(f"{lr:g}" for lr in group["lr"].unique()), str(len(group)),
+                         *(_mean_std(group.get(m)) for m in SUMMARY)])
+            if setting != settings[0]:
                 paired = group.set_index("seed")
                 seeds = paired.index.intersection(base.index)
-                diffs.append([category, str(shot), f"{profile} - {profiles[0]}", str(len(seeds)),
-                              *(_mean_std(paired.loc[seeds, m] - base.loc[seeds, m], signed=True) for m in SUMMARY[:-1])])
-    out = markdown_table(["run", "shot", "profile", "lr", "seeds", *SUMMARY], rows)
+                diffs.append([category, str(shot), f"{setting} - {settings[0]}", str(len(seeds)),
+                              *(_mean_std(paired.loc[seeds, m] - base.loc[seeds, m] if m in paired else None, signed=True)
+                                for m in SUMMARY[:-1])])
+    out = markdown_table(["run", "shot", "variant, profile", "lr", "seeds", *SUMMARY], rows)
     if diffs:
         out += "\n\n" + markdown_table(["run", "shot", "difference", "seeds", *SUMMARY[:-1]], diffs)
     return out
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("category", nargs="?")
     parser.add_argument("--summarize", type=Path, metavar="JSONL",
                         help="print the summary of runs already written (no training)")
-    parser.add_argument("--variant", help="one of params.yaml's variants")
+    parser.add_argument("--variant", nargs="+", help="params.yaml variants (each trained on the same splits)")
     parser.add_argument("--profiles", nargs="+")
     parser.add_argument("--shots", nargs="+", type=int, default=[1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -11,6 +11,7 @@ from fsds.config import Config
 from fsds.data.split import category_split
 from fsds.errors import InputError
 from fsds.evaluation.metrics import evaluate_category, mean_over_categories
+from fsds.evaluation.threshold import THRESHOLDS_FILE
 from fsds.io import load_probabilities
 from fsds.pipeline.tracking import Tracker
 
@@ -22,7 +23,8 @@ def evaluate_variants(
 ) -> tuple[Metrics, pd.DataFrame]:
     """``{variant: {"mean": {...}, category: {...}}}`` and a per-image table of every variant.
 
-    Each category's figures are also logged (as ``test_*``) to the MLflow run that trained it.
+    Each category's figures are also logged (as ``test_*``) to the MLflow run that trained it. The
+    ``*_cal`` figures use each model's calibrated threshold, from the predict stage's ``thresholds.json``.
     """
     predictions_dir, models_dir = Path(predictions_dir), Path(models_dir)
     categories = sorted(table["category"].unique())
@@ -32,6 +34,8 @@ def evaluate_variants(
         runs_file = models_dir / variant / "runs.json"
         runs = json.loads(runs_file.read_text()) if runs_file.is_file() else {}
         per_category = {}
+        thresholds_file = predictions_dir / variant / THRESHOLDS_FILE
+        thresholds = json.loads(thresholds_file.read_text()) if thresholds_file.is_file() else {}
         for category in categories:
             test = category_split(table, category)["test"]
             probs, images = load_probabilities(predictions_dir / variant / f"{category}.npz")
@@ -39,7 +43,7 @@ def evaluate_variants(
                 raise InputError(
                     f"predictions of {variant}/{category} do not match the split's test images; re-run the predict stage"
                 )
-            summary, rows = evaluate_category(probs, test, cfg.metrics.threshold)
+            summary, rows = evaluate_category(probs, test, cfg.metrics.threshold, thresholds.get(category))
             per_category[category] = summary
             rows.insert(0, "variant", variant)
             per_image.append(rows)

@@ -1,4 +1,5 @@
-"""Stage predict's work: every test image of every category through that category's model."""
+"""Stage predict's work: every test image of every category through that category's model, and each
+model's calibrated threshold (``thresholds.json``, null where the split held no normals out)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from fsds.data.split import category_split
 from fsds.engine.checkpoint import load_checkpoint
 from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.engine.prediction import inference_model, predict_category
-from fsds.io import atomic_dir, save_probabilities
+from fsds.evaluation.threshold import THRESHOLDS_FILE
+from fsds.io import atomic_dir, save_probabilities, write_json
 
 
 def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, out_dir: str | Path) -> None:
@@ -21,6 +23,7 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
     amp_dtype = resolve_precision(cfg.train.precision, device)
     channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
     tables = []
+    thresholds: dict[str, float | None] = {}
     with atomic_dir(out_dir) as tmp:
         for category in sorted(table["category"].unique()):
             model, state = load_checkpoint(models_dir / f"{category}.pt", device)
@@ -34,4 +37,6 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
             )
             save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())
             tables.append(scores)
+            thresholds[category] = (state.get("calibration") or {}).get("threshold")
         pd.concat(tables, ignore_index=True).to_csv(tmp / "scores.csv", index=False)
+        write_json(tmp / THRESHOLDS_FILE, thresholds)

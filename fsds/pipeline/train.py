@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 import zlib
@@ -10,14 +11,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from fsds.config import Config
+from fsds.data.images import load_images
+from fsds.data.split import category_split
 from fsds.deploy.model import deployable, signature
 from fsds.engine.checkpoint import save_checkpoint
+from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
+from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.engine.resume import ResumeStore, fingerprint
 from fsds.engine.training import load_probe, load_train_data, train_segmenter
+from fsds.evaluation.threshold import Calibration, calibrate_threshold
 from fsds.io import atomic_dir, write_json
+from fsds.method.networks import Segmenter
 from fsds.method.weights import encoder_weights
 from fsds.pipeline.tracking import Tracker, git_commit
 
@@ -27,6 +35,31 @@ def category_seed(seed: int, category: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(category.encode())]).generate_state(1)[0])
 
 
+CALIBRATION_BATCH = 8  # fixed, so the threshold does not depend on predict.batch_size
+
+
+def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str) -> Calibration | None:
+    """The category's calibrated threshold (:mod:`fsds.evaluation.threshold`) from its calibration
+    normals, predicted as the predict stage predicts (a folded copy of the network, its device,
+    precision and layout); None when the split holds none out (``split.calibration_normals: 0``)."""
+    held = category_split(table, category)["calibration"]
+    if held.empty:
+        return None
+    device = resolve_device(cfg.train.device)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
+    net = inference_model(copy.deepcopy(model).to(memory_format=torch.contiguous_format), channels_last)
+    images = load_images(held["image"].tolist(), cfg.train.image_size, desc=f"{category} calibration")
+    probs = predict_probabilities(net, images, batch_size=CALIBRATION_BATCH, device=device, amp_dtype=amp_dtype,
+                                  desc=f"{category} calibration", channels_last=channels_last)
+    found = calibrate_threshold(probs, cfg.metrics.calibration_fpr)
+    if not found.reached:
+        tqdm.write(f"{category}: warning: even the highest threshold leaves {found.fpr:.2%} of the calibration "
+                   f"normals' pixels defective (metrics.calibration_fpr is {cfg.metrics.calibration_fpr}); "
+                   f"using {found.threshold:.4f}")
+    return found
+
+
 def stage_params(cfg: Config, variant_name: str) -> dict[str, Any]:
     """The params the train stage reads, and no others (``dvc.yaml`` declares these for it): logged
     to MLflow, kept in each checkpoint, and keyed into the resume snapshots."""
@@ -34,7 +67,7 @@ def stage_params(cfg: Config, variant_name: str) -> dict[str, Any]:
     return {
         "dataset": cfg.dataset, "shot": cfg.shot, "seed": cfg.seed, "profile": cfg.profile,
         "train": dataclasses.asdict(cfg.train), "model": dataclasses.asdict(cfg.model_for(variant_name)),
-        "metrics": {"threshold": cfg.metrics.threshold}, "variant": {"name": variant_name, **dataclasses.asdict(variant)},
+        "metrics": {"threshold": cfg.metrics.threshold, "calibration_fpr": cfg.metrics.calibration_fpr}, "variant": {"name": variant_name, **dataclasses.asdict(variant)},
     }
 
 
@@ -104,16 +137,21 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                     model_cfg=model_cfg, probe=probe, resume_state=resumed,
                     on_checkpoint=keep if snapshot is not None else None,
                 )
+                calibration = calibrate(cfg, model, table, category)
+                threshold = calibration.threshold if calibration else cfg.metrics.threshold
                 ckpt = tmp / f"{category}.pt"
                 save_checkpoint(ckpt, model, model_cfg, config, cfg.train.iterations,
                                 {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id,
-                                 "encoder_weights": weights_source})
+                                 "encoder_weights": weights_source,
+                                 "calibration": calibration.to_dict() if calibration else None})
                 history.to_csv(tmp / f"{category}_history.csv", index=False)
                 seconds[category] = round(earlier + time.perf_counter() - start, 1)
-                tracker.log_metrics(run_id, {"train_seconds": seconds[category]})
-                tracker.log_model(run_id, deployable(model, cfg.train.image_size, cfg.metrics.threshold), signature(cfg.train.image_size),
+                tracker.log_metrics(run_id, {"train_seconds": seconds[category],
+                                             **({"calibrated_threshold": calibration.threshold,
+                                                 "calibration_fpr": calibration.fpr} if calibration else {})})
+                tracker.log_model(run_id, deployable(model, cfg.train.image_size, threshold), signature(cfg.train.image_size),
                                   {"variant": variant_name, "category": category, "arch": model_cfg.arch,
-                                   "image_size": cfg.train.image_size, "threshold": cfg.metrics.threshold,
+                                   "image_size": cfg.train.image_size, "threshold": threshold,
                                    "encoder_weights": weights_source})
                 status = "FINISHED"
             finally:

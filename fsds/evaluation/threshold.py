@@ -1,0 +1,55 @@
+"""A threshold from normal images: the lowest that keeps false alarms under a target rate.
+
+The train stage predicts each category's calibration normals (normal training images the split
+held out, never trained on) and picks, among the 256 levels its probability maps are stored with,
+the lowest threshold at which at most ``max_fpr`` of their pixels are predicted defective.
+A line operator reads it as: on parts like these, about ``max_fpr`` of a good part's pixels
+raise an alarm. The threshold sits half a level below its level ``t`` (``(t - 0.5) / 255``), so
+a pixel stored at level ``t`` or above is defective and one below is not, with no rounding at
+the boundary, at network resolution as at the images' own sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+LEVELS = 256
+THRESHOLDS_FILE = "thresholds.json"  # the predict stage's {category: calibrated threshold or null} per variant
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float  # a pixel at or above it is a defect
+    fpr: float  # the share of calibration pixels at or above it
+    max_fpr: float  # the target
+    images: int  # how many normal images it was picked on
+    reached: bool  # False when even the highest level leaves more than max_fpr of the pixels defective
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def level_threshold(level: int) -> float:
+    """The threshold that makes level ``level`` (of 0..255) and above defective, and nothing below."""
+    return (level - 0.5) / (LEVELS - 1)
+
+
+def calibrate_threshold(probs: np.ndarray, max_fpr: float) -> Calibration:
+    """The lowest threshold keeping at most ``max_fpr`` of the pixels of ``probs`` (uint8 maps of
+    normal images, ``round(255 p)``) at or above it. When no level does (more than ``max_fpr`` of
+    the pixels at level 255), the highest level's threshold, with ``reached`` False."""
+    probs = np.asarray(probs)
+    if probs.dtype != np.uint8:
+        raise ValueError(f"expected uint8 probability maps (round(255 p)), got {probs.dtype}")
+    if probs.size == 0:
+        raise ValueError("no calibration pixels: give at least one normal image")
+    if not 0.0 < max_fpr < 1.0:
+        raise ValueError(f"max_fpr must be in (0, 1), got {max_fpr}")
+    counts = np.bincount(probs.ravel(), minlength=LEVELS)
+    share = np.cumsum(counts[::-1])[::-1] / probs.size  # share[t]: pixels at level >= t
+    ok = np.flatnonzero(share[1:] <= max_fpr)
+    level = int(ok[0]) + 1 if len(ok) else LEVELS - 1
+    return Calibration(threshold=level_threshold(level), fpr=float(share[level]), max_fpr=float(max_fpr),
+                       images=int(len(probs)) if probs.ndim == 3 else 1, reached=bool(len(ok)))
