@@ -64,7 +64,8 @@ def test_a_gpu_step_in_fp32_computes_the_cpu_step(tiny_config, tiny_split, varia
     """The same weights and the same draws give the same loss terms and gradients on both devices."""
     cfg = tiny_config
     data = load_train_data(tiny_split, "fabric", 64)
-    v = dataclasses.replace(cfg.variant(variant), cap="weighted" if variant == "B_NBR_CaP" else "none")
+    v = dataclasses.replace(cfg.variant(variant), cap="weighted" if variant == "B_NBR_CaP" else "none",
+                                seg_loss=cfg.seg_loss_for(variant))
     results = {}
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)

@@ -26,7 +26,7 @@ def test_a_sweep_trains_each_profile_and_seed_and_summarises_them(tiny_root, tmp
     assert all(0 <= r["iou"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in rows)
     assert all(0 < r["threshold_cal"] < 1 and 0 <= r["iou_cal"] <= 1 for r in rows)  # calibrated on 2 held-out normals
     printed = capsys.readouterr().out
-    run = "fabric split.unit=category split.calibration_normals=2"  # category and overrides name the runs
+    run = "fabric split.unit=category split.calibration_normals=2 2 normals held out"  # category, overrides, held-out normals
     assert f"| {run} | 1 | B a | 0.0001 | 2 |" in printed and f"| {run} | 1 | B b | 0.001 | 2 |" in printed
     difference = [line for line in printed.splitlines() if "| B b - B a |" in line]
     assert len(difference) == 1

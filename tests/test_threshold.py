@@ -17,6 +17,8 @@ def test_the_lowest_threshold_under_the_target_rate():
     found = calibrate_threshold(probs, max_fpr=0.005)  # levels 1-100 leave 10 pixels (1%), 101-200 leave 5
     assert found.threshold == pytest.approx(100.5 / 255) and found.fpr == pytest.approx(0.005) and found.reached
     assert found.images == 2
+    flagged = np.mean([(image >= 101).any() for image in probs])  # levels 200 and 255 sit in one or both images
+    assert found.image_fpr == pytest.approx(flagged) and 0 < found.image_fpr <= 1
     assert calibrate_threshold(probs, max_fpr=0.0049).threshold == pytest.approx(200.5 / 255)  # 3 + 2 pixels
     assert calibrate_threshold(probs, max_fpr=0.02).threshold == pytest.approx(0.5 / 255)  # level 1: 10 pixels
 
@@ -40,7 +42,7 @@ def test_an_unreachable_rate_gives_the_highest_level_and_says_so():
 
 def test_a_silent_model_gets_the_lowest_level():
     found = calibrate_threshold(np.zeros((3, 8, 8), dtype=np.uint8), max_fpr=0.001)
-    assert found.reached and found.fpr == 0.0 and found.threshold == pytest.approx(0.5 / 255)
+    assert found.reached and found.fpr == 0.0 and found.threshold == pytest.approx(0.5 / 255) and found.image_fpr == 0.0
 
 
 def test_bad_inputs_are_refused():

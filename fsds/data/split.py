@@ -73,7 +73,7 @@ def k_shot_split(index: pd.DataFrame, shot: int, seed: int, unit: str = "defect_
 
 
 def category_split(table: pd.DataFrame, category: str) -> dict[str, pd.DataFrame]:
-    """The three parts of one category, each sorted by image path."""
+    """The parts of one category (:data:`SPLITS`), each sorted by image path."""
     part = table[table["category"] == category]
     if part.empty:
         raise InputError(f"category {category!r} is not in the split table")

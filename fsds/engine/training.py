@@ -218,6 +218,9 @@ def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch,
     than one pass of ``3m`` and run faster (reports/benchmark.md measures both). NBR, lambda
     and the segmentation loss share those features; the decoder runs once, on the segmented part.
     """
+    if not variant.seg_loss:
+        raise ValueError("train_step needs the variant's segmentation loss resolved (train_segmenter fills in "
+                         "train.seg_loss); pass dataclasses.replace(variant, seg_loss=cfg.seg_loss_for(name))")
     y, use_cap = batch.mask, batch.use_cap
     device = y.device
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

@@ -6,7 +6,14 @@ the lowest threshold at which at most ``max_fpr`` of their pixels are predicted 
 A line operator reads it as: on parts like these, about ``max_fpr`` of a good part's pixels
 raise an alarm. The threshold sits half a level below its level ``t`` (``(t - 0.5) / 255``), so
 a pixel stored at level ``t`` or above is defective and one below is not, with no rounding at
-the boundary, at network resolution as at the images' own sizes.
+the boundary.
+
+The rate is a pixel rate, measured where it is cheap: on the maps at network resolution, under
+the training precision (bf16 where the CPU has it). Applied at the images' own sizes (bilinear
+upsampling) and by ``fsds predict`` in fp32, the realised rate differs a little. An image is
+flagged when any pixel reaches the threshold (the paper's rule), so a pixel rate of 0.1% can
+still flag many good images: ``image_fpr`` says how many of the calibration normals it flags,
+and ``fsds predict --min-area`` sets a minimum defect area per image.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ class Calibration:
     fpr: float  # the share of calibration pixels at or above it
     max_fpr: float  # the target
     images: int  # how many normal images it was picked on
+    image_fpr: float  # the share of those images with at least one pixel at or above it ("any pixel" flags them)
     reached: bool  # False when even the highest level leaves more than max_fpr of the pixels defective
 
     def to_dict(self) -> dict:
@@ -51,5 +59,7 @@ def calibrate_threshold(probs: np.ndarray, max_fpr: float) -> Calibration:
     share = np.cumsum(counts[::-1])[::-1] / probs.size  # share[t]: pixels at level >= t
     ok = np.flatnonzero(share[1:] <= max_fpr)
     level = int(ok[0]) + 1 if len(ok) else LEVELS - 1
+    per_image = probs.reshape(-1, *probs.shape[-2:]) if probs.ndim >= 2 else probs.reshape(1, 1, -1)
+    flagged = (per_image >= level).reshape(len(per_image), -1).any(axis=1)
     return Calibration(threshold=level_threshold(level), fpr=float(share[level]), max_fpr=float(max_fpr),
-                       images=int(len(probs)) if probs.ndim == 3 else 1, reached=bool(len(ok)))
+                       images=len(per_image), image_fpr=float(flagged.mean()), reached=bool(len(ok)))

@@ -45,7 +45,7 @@ from fsds.engine.training import Batch, TrainData, sample_batch, train_step
 from fsds.io import write_json, write_text
 from fsds.method.networks import Segmenter, build_model
 
-VARIANT = Variant(nbr="cosine", cap="weighted")  # B+NBR+CaP: the step that needs all three encoder passes
+VARIANT = Variant(nbr="cosine", cap="weighted", seg_loss="bce")  # B+NBR+CaP: the step that needs all three encoder passes
 
 
 # --- the machine --------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Seque
                 for variant in variants:
                     row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
                            "shot": shot, "seed": seed, "overrides": " ".join(overrides),
+                           "calibration_normals": cfg.split.calibration_normals,
                            **run_one(cfg, table, category, variant)}
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
@@ -97,15 +98,18 @@ def summary(results: pd.DataFrame) -> str:
     results = results.assign(overrides=results["overrides"].fillna("")) if "overrides" in results else \
         results.assign(overrides="")
     results = results.assign(setting=results["variant"] + " " + results["profile"])
-    keys = ["category", "overrides", "shot"]
+    # lines from before calibration trained on every normal; runs that held some out are another group
+    held = results["calibration_normals"].fillna(0) if "calibration_normals" in results else 0
+    results = results.assign(calibration_normals=held)
+    keys = ["category", "overrides", "calibration_normals", "shot"]
     twice = results[results.duplicated([*keys, "setting", "seed"])]
     if not twice.empty:
         row = twice.iloc[0]
         raise InputError(f"{row['category']} {row['variant']} {row['shot']}-shot, profile {row['profile']}, seed "
                          f"{row['seed']} was run twice; keep one of its lines")
     rows, diffs = [], []
-    for (category, overrides, shot), runs in results.groupby(keys, sort=False):
-        category = " ".join(filter(None, [category, overrides]))
+    for (category, overrides, held, shot), runs in results.groupby(keys, sort=False):
+        category = " ".join(filter(None, [category, overrides, f"{int(held)} normals held out" if held else ""]))
         settings = list(dict.fromkeys(runs["setting"]))
         base = runs[runs["setting"] == settings[0]].set_index("seed")
         for setting in settings:

@@ -21,8 +21,7 @@ from fsds.evaluation.figures import (
     qualitative_grid,
     save_figure,
 )
-from fsds.evaluation.metrics import METRIC_NAMES
-from fsds.evaluation.tables import HEADERS, markdown_table, paper_tables, results_frame
+from fsds.evaluation.tables import HEADERS, category_means, markdown_table, paper_tables, present_metrics, results_frame
 from fsds.io import atomic_path, load_probabilities, write_text
 from fsds.method.augmentation import crop_and_paste
 from fsds.method.losses import cap_lambda
@@ -38,7 +37,11 @@ def settings_line(cfg: Config) -> str:
         f"Dataset `{cfg.dataset}`, K per {cfg.split.unit}; profile `{cfg.profile}`: {tc.image_size} px, "
         f"{tc.iterations} iterations, batch {tc.resolved_batch_size(1)} (1-shot) / {tc.resolved_batch_size(5)} (more shots), "
         f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, flip/rotate augmentation {'on' if tc.augment else 'off'}, "
-        f"precision {tc.precision}, threshold {cfg.metrics.threshold:g}; networks (encoder weights): {networks_line(cfg)}. "
+        f"precision {tc.precision}, threshold {cfg.metrics.threshold:g}"
+        + (f" and calibrated (the lowest keeping at most {cfg.metrics.calibration_fpr:g} of the pixels of "
+           f"{cfg.split.calibration_normals} held-out normal images per category defective: the *cal.* columns)"
+           if cfg.split.calibration_normals else "")
+        + f"; networks (encoder weights): {networks_line(cfg)}. "
         "IoU and Dice are per-image means over the defective test images; image ACC/AUC treat an image as "
         "anomalous iff any pixel is predicted defective, scored by predicted area; every figure is a mean over "
         "categories unless it is per category."
@@ -75,7 +78,7 @@ def run_report(
         "",
         paper_tables(frame, cfg.label, paper=cfg.dataset == "mvtec", parameters=parameter_counts(cfg, metrics)),
     ]
-    for name in METRIC_NAMES:
+    for name in present_metrics(category_means(frame)):
         parts += [
             f"## {HEADERS[name]} by category",
             "",
