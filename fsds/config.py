@@ -29,7 +29,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 SPLIT_UNITS = ("defect_type", "category")
 MVTEC_DOWNLOADS = ("per_category", "full")
-PROFILE_KEYS = ("image_size", "iterations", "lr")  # train keys that the chosen profile sets
+PROFILE_KEYS = ("image_size", "iterations", "lr", "working_size")  # train keys that the chosen profile sets
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,15 @@ class Profile:
     image_size: int
     iterations: int
     lr: float
+    # 0 = whole images squashed to image_size x image_size (the paper). Else images keep their aspect
+    # ratio at a working scale (each category's largest image's longest side at most working_size,
+    # never enlarged), training draws image_size x image_size crops, prediction sees whole images.
+    working_size: int = 0
 
     def __post_init__(self) -> None:
         _check_size_and_iterations(self.image_size, self.iterations, "profiles.*")
         _check(0 < self.lr < 1, "profiles.*.lr", "must be in (0, 1)")
+        _check_working_size(self.working_size, self.image_size, "profiles.*")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class TrainConfig:
     iterations: int  # filled in from the selected profile
     batch_size: int | Literal["auto"]
     lr: float  # filled in from the selected profile
+    working_size: int  # filled in from the selected profile: 0 = squash, else crops at this working scale
+    defect_crop_fraction: float  # crops: the share of defect crops drawn to hold defect pixels
     beta1: float
     beta2: float
     cap_probability: float
@@ -109,6 +116,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_size_and_iterations(self.image_size, self.iterations, "train")
+        _check_working_size(self.working_size, self.image_size, "train")
+        _check(0 <= self.defect_crop_fraction <= 1, "train.defect_crop_fraction", "must be in [0, 1]")
         _check(self.batch_size == "auto" or self.batch_size >= 1, "train.batch_size", "must be 'auto' or >= 1")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
         _check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
@@ -121,6 +130,12 @@ class TrainConfig:
         _check(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no test IoU during training)")
         _check(self.eval_images >= 1, "train.eval_images", "must be >= 1")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = no snapshots)")
+
+    def input_description(self) -> str:
+        """How images enter the network, in words: ``128 px`` or ``128 px crops of images at up to 512 px``."""
+        if not self.working_size:
+            return f"{self.image_size} px"
+        return f"{self.image_size} px crops of images at up to {self.working_size} px"
 
     def resolved_batch_size(self, shot: int) -> int:
         """The paper's batch sizes: 2 for 1-shot, 4 for more shots."""
@@ -176,9 +191,15 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class PredictConfig:
     batch_size: int | Literal["auto"]
+    tile_size: int  # 0 = each image in one pass; else tiles of this side (a multiple of 32), blended where they overlap
+    tile_overlap: int  # pixels shared by neighbouring tiles
 
     def __post_init__(self) -> None:
         _check(self.batch_size == "auto" or self.batch_size >= 1, "predict.batch_size", "must be 'auto' or >= 1")
+        _check(self.tile_size == 0 or (self.tile_size >= 64 and self.tile_size % 32 == 0), "predict.tile_size",
+               f"must be 0 (whole images) or a multiple of 32 of at least 64, got {self.tile_size}")
+        _check(0 <= self.tile_overlap and (self.tile_size == 0 or 2 * self.tile_overlap < self.tile_size),
+               "predict.tile_overlap", f"must be >= 0 and under half of predict.tile_size, got {self.tile_overlap}")
 
     def resolved_batch_size(self, image_size: int) -> int:
         """``auto``: about half a megapixel per batch (2 images at 512 px, 32 at 128). On a CPU,
@@ -402,6 +423,12 @@ def _check_size_and_iterations(image_size: int, iterations: int, prefix: str) ->
         f"must be a positive multiple of 32 (the encoders downsample 5 times), got {image_size}",
     )
     _check(iterations >= 1, f"{prefix}.iterations", "must be >= 1")
+
+
+def _check_working_size(working_size: int, image_size: int, prefix: str) -> None:
+    _check(working_size == 0 or working_size >= image_size, f"{prefix}.working_size",
+           f"must be 0 (squash whole images to image_size) or at least image_size ({image_size}), the crop size; "
+           f"got {working_size}")
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:

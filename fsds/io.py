@@ -134,13 +134,28 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise InputError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
 
 
-def save_probabilities(path: str | Path, probs: np.ndarray, images: list[str]) -> None:
-    """The predict stage's maps: uint8 probabilities ``(N, S, S)`` with the image path of each row."""
+def save_probabilities(path: str | Path, probs: np.ndarray | list[np.ndarray], images: list[str]) -> None:
+    """The predict stage's maps: uint8 probabilities, ``(N, S, S)`` or N maps of their own sizes
+    (kept as one flat array and their shapes), with the image path of each."""
+    arrays: dict[str, np.ndarray] = {"images": np.asarray(images)}
+    if not isinstance(probs, np.ndarray) and probs and len({p.shape for p in probs}) == 1:
+        probs = np.stack(probs)  # one size (MVTec at a working scale): stored as the squashed maps are
+    if isinstance(probs, np.ndarray):
+        arrays["probs"] = probs
+    else:
+        arrays["flat"] = np.concatenate([p.ravel() for p in probs]) if probs else np.empty(0, np.uint8)
+        arrays["shapes"] = np.asarray([p.shape for p in probs], dtype=np.int64).reshape(-1, 2)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, probs=probs, images=np.asarray(images))
+            np.savez_compressed(fh, **arrays)
 
 
-def load_probabilities(path: str | Path) -> tuple[np.ndarray, list[str]]:
+def load_probabilities(path: str | Path) -> tuple[np.ndarray | list[np.ndarray], list[str]]:
+    """What :func:`save_probabilities` wrote: the maps (stacked, or a list) and their image paths."""
     with np.load(path, allow_pickle=False) as data:
-        return data["probs"], data["images"].tolist()
+        images = data["images"].tolist()
+        if "probs" in data:
+            return data["probs"], images
+        flat, shapes = data["flat"], data["shapes"]
+        ends = np.cumsum([h * w for h, w in shapes])
+        return [flat[e - h * w : e].reshape(h, w) for e, (h, w) in zip(ends, shapes)], images

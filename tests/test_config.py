@@ -36,7 +36,7 @@ def test_profiles_select_image_size_and_iterations():
     assert paper.train.resolved_batch_size(1) == 2 and paper.train.resolved_batch_size(5) == 4
     assert paper.train.lr == 1e-4  # the paper's Adam rate; the default profile's is its own
     assert parse_config(raw).train.lr == raw["profiles"][raw["profile"]]["lr"]
-    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, cpu, quick, got 'slow'"):
+    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, fast_crops, cpu, quick, got 'slow'"):
         parse_config({**raw, "profile": "slow"})
     with pytest.raises(ConfigError, match=r"^train\.lr: set it in profiles"):
         parse_config({**raw, "train": {**raw["train"], "lr": 0.01}})
@@ -94,7 +94,8 @@ def test_a_missing_key_is_an_error_that_names_it(key):
 
 def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
     """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss`` and ``label`` may be left
-    out (meaning: model.arch, model.encoder_weights, train.seg_loss, the id)."""
+    out (meaning: model.arch, model.encoder_weights, train.seg_loss, the id), and a profile's
+    ``working_size`` (meaning: whole images squashed, as the paper)."""
     import dataclasses
 
     import fsds.config as config
@@ -104,7 +105,8 @@ def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
         if dataclasses.is_dataclass(cls):
             optional |= {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
                          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label", "Variant.seg_loss"}
+    assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label", "Variant.seg_loss",
+                        "Profile.working_size"}
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_config):

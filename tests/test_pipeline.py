@@ -181,3 +181,18 @@ def test_experiment_with_another_shot_and_metrics_diff(repo_copy):
     assert (split[split["split"] == "train_defect"].groupby(["category", "defect_type"]).size() == 2).all()
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], dest, env))
     assert "reports/metrics.json" in diff
+
+
+def test_crop_training_and_whole_image_prediction_through_dvc(repo_copy):
+    """A profile with a working size: dvc repro trains on crops, stores the working scale in the
+    checkpoint, predicts whole images at it and scores them at their own size (issue 19)."""
+    dest, env = repo_copy
+    run(["dvc", "exp", "run", "-S", "profile=fast_crops", "-S", "profiles.fast_crops.image_size=32",
+         "-S", "profiles.fast_crops.working_size=48", "-S", "profiles.fast_crops.iterations=3",
+         "-S", "methods=[L0_B_NBR_CaP]"], dest, env)
+    state = torch.load(dest / "data" / "models" / "L0_B_NBR_CaP" / "washer.pt", weights_only=False)
+    assert state["input"] == {"size": 32, "scale": 0.75}  # 64 px synthetic images at 48 px, 32 px crops
+    with np.load(dest / "data" / "predictions" / "L0_B_NBR_CaP" / "washer.npz") as maps:
+        assert maps["probs"].shape[1:] == (48, 48)  # whole images at the working scale, not crops
+    metrics = json.loads((dest / "reports" / "metrics.json").read_text())
+    assert all(0.0 <= v <= 1.0 for v in metrics["L0_B_NBR_CaP"]["mean"].values())

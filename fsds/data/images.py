@@ -1,8 +1,13 @@
-"""Images as network input: decode once, resize to the training size, keep as uint8 tensors."""
+"""Images as network input: decode once, resize to the working scale, keep as uint8 tensors.
+
+:class:`InputGeometry` says how: squashed to a square (the paper), or scaled by one factor per
+category, keeping the aspect ratio (training then draws crops: :mod:`fsds.data.crops`).
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
@@ -25,36 +30,115 @@ IMAGENET = InputStats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvisi
 SIGNED = InputStats((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [-1, 1]: TF-trained weights (EfficientNet-Lite)
 
 
-def resize_image(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 RGB ``(H, W, 3)`` -> uint8 ``(3, size, size)``, bilinear: the one way fsds turns an
-    image into network input, in training, prediction and deployment alike."""
-    img = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+@dataclass(frozen=True)
+class InputGeometry:
+    """How an image becomes network input; kept in each checkpoint (``input``).
+
+    ``scale`` 0: every image squashed to ``size`` x ``size`` (the paper). A positive ``scale``: every
+    image resized by that factor, keeping its aspect ratio (its *working scale*); training draws
+    ``size`` x ``size`` crops from it and prediction takes it whole.
+    """
+
+    size: int
+    scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.scale < 0:
+            raise ValueError(f"input geometry needs size >= 1 and scale >= 0, got {self.size}, {self.scale}")
+
+    @property
+    def crops(self) -> bool:
+        return self.scale > 0
+
+    def shape(self, height: int, width: int) -> tuple[int, int]:
+        """The network-input shape of an image of ``height`` x ``width`` pixels."""
+        if not self.crops:
+            return self.size, self.size
+        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def squashed(size: int) -> InputGeometry:
+    return InputGeometry(size)
+
+
+def working_geometry(crop_size: int, working_size: int, sizes: Sequence[tuple[int, int]]) -> InputGeometry:
+    """Squash (``working_size`` 0), or one scale for all of a category's images: the largest factor
+    at or below 1 that keeps the longest side of every image in ``sizes`` (heights, widths of its
+    training images) at most ``working_size``."""
+    if not working_size:
+        return squashed(crop_size)
+    longest = max((max(int(h), int(w)) for h, w in sizes), default=0)
+    if longest < 1:
+        raise ValueError("no image sizes to choose a working scale from")
+    return InputGeometry(crop_size, min(1.0, working_size / longest))
+
+
+Images = Union[torch.Tensor, list]  # (N, C, S, S) squashed, or N tensors (C, h_i, w_i) at a working scale
+
+
+def resize_image(rgb: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    """uint8 RGB ``(H, W, 3)`` -> uint8 ``(3, h, w)`` (``size`` is ``(h, w)`` or one side of a square),
+    bilinear: the one way fsds turns an image into network input, in training, prediction and
+    deployment alike."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if rgb.shape[:2] == (h, w):
+        return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).contiguous()
+    img = Image.fromarray(rgb).resize((w, h), Image.BILINEAR)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
-def load_images(paths: Sequence[str], size: int, desc: str = "images") -> torch.Tensor:
-    """Decode and resize images once: uint8 ``(N, 3, size, size)``."""
+def _as_geometry(geometry: InputGeometry | int) -> InputGeometry:
+    return geometry if isinstance(geometry, InputGeometry) else squashed(int(geometry))
+
+
+def load_images(paths: Sequence[str], geometry: InputGeometry | int, desc: str = "images") -> Images:
+    """Decode and resize images once: uint8 ``(N, 3, S, S)`` squashed (``geometry`` an
+    :class:`InputGeometry` or the side of the square), else a list of ``(3, h_i, w_i)``."""
+    geometry = _as_geometry(geometry)
+    if geometry.crops:
+        out_list = []
+        for path in tqdm(paths, desc=desc, unit="img", leave=False):
+            rgb = read_rgb(path)
+            out_list.append(resize_image(rgb, geometry.shape(*rgb.shape[:2])))
+        return out_list
+    size = geometry.size
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False)):
         out[i] = resize_image(read_rgb(path), size)
     return out
 
 
-def load_masks(paths: Sequence[str], size: int) -> torch.Tensor:
-    """Decode and resize masks: uint8 ``(N, 1, size, size)`` in {0, 1}.
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """A mask (non-zero = defect) -> uint8 ``(1, h, w)`` in {0, 1}.
 
     A resized pixel is defective when at least half of it was; a thin defect that would vanish
     that way keeps every pixel it touches instead, so no training shot loses its defect.
     """
-    out = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
-    for i, path in enumerate(paths):
-        mask = read_mask(path).astype(np.float32)
-        small = F.interpolate(torch.from_numpy(mask)[None, None], size=(size, size), mode="area")[0, 0]
-        binary = small >= 0.5
-        if mask.any() and not binary.any():
-            binary = small > 0
-        out[i, 0] = binary.to(torch.uint8)
-    return out
+    binary_in = torch.from_numpy((np.asarray(mask) > 0).astype(np.float32))
+    if tuple(binary_in.shape) == tuple(shape):
+        return binary_in.to(torch.uint8)[None]
+    small = F.interpolate(binary_in[None, None], size=tuple(shape), mode="area")[0, 0]
+    binary = small >= 0.5
+    if binary_in.any() and not binary.any():
+        binary = small > 0
+    return binary.to(torch.uint8)[None]
+
+
+def load_masks(paths: Sequence[str], geometry: InputGeometry | int) -> Images:
+    """Decode and resize masks as :func:`load_images` does images: uint8 in {0, 1}, ``(N, 1, S, S)``
+    squashed, else a list of ``(1, h_i, w_i)`` (:func:`resize_mask`)."""
+    geometry = _as_geometry(geometry)
+    masks = []
+    for path in paths:
+        mask = read_mask(path)
+        masks.append(resize_mask(mask, geometry.shape(*mask.shape[:2])))
+    if geometry.crops:
+        return masks
+    size = geometry.size
+    return torch.stack(masks) if masks else torch.empty((0, 1, size, size), dtype=torch.uint8)
 
 
 def normalize(images: torch.Tensor, stats: InputStats, channels_last: bool = False) -> torch.Tensor:

@@ -25,7 +25,8 @@ def predict(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model = load_deployed(args.model, device)
     results = predict_files(model, files, args.out, threshold=args.threshold, min_area=args.min_area,
-                            batch_size=args.batch_size, device=device)
+                            batch_size=args.batch_size, device=device, tile_size=args.tile_size,
+                            tile_overlap=args.tile_overlap)
     flagged = sum(r.defective for r in results)
     print(f"{len(results)} images, {flagged} with a defect; masks, overlays and predictions.csv in {args.out}")
 
@@ -33,8 +34,9 @@ def predict(args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     model = load_deployed(args.model, "cpu")
     diff = export_onnx(model, args.out, opset=args.opset)
-    print(f"wrote {args.out} ({model.image_size} x {model.image_size} RGB in [0, 1] -> probabilities); "
-          f"ONNX Runtime matches PyTorch within {diff:.1e}")
+    shape = (f"RGB in [0, 1] resized by {model.scale:.4g} (aspect kept), padded to a multiple of 32"
+             if model.geometry.crops else f"{model.image_size} x {model.image_size} RGB in [0, 1]")
+    print(f"wrote {args.out} ({shape} -> probabilities); ONNX Runtime matches PyTorch within {diff:.1e}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-area", type=float, default=0.0,
                    help="an image is defective when its predicted defect area exceeds this fraction (default 0: any pixel)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--tile-size", type=int, default=0,
+                   help="predict images larger than this in overlapping tiles of this side (a multiple of 32; "
+                        "default 0: whole images, as predict.tile_size of params.yaml)")
+    p.add_argument("--tile-overlap", type=int, default=64, help="pixels shared by neighbouring tiles (default 64)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=predict)
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from fsds.data.images import resize_image, resize_probabilities
 from fsds.deploy.model import DeployedModel
+from fsds.engine.prediction import predict_probabilities
 from fsds.errors import InputError, MissingFileError
 from fsds.evaluation.metrics import defect_area
 from fsds.io import atomic_path, read_rgb, write_text
@@ -74,26 +75,35 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 @torch.no_grad()
 def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, threshold: float | None = None,
-                  min_area: float = 0.0, batch_size: int = 4, device: torch.device | str = "cpu") -> list[Prediction]:
+                  min_area: float = 0.0, batch_size: int = 4, device: torch.device | str = "cpu",
+                  tile_size: int = 0, tile_overlap: int = 64) -> list[Prediction]:
     """Masks (``masks/<stem>.png``, white = defect), overlays (``overlays/<stem>.png``) at each image's
     own size, and ``predictions.csv`` with each image's score and decision: defective when the
     predicted defect area exceeds ``min_area`` (default 0: any pixel, the paper's rule). A pixel is
     a defect at or above ``threshold``, by default the model's own (its calibrated threshold, else
-    ``metrics.threshold`` of its training)."""
+    ``metrics.threshold`` of its training).
+
+    Images are sized as the model was trained (squashed, or at its working scale, any aspect
+    ratio) and predicted as the predict stage predicts (:func:`fsds.engine.prediction.predict_probabilities`,
+    in fp32; in tiles with a ``tile_size``)."""
     threshold = model.threshold if threshold is None else threshold
     if not 0.0 < threshold < 1.0:
         raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
     if not 0.0 <= min_area < 1.0:
         raise InputError(f"--min-area is a fraction of the image in [0, 1), got {min_area}")
+    if tile_size and (tile_size < 64 or tile_size % 32 or not 0 <= 2 * tile_overlap < tile_size):
+        raise InputError(f"--tile-size must be 0 or a multiple of 32 of at least 64, with --tile-overlap under half "
+                         f"of it; got {tile_size} and {tile_overlap}")
     out = Path(out)
-    size, device = model.image_size, torch.device(device)
+    geometry, device = model.geometry, torch.device(device)
     results: list[Prediction] = []
     bar = tqdm(total=len(files), desc="predict", unit="img")
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         rgbs = [read_rgb(p) for p in chunk]
-        x = torch.stack([resize_image(rgb, size) for rgb in rgbs]).to(device).float().div_(255.0)
-        probs = (model(x)[:, 0].float().cpu().numpy() * 255.0).round().astype(np.uint8)
+        images = [resize_image(rgb, geometry.shape(*rgb.shape[:2])) for rgb in rgbs]
+        probs = predict_probabilities(model.net, images, batch_size=batch_size, device=device, progress=False,
+                                      tile_size=tile_size, tile_overlap=tile_overlap)
         for path, rgb, prob in zip(chunk, rgbs, probs):
             full = resize_probabilities(prob, *rgb.shape[:2])
             mask = full >= threshold

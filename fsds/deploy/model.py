@@ -1,9 +1,11 @@
 """The deployable network: what leaves the lab.
 
-:class:`DeployedModel` is what leaves the lab: RGB images as float ``(B, 3, S, S)`` in [0, 1]
-in, defect probabilities ``(B, 1, S, S)`` out; the network's own input normalisation (ImageNet
+:class:`DeployedModel` is what leaves the lab: RGB images as float ``(B, 3, H, W)`` in [0, 1]
+in, defect probabilities ``(B, 1, H, W)`` out; the network's own input normalisation (ImageNet
 mean/std for a ResNet, [-1, 1] for EfficientNet-Lite) and the sigmoid are inside, so a caller (PyTorch, MLflow's ``mlflow.pytorch.load_model`` or ONNX Runtime) needs
-nothing from fsds but the image size, which the model carries (``image_size``).
+nothing from fsds but how to size the images, which the model carries: squashed to ``image_size``
+x ``image_size`` (``scale`` 0), or resized by ``scale`` keeping the aspect ratio and padded to a
+multiple of 32 (:class:`fsds.data.images.InputGeometry`).
 
 ``load_deployed`` takes an fsds checkpoint (``data/models/<method>/<category>.pt``) or an MLflow
 model URI (``runs:/<run id>/model``, ``models:/<name>/<version>``, a local model folder);
@@ -19,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fsds.engine.checkpoint import load_checkpoint
+from fsds.data.images import InputGeometry
+from fsds.engine.checkpoint import checkpoint_geometry, load_checkpoint
 from fsds.engine.prediction import inference_model
 from fsds.errors import InputError, MissingFileError
 from fsds.method.networks import Segmenter
@@ -28,30 +31,34 @@ from fsds.method.networks import Segmenter
 class DeployedModel(nn.Module):
     """A segmenter with its input normalisation and output sigmoid: [0, 1] RGB in, probabilities out."""
 
-    def __init__(self, net: Segmenter, image_size: int, threshold: float) -> None:
+    def __init__(self, net: Segmenter, geometry: InputGeometry, threshold: float) -> None:
         super().__init__()
         self.net = net
-        self.image_size = int(image_size)
+        self.image_size = int(geometry.size)
+        self.scale = float(geometry.scale)  # 0: squashed to image_size; else the working scale
         self.threshold = float(threshold)  # its calibrated threshold, else metrics.threshold: a pixel at or above it is a defect
         # The network's own input normalisation (its encoder's weights decide it), inside the model.
         self.register_buffer("mean", torch.tensor(net.input_stats.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(net.input_stats.std).view(1, 3, 1, 1))
 
+    @property
+    def geometry(self) -> InputGeometry:
+        return InputGeometry(self.image_size, getattr(self, "scale", 0.0))  # MLflow models from before scale: 0
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net((images - self.mean) / self.std))
 
 
-def deployable(net: Segmenter, image_size: int, threshold: float) -> DeployedModel:
+def deployable(net: Segmenter, geometry: InputGeometry, threshold: float) -> DeployedModel:
     """A copy of a trained network made deployable (fp32, contiguous, batch norms folded, eval mode)."""
     net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
-    return DeployedModel(inference_model(net), image_size, threshold).eval()
+    return DeployedModel(inference_model(net), geometry, threshold).eval()
 
 
 def deployed_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> DeployedModel:
     """The deployable model of an fsds checkpoint, batch norms folded, in eval mode."""
     net, state = load_checkpoint(path, device)
-    config = state["config"]
-    return DeployedModel(inference_model(net), config["train"]["image_size"], model_threshold(state)).to(device).eval()
+    return DeployedModel(inference_model(net), checkpoint_geometry(state), model_threshold(state)).to(device).eval()
 
 
 def model_threshold(state: dict) -> float:
@@ -80,10 +87,12 @@ def load_deployed(spec: str, device: torch.device | str = "cpu") -> DeployedMode
     return model.to(device).eval()
 
 
-def signature(image_size: int):
-    """The MLflow signature: float32 images ``(-1, 3, S, S)`` in [0, 1] -> probabilities ``(-1, 1, S, S)``."""
+def signature(geometry: InputGeometry):
+    """The MLflow signature: float32 images ``(-1, 3, S, S)`` in [0, 1] -> probabilities ``(-1, 1, S, S)``
+    (squashed), or ``(-1, 3, -1, -1)`` -> ``(-1, 1, -1, -1)`` at a working scale."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, image_size, image_size), "images")]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, image_size, image_size))]))
+    side = -1 if geometry.crops else geometry.size
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, side, side), "images")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, side, side))]))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from fsds.config import ModelConfig
-from fsds.data.images import InputStats
+from fsds.data.images import InputGeometry, InputStats
 from fsds.errors import MissingFileError
 from fsds.io import atomic_path
 from fsds.method.networks import Segmenter, build_model
@@ -63,3 +63,11 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     return model, state
 
 
+
+
+def checkpoint_geometry(state: dict[str, Any]) -> InputGeometry:
+    """How the checkpoint's network takes images (``input``: size and working scale); checkpoints
+    from before it was stored squashed every image to ``train.image_size``."""
+    if state.get("input"):
+        return InputGeometry(**state["input"])
+    return InputGeometry(int(state["config"]["train"]["image_size"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 import torch
@@ -9,7 +11,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
-from fsds.data.images import load_images, normalize, resize_probabilities
+from fsds.data.crops import pad_to
+from fsds.data.images import Images, InputGeometry, load_images, normalize, resize_probabilities
 from fsds.evaluation.metrics import defect_area
 from fsds.method.networks import Segmenter
 
@@ -66,34 +69,101 @@ def inference_model(model: Segmenter, channels_last: bool = False) -> Segmenter:
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles of ``tile`` pixels start along a side of ``length``: ``overlap`` pixels shared by
+    neighbours, the last one flush with the end (overlapping more where the length requires)."""
+    if length <= tile:
+        return [0]
+    return list(range(0, length - tile, tile - overlap)) + [length - tile]
+
+
+def blend_weights(height: int, width: int, overlap: int) -> torch.Tensor:
+    """A tile's weights ``(height, width)``: 1 inside, ramping down linearly over ``overlap`` pixels
+    towards its edges (never to 0), so overlapping tiles fade into each other."""
+    def ramp(n: int) -> torch.Tensor:
+        i = torch.arange(n, dtype=torch.float32)
+        return torch.minimum(i + 1, n - i).div(overlap + 1).clamp(max=1.0)
+
+    return ramp(height)[:, None] * ramp(width)[None, :]
+
+
+def tiled(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """``predict`` (images ``(B, C, h, w)`` -> maps ``(B, h, w)``) over ``x`` in tiles of at most
+    ``tile`` x ``tile`` that overlap by ``overlap`` pixels, blended with :func:`blend_weights`. With
+    ``x`` and ``tile`` multiples of 32, every tile is too."""
+    _, _, height, width = x.shape
+    if height <= tile and width <= tile:
+        return predict(x)
+    out = torch.zeros((x.shape[0], height, width), dtype=torch.float32, device=x.device)
+    total = torch.zeros((height, width), dtype=torch.float32, device=x.device)
+    for top in tile_starts(height, tile, overlap):
+        for left in tile_starts(width, tile, overlap):
+            th, tw = min(tile, height), min(tile, width)
+            weights = blend_weights(th, tw, overlap).to(x.device)
+            out[:, top : top + th, left : left + tw] += predict(x[..., top : top + th, left : left + tw]).float() * weights
+            total[top : top + th, left : left + tw] += weights
+    return out / total
+
+
+def _same_shape_batches(shapes: list[tuple[int, int]], batch_size: int) -> list[tuple[int, int]]:
+    """Runs of consecutive images of one shape, at most ``batch_size`` long, as (start, stop)."""
+    batches, start = [], 0
+    while start < len(shapes):
+        stop = start + 1
+        while stop < len(shapes) and stop - start < batch_size and shapes[stop] == shapes[start]:
+            stop += 1
+        batches.append((start, stop))
+        start = stop
+    return batches
+
+
 @torch.no_grad()
 def predict_probabilities(
     model: Segmenter,
-    images: torch.Tensor,
+    images: Images,
     *,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     desc: str = "predict",
     channels_last: bool = False,
-) -> np.ndarray:
-    """uint8 images ``(N, 3, S, S)`` -> uint8 probabilities ``(N, S, S)`` (round(255 * p))."""
+    tile_size: int = 0,
+    tile_overlap: int = 0,
+    progress: bool = True,
+) -> np.ndarray | list[np.ndarray]:
+    """uint8 images -> uint8 probabilities (round(255 * p)) at their size: ``(N, S, S)`` for a
+    stacked ``(N, 3, S, S)``, a list of ``(h_i, w_i)`` for a list of ``(3, h_i, w_i)`` (images at a
+    working scale, any aspect ratio). Each image is padded to a multiple of 32 by repeating its
+    edge (as training crops are, :func:`fsds.data.crops.pad_to`) and the padding cut off again;
+    with a ``tile_size``, images larger than it are predicted in overlapping tiles (:func:`tiled`)."""
     device = torch.device(device)
     model.eval()
-    out = np.empty((len(images), images.shape[-2], images.shape[-1]), dtype=np.uint8)
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        x = normalize(images[start : start + batch_size].to(device), model.input_stats, channels_last)
+    shapes = [tuple(int(d) for d in image.shape[-2:]) for image in images]
+    out: list[np.ndarray] = [None] * len(shapes)  # type: ignore[list-item]
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
-        prob = torch.sigmoid(logits.float())[:, 0]
-        out[start : start + len(x)] = (prob * 255.0).round().to(torch.uint8).cpu().numpy()
+        return torch.sigmoid(logits.float())[:, 0]
+
+    for start, stop in tqdm(_same_shape_batches(shapes, batch_size), desc=desc, unit="batch", leave=False,
+                            disable=not progress):
+        height, width = shapes[start]
+        batch = images[start:stop] if isinstance(images, torch.Tensor) else torch.stack(images[start:stop])
+        batch = pad_to(batch, -(-height // 32) * 32, -(-width // 32) * 32)
+        x = normalize(batch.to(device), model.input_stats, channels_last)
+        prob = tiled(probabilities, x, tile_size, tile_overlap) if tile_size else probabilities(x)
+        levels = (prob[:, :height, :width] * 255.0).round().to(torch.uint8).cpu().numpy()
+        out[start:stop] = list(levels)
+    if isinstance(images, torch.Tensor):
+        return np.stack(out) if out else np.empty((0, *images.shape[-2:]), dtype=np.uint8)
     return out
 
 
 def predict_category(
     model: Segmenter,
     test: pd.DataFrame,
-    image_size: int,
+    geometry: InputGeometry | int,
     threshold: float,
     *,
     batch_size: int = 8,
@@ -101,15 +171,19 @@ def predict_category(
     amp_dtype: torch.dtype | None = None,
     desc: str = "predict",
     channels_last: bool = False,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Predict one category's test images; returns the maps and a per-image score table.
+    tile_size: int = 0,
+    tile_overlap: int = 0,
+) -> tuple[np.ndarray | list[np.ndarray], pd.DataFrame]:
+    """Predict one category's test images as the network sees them (``geometry``: an
+    :class:`~fsds.data.images.InputGeometry`, or the side images are squashed to); returns the maps
+    and a per-image score table.
 
     The score is the paper's anomaly score: the predicted defect area, as a fraction of the
     image, measured at the image's original size.
     """
-    images = load_images(test["image"].tolist(), image_size, desc=f"{desc} load")
+    images = load_images(test["image"].tolist(), geometry, desc=f"{desc} load")
     probs = predict_probabilities(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype, desc=desc,
-                                  channels_last=channels_last)
+                                  channels_last=channels_last, tile_size=tile_size, tile_overlap=tile_overlap)
     scores = [defect_area(resize_probabilities(p, int(h), int(w)), threshold)
               for p, h, w in zip(probs, test["height"], test["width"])]
     table = test[["category", "defect_type", "image", "mask", "label", "height", "width"]].copy()

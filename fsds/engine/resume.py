@@ -34,15 +34,17 @@ IRRELEVANT_TRAIN = ("checkpoint_every", "log_every")
 
 
 def fingerprint(config: dict[str, Any], variant: dict[str, Any], model: dict[str, Any], category: str,
-                tensors: list[torch.Tensor], weights: str) -> str:
+                tensors: list[torch.Tensor | list[torch.Tensor]], weights: str) -> str:
     """A short hash of everything that decides a category's training result."""
     config = {k: v for k, v in config.items() if k not in IRRELEVANT}
     config["train"] = {k: v for k, v in config.get("train", {}).items() if k not in IRRELEVANT_TRAIN}
     h = hashlib.blake2b(digest_size=12)
     h.update(json.dumps({"config": config, "variant": variant, "model": model, "category": category,
                          "weights": weights, "torch": torch.__version__}, sort_keys=True, default=str).encode())
-    for tensor in tensors:
-        h.update(tensor.contiguous().numpy().tobytes())
+    for item in tensors:  # a stacked tensor, or a list of images of their own sizes
+        for tensor in item if isinstance(item, list) else [item]:
+            h.update(str(tuple(tensor.shape)).encode())
+            h.update(tensor.contiguous().numpy().tobytes())
     for name in TRAINING_CODE:
         h.update(module_file(name).read_bytes())
     return h.hexdigest()

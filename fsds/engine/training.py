@@ -28,10 +28,12 @@ import torch
 from tqdm import tqdm
 
 from fsds.config import Config, ModelConfig, Variant
-from fsds.data.images import InputStats, load_images, load_masks, normalize
+from fsds.data.crops import sample_crops
+from fsds.data.images import Images, InputGeometry, InputStats, load_images, load_masks, normalize, working_geometry
 from fsds.data.split import category_split
 from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.errors import InputError
+from fsds.engine.prediction import predict_probabilities
 from fsds.evaluation.metrics import iou_dice
 from fsds.method.augmentation import crop_and_paste, random_dihedral
 from fsds.method.losses import cap_lambda, nbr_loss, segmentation_loss
@@ -42,38 +44,57 @@ HISTORY_COLUMNS = ["iteration", "loss", "seg", "nbr", "lambda", "cap", "probe_io
 
 @dataclass
 class TrainData:
-    """A category's training images, decoded and resized once."""
+    """A category's training images, decoded and resized once (:class:`InputGeometry`): stacked
+    ``(N, C, S, S)`` uint8 when squashed, else lists of ``(C, h_i, w_i)`` at the working scale."""
 
-    defect_images: torch.Tensor  # (N, 3, S, S) uint8
-    defect_masks: torch.Tensor  # (N, 1, S, S) uint8 in {0, 1}
+    defect_images: Images  # 3 channels
+    defect_masks: Images  # 1 channel in {0, 1}
     defect_names: list[str]
-    normal_images: torch.Tensor  # (M, 3, S, S) uint8
+    normal_images: Images  # 3 channels
+    geometry: InputGeometry | None = None  # None: squashed to the side of the stacked images
+
+    def __post_init__(self) -> None:
+        if self.geometry is None:
+            if not isinstance(self.defect_images, torch.Tensor):
+                raise ValueError("TrainData of images of their own sizes needs their InputGeometry")
+            self.geometry = InputGeometry(int(self.defect_images.shape[-1]))
 
 
-def load_train_data(table: pd.DataFrame, category: str, size: int) -> TrainData:
+def category_geometry(table: pd.DataFrame, category: str, image_size: int, working_size: int) -> InputGeometry:
+    """A category's input geometry: squashed to ``image_size`` (``working_size`` 0), or the working
+    scale its training images (shots and normals) fix, with ``image_size`` crops."""
+    parts = category_split(table, category)
+    train = pd.concat([parts["train_defect"], parts["train_normal"]])
+    return working_geometry(image_size, working_size, list(zip(train["height"], train["width"])))
+
+
+def load_train_data(table: pd.DataFrame, category: str, geometry: InputGeometry | int) -> TrainData:
     parts = category_split(table, category)
     shots, normals = parts["train_defect"], parts["train_normal"]
     if shots.empty:
         raise InputError(f"category {category!r} has no training defect images in the split table")
     if normals.empty:
         raise InputError(f"category {category!r} has no normal training images; NBR and CaP need some")
+    geometry = geometry if isinstance(geometry, InputGeometry) else InputGeometry(int(geometry))
     return TrainData(
-        defect_images=load_images(shots["image"].tolist(), size, desc=f"{category} shots"),
-        defect_masks=load_masks(shots["mask"].tolist(), size),
+        defect_images=load_images(shots["image"].tolist(), geometry, desc=f"{category} shots"),
+        defect_masks=load_masks(shots["mask"].tolist(), geometry),
         defect_names=shots["image"].tolist(),
-        normal_images=load_images(normals["image"].tolist(), size, desc=f"{category} normals"),
+        normal_images=load_images(normals["image"].tolist(), geometry, desc=f"{category} normals"),
+        geometry=geometry,
     )
 
 
 @dataclass
 class ProbeSet:
-    """A few test defect images of a category, for the test IoU during training (Fig. 9)."""
+    """A few test defect images of a category, for the test IoU during training (Fig. 9), as the
+    network sees them (:class:`TrainData`'s layouts)."""
 
-    images: torch.Tensor  # (N, 3, S, S) uint8
-    masks: torch.Tensor  # (N, 1, S, S) uint8 in {0, 1}
+    images: Images  # uint8, 3 channels
+    masks: Images  # uint8 in {0, 1}, 1 channel
 
 
-def load_probe(table: pd.DataFrame, category: str, size: int, n: int, seed: int) -> ProbeSet | None:
+def load_probe(table: pd.DataFrame, category: str, geometry: InputGeometry | int, n: int, seed: int) -> ProbeSet | None:
     """Up to ``n`` test defect images, drawn with ``seed`` (the same ones for every variant)."""
     test = category_split(table, category)["test"]
     defects = test[test["mask"] != ""]
@@ -82,24 +103,18 @@ def load_probe(table: pd.DataFrame, category: str, size: int, n: int, seed: int)
     if len(defects) > n:
         keep = np.sort(np.random.default_rng(seed).choice(len(defects), size=n, replace=False))
         defects = defects.iloc[keep]
-    return ProbeSet(load_images(defects["image"].tolist(), size, desc=f"{category} probe"),
-                    load_masks(defects["mask"].tolist(), size))
+    return ProbeSet(load_images(defects["image"].tolist(), geometry, desc=f"{category} probe"),
+                    load_masks(defects["mask"].tolist(), geometry))
 
 
 @torch.no_grad()
 def probe_iou(model: Segmenter, probe: ProbeSet, device: torch.device, amp_dtype: torch.dtype | None,
               threshold: float, batch_size: int = 8, channels_last: bool = False) -> float:
     """Mean per-image IoU (:func:`fsds.evaluation.metrics.iou_dice`) on the probe images at network
-    resolution; leaves the model in train mode."""
-    model.eval()
-    ious = []
-    for start in range(0, len(probe.images), batch_size):
-        x = normalize(probe.images[start : start + batch_size].to(device), model.input_stats, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x).float()
-        pred = (torch.sigmoid(logits) >= threshold).cpu().numpy()
-        target = probe.masks[start : start + batch_size].bool().numpy()
-        ious += [iou_dice(p, t)[0] for p, t in zip(pred, target)]
+    resolution (whole images, as prediction sees them); leaves the model in train mode."""
+    probs = predict_probabilities(model, probe.images, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
+                                  channels_last=channels_last, progress=False)
+    ious = [iou_dice(p >= round(255 * threshold), t[0].bool().numpy())[0] for p, t in zip(probs, probe.masks)]
     model.train()
     return float(np.mean(ious))
 
@@ -159,7 +174,7 @@ def train_segmenter(
                initial=first - 1, total=tc.iterations)
     for it in bar:
         batch = sample_batch(data, rng, m, variant, tc.cap_probability, tc.augment, model.input_stats, device,
-                             channels_last)
+                             channels_last, tc.defect_crop_fraction)
         row = {"iteration": it, **train_step(model, optimizer, batch, variant, tc.nbr_weight, amp_dtype, it),
                "probe_iou": math.nan}
         if probe is not None and tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
@@ -194,13 +209,19 @@ class Batch:
 
 
 def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Variant, cap_probability: float,
-                 augment: bool, stats: InputStats, device: torch.device, channels_last: bool = False) -> Batch:
-    """Draw ``m`` defect shots and ``m`` normal images (Algorithm 1) from the cached uint8 tensors,
-    normalised with the network's ``stats``."""
+                 augment: bool, stats: InputStats, device: torch.device, channels_last: bool = False,
+                 defect_crop_fraction: float = 1.0) -> Batch:
+    """Draw ``m`` defect shots and ``m`` normal images (Algorithm 1) from the cached uint8 tensors
+    (at a working scale: crops of them, :func:`fsds.data.crops.sample_crops`), normalised with the
+    network's ``stats``."""
     idx_d = rng.integers(0, len(data.defect_images), size=m)
     idx_n = rng.integers(0, len(data.normal_images), size=m)
     use_cap = variant.cap != "none" and rng.random() < cap_probability
-    img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
+    if data.geometry.crops:
+        img_d, mask_d, img_n = sample_crops(data.defect_images, data.defect_masks, data.normal_images, idx_d, idx_n,
+                                            data.geometry.size, defect_crop_fraction, rng)
+    else:
+        img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
     if augment:
         img_d, mask_d = random_dihedral(img_d, mask_d, rng)
         img_n, _ = random_dihedral(img_n, None, rng)

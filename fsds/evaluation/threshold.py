@@ -19,6 +19,7 @@ and ``fsds predict --min-area`` sets a minimum defect area per image.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -44,22 +45,27 @@ def level_threshold(level: int) -> float:
     return (level - 0.5) / (LEVELS - 1)
 
 
-def calibrate_threshold(probs: np.ndarray, max_fpr: float) -> Calibration:
+def calibrate_threshold(probs: np.ndarray | Sequence[np.ndarray], max_fpr: float) -> Calibration:
     """The lowest threshold keeping at most ``max_fpr`` of the pixels of ``probs`` (uint8 maps of
-    normal images, ``round(255 p)``) at or above it. When no level does (more than ``max_fpr`` of
-    the pixels at level 255), the highest level's threshold, with ``reached`` False."""
-    probs = np.asarray(probs)
-    if probs.dtype != np.uint8:
-        raise ValueError(f"expected uint8 probability maps (round(255 p)), got {probs.dtype}")
-    if probs.size == 0:
+    normal images, ``round(255 p)``: stacked ``(N, H, W)``, or a list of maps of their own sizes) at
+    or above it. When no level does (more than ``max_fpr`` of the pixels at level 255), the highest
+    level's threshold, with ``reached`` False."""
+    if isinstance(probs, np.ndarray):
+        maps = list(probs.reshape(-1, *probs.shape[-2:])) if probs.ndim >= 2 else [probs.reshape(1, -1)]
+    else:
+        maps = [np.asarray(p) for p in probs]
+    if any(p.dtype != np.uint8 for p in maps):
+        bad = next(p.dtype for p in maps if p.dtype != np.uint8)
+        raise ValueError(f"expected uint8 probability maps (round(255 p)), got {bad}")
+    pixels = sum(p.size for p in maps)
+    if pixels == 0:
         raise ValueError("no calibration pixels: give at least one normal image")
     if not 0.0 < max_fpr < 1.0:
         raise ValueError(f"max_fpr must be in (0, 1), got {max_fpr}")
-    counts = np.bincount(probs.ravel(), minlength=LEVELS)
-    share = np.cumsum(counts[::-1])[::-1] / probs.size  # share[t]: pixels at level >= t
+    counts = sum(np.bincount(p.ravel(), minlength=LEVELS) for p in maps)
+    share = np.cumsum(counts[::-1])[::-1] / pixels  # share[t]: pixels at level >= t
     ok = np.flatnonzero(share[1:] <= max_fpr)
     level = int(ok[0]) + 1 if len(ok) else LEVELS - 1
-    per_image = probs.reshape(-1, *probs.shape[-2:]) if probs.ndim >= 2 else probs.reshape(1, 1, -1)
-    flagged = (per_image >= level).reshape(len(per_image), -1).any(axis=1)
+    flagged = np.array([bool((p >= level).any()) for p in maps])
     return Calibration(threshold=level_threshold(level), fpr=float(share[level]), max_fpr=float(max_fpr),
-                       images=len(per_image), image_fpr=float(flagged.mean()), reached=bool(len(ok)))
+                       images=len(maps), image_fpr=float(flagged.mean()), reached=bool(len(ok)))

@@ -64,7 +64,7 @@ def setting(cfg: Config) -> str:
     if cfg.dataset == "mvtec":
         name += f" {categories}"
     rule = {"defect_type": "K per defect type (the paper's text)", "category": "K per category (the paper's Table I)"}
-    return (f"{name}, {rule[cfg.split.unit]}; profile `{cfg.profile}` ({cfg.train.image_size} px, "
+    return (f"{name}, {rule[cfg.split.unit]}; profile `{cfg.profile}` ({cfg.train.input_description()}, "
             f"{cfg.train.iterations} iterations, Adam {cfg.train.lr:g}), precision {cfg.train.precision}")
 
 

@@ -31,11 +31,12 @@ from fsds.data.split import category_split, k_shot_split
 from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.errors import InputError
 from fsds.engine.prediction import inference_model, predict_category
-from fsds.engine.training import load_train_data, train_segmenter
+from fsds.engine.training import category_geometry, load_train_data, train_segmenter
 from fsds.evaluation.metrics import evaluate_category
 from fsds.evaluation.tables import markdown_table
 from fsds.experiments.grid import apply_overrides
 from fsds.method.weights import encoder_weights
+from fsds.pipeline.predict import typical_side
 from fsds.pipeline.train import calibrate, category_seed
 
 SUMMARY = ("iou", "iou_pooled", "dice", "aupro", "pixel_auroc", "image_auroc_max", "iou_cal", "train_seconds")
@@ -45,23 +46,24 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> di
     """Train ``variant`` on ``category`` of a split ``table`` and return its test metrics."""
     model_cfg = cfg.model_for(variant)
     encoder_state, _ = encoder_weights(model_cfg)
-    data = load_train_data(table, category, cfg.train.image_size)
+    geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
+    data = load_train_data(table, category, geometry)
     start = time.perf_counter()
     model, _, _ = train_segmenter(cfg, cfg.variant(variant), data, seed=category_seed(cfg.seed, category),
                                   encoder_state=encoder_state, model_cfg=model_cfg,
                                   progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
     seconds = time.perf_counter() - start
-    calibration = calibrate(cfg, model, table, category)  # as the train stage does, before folding
+    calibration = calibrate(cfg, model, table, category, geometry)  # as the train stage does, before folding
     test = category_split(table, category)["test"]  # predicted as the predict stage does
     device = resolve_device(cfg.train.device)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
-    size = cfg.train.image_size
-    probs, _ = predict_category(inference_model(model, channels_last), test, size, cfg.metrics.threshold,
-                                batch_size=cfg.predict.resolved_batch_size(size), device=device,
-                                amp_dtype=amp_dtype, channels_last=channels_last)
+    probs, _ = predict_category(inference_model(model, channels_last), test, geometry, cfg.metrics.threshold,
+                                batch_size=cfg.predict.resolved_batch_size(typical_side(geometry, test)),
+                                device=device, amp_dtype=amp_dtype, channels_last=channels_last,
+                                tile_size=cfg.predict.tile_size, tile_overlap=cfg.predict.tile_overlap)
     metrics, _ = evaluate_category(probs, test, cfg.metrics.threshold, calibration.threshold if calibration else None)
-    return {**metrics, "train_seconds": seconds, "n_shots": len(data.defect_images)}
+    return {**metrics, "train_seconds": seconds, "n_shots": len(data.defect_images), "scale": geometry.scale}
 
 
 def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Sequence[str], profiles: Sequence[str],

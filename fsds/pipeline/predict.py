@@ -5,15 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fsds.config import Config
 from fsds.data.split import category_split
-from fsds.engine.checkpoint import load_checkpoint
+from fsds.data.images import InputGeometry
+from fsds.engine.checkpoint import checkpoint_geometry, load_checkpoint
 from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.engine.prediction import inference_model, predict_category
 from fsds.evaluation.threshold import THRESHOLDS_FILE
 from fsds.io import atomic_dir, save_probabilities, write_json
+
+
+def typical_side(geometry: InputGeometry, images: pd.DataFrame) -> int:
+    """The side of a square with the median pixel count of ``images`` as the network sees them
+    (what ``predict.batch_size: auto`` sizes batches by)."""
+    if not geometry.crops or images.empty:
+        return geometry.size
+    areas = [h * w for h, w in (geometry.shape(h, w) for h, w in zip(images["height"], images["width"]))]
+    return max(32, round(float(np.median(areas)) ** 0.5))
 
 
 def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, out_dir: str | Path) -> None:
@@ -28,12 +39,13 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
         for category in sorted(table["category"].unique()):
             model, state = load_checkpoint(models_dir / f"{category}.pt", device)
             model = inference_model(model, channels_last)
-            size = state["config"]["train"]["image_size"]
+            geometry = checkpoint_geometry(state)
             test = category_split(table, category)["test"]
             probs, scores = predict_category(
-                model, test, size, cfg.metrics.threshold, batch_size=cfg.predict.resolved_batch_size(size),
+                model, test, geometry, cfg.metrics.threshold,
+                batch_size=cfg.predict.resolved_batch_size(typical_side(geometry, test)),
                 device=device, amp_dtype=amp_dtype, desc=f"{models_dir.name}/{category}",
-                channels_last=channels_last,
+                channels_last=channels_last, tile_size=cfg.predict.tile_size, tile_overlap=cfg.predict.tile_overlap,
             )
             save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())
             tables.append(scores)

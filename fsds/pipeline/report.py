@@ -34,7 +34,7 @@ def settings_line(cfg: Config) -> str:
     """The settings a reader needs to compare a report with the paper's."""
     tc = cfg.train
     return (
-        f"Dataset `{cfg.dataset}`, K per {cfg.split.unit}; profile `{cfg.profile}`: {tc.image_size} px, "
+        f"Dataset `{cfg.dataset}`, K per {cfg.split.unit}; profile `{cfg.profile}`: {tc.input_description()}, "
         f"{tc.iterations} iterations, batch {tc.resolved_batch_size(1)} (1-shot) / {tc.resolved_batch_size(5)} (more shots), "
         f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, flip/rotate augmentation {'on' if tc.augment else 'off'}, "
         f"precision {tc.precision}, threshold {cfg.metrics.threshold:g}"

@@ -15,14 +15,14 @@ import torch
 from tqdm import tqdm
 
 from fsds.config import Config
-from fsds.data.images import load_images
+from fsds.data.images import InputGeometry, load_images
 from fsds.data.split import category_split
 from fsds.deploy.model import deployable, signature
 from fsds.engine.checkpoint import save_checkpoint
 from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.engine.resume import ResumeStore, fingerprint
-from fsds.engine.training import load_probe, load_train_data, train_segmenter
+from fsds.engine.training import category_geometry, load_probe, load_train_data, train_segmenter
 from fsds.evaluation.threshold import Calibration, calibrate_threshold
 from fsds.io import atomic_dir, write_json
 from fsds.method.networks import Segmenter
@@ -38,10 +38,12 @@ def category_seed(seed: int, category: str) -> int:
 CALIBRATION_BATCH = 8  # fixed, so the threshold does not depend on predict.batch_size
 
 
-def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str) -> Calibration | None:
+def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str,
+              geometry: InputGeometry) -> Calibration | None:
     """The category's calibrated threshold (:mod:`fsds.evaluation.threshold`) from its calibration
     normals, predicted as the predict stage predicts (a folded copy of the network, its device,
-    precision and layout); None when the split holds none out (``split.calibration_normals: 0``)."""
+    precision, layout, input ``geometry`` and tiles); None when the split holds none out
+    (``split.calibration_normals: 0``)."""
     held = category_split(table, category)["calibration"]
     if held.empty:
         return None
@@ -49,9 +51,10 @@ def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
     net = inference_model(copy.deepcopy(model).to(memory_format=torch.contiguous_format), channels_last)
-    images = load_images(held["image"].tolist(), cfg.train.image_size, desc=f"{category} calibration")
+    images = load_images(held["image"].tolist(), geometry, desc=f"{category} calibration")
     probs = predict_probabilities(net, images, batch_size=CALIBRATION_BATCH, device=device, amp_dtype=amp_dtype,
-                                  desc=f"{category} calibration", channels_last=channels_last)
+                                  desc=f"{category} calibration", channels_last=channels_last,
+                                  tile_size=cfg.predict.tile_size, tile_overlap=cfg.predict.tile_overlap)
     found = calibrate_threshold(probs, cfg.metrics.calibration_fpr)
     if not found.reached:
         tqdm.write(f"{category}: warning: even the highest threshold leaves {found.fpr:.2%} of the calibration "
@@ -93,7 +96,8 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     snapshots: list[Path] = []
     with atomic_dir(out_dir) as tmp:
         for category in categories:
-            data = load_train_data(table, category, cfg.train.image_size)
+            geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
+            data = load_train_data(table, category, geometry)
             snapshot, resumed = None, None
             if store is not None:
                 key = fingerprint(config, dataclasses.asdict(variant), dataclasses.asdict(model_cfg), category,
@@ -106,7 +110,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                                f"{cfg.train.iterations} from {snapshot}")
             probe = None
             if cfg.train.eval_every:
-                probe = load_probe(table, category, cfg.train.image_size, cfg.train.eval_images, cfg.seed)
+                probe = load_probe(table, category, geometry, cfg.train.eval_images, cfg.seed)
             tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
                     "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "seg_loss": cfg.seg_loss_for(variant_name), "arch": model_cfg.arch,
                     "dataset": cfg.dataset, "encoder_weights": weights_source, "profile": cfg.profile}
@@ -137,21 +141,21 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                     model_cfg=model_cfg, probe=probe, resume_state=resumed,
                     on_checkpoint=keep if snapshot is not None else None,
                 )
-                calibration = calibrate(cfg, model, table, category)
+                calibration = calibrate(cfg, model, table, category, geometry)
                 threshold = calibration.threshold if calibration else cfg.metrics.threshold
                 ckpt = tmp / f"{category}.pt"
                 save_checkpoint(ckpt, model, model_cfg, config, cfg.train.iterations,
                                 {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id,
-                                 "encoder_weights": weights_source,
+                                 "encoder_weights": weights_source, "input": geometry.to_dict(),
                                  "calibration": calibration.to_dict() if calibration else None})
                 history.to_csv(tmp / f"{category}_history.csv", index=False)
                 seconds[category] = round(earlier + time.perf_counter() - start, 1)
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category],
                                              **({"calibrated_threshold": calibration.threshold,
                                                  "calibration_fpr": calibration.fpr} if calibration else {})})
-                tracker.log_model(run_id, deployable(model, cfg.train.image_size, threshold), signature(cfg.train.image_size),
+                tracker.log_model(run_id, deployable(model, geometry, threshold), signature(geometry),
                                   {"variant": variant_name, "category": category, "arch": model_cfg.arch,
-                                   "image_size": cfg.train.image_size, "threshold": threshold,
+                                   "image_size": geometry.size, "scale": geometry.scale, "threshold": threshold,
                                    "encoder_weights": weights_source})
                 status = "FINISHED"
             finally:
