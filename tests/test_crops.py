@@ -68,6 +68,18 @@ def test_crops_keep_image_mask_and_normal_partner_aligned():
     assert torch.equal(crops_d[:, :2], crops_n[:, :2])  # the normal crop is cut at the same place
 
 
+def test_the_normal_partner_is_clamped_into_a_smaller_normal_image():
+    rng = np.random.default_rng(4)
+    mask = torch.zeros((1, 300, 400), dtype=torch.uint8)
+    mask[0, 280:290, 380:390] = 1  # a defect near the corner: the defect crop sits far down and right
+    normal = _coded(100, 150)
+    idx = np.zeros(20, dtype=int)
+    crops_d, _, crops_n = sample_crops([_coded(300, 400)], [mask], [normal], idx, idx, 64, 1.0, rng)
+    for d, n in zip(crops_d, crops_n):
+        top, left = _position(d)
+        assert top >= 300 - 64 - 20 and _position(n) == (min(top, 100 - 64), min(left, 150 - 64))
+
+
 def test_a_crop_asked_to_hold_defect_pixels_does():
     rng = np.random.default_rng(1)
     mask = torch.zeros((1, 512, 700), dtype=torch.uint8)
@@ -190,6 +202,9 @@ def test_any_size_is_padded_to_a_multiple_of_32_and_cut_back():
     assert [p.shape for p in probs] == [(50, 70), (50, 70), (97, 33)]
     alone = predict_probabilities(net, images[2:])[0]
     assert np.array_equal(alone, probs[2])
+    # the padding is the training crops' (edge pixels repeated), not zeros
+    padded = predict_probabilities(net, pad_to(images[2], 128, 64)[None])[0]
+    assert np.array_equal(padded[:97, :33], probs[2])
 
 
 def test_maps_of_their_own_sizes_are_stored_and_calibrated(tmp_path):

@@ -55,8 +55,9 @@ def sample_crops(defect_images: Sequence[torch.Tensor], defect_masks: Sequence[t
                  normal_images: Sequence[torch.Tensor], idx_d: np.ndarray, idx_n: np.ndarray, size: int,
                  defect_fraction: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Crops for one iteration: uint8 defect crops ``(m, 3, size, size)``, their masks ``(m, 1, size,
-    size)`` and normal crops at the same places. Each defect crop holds defect pixels with
-    probability ``defect_fraction`` (always, when its image has any)."""
+    size)`` and normal crops at the same places (clamped to the normal image). Each defect crop is
+    drawn around a defect pixel with probability ``defect_fraction`` (when its image has any), else
+    anywhere (where it may hold defect pixels too)."""
     crops_d, crops_m, crops_n = [], [], []
     for i, j in zip(idx_d, idx_n):
         image = pad_to(defect_images[i], size, size)

@@ -55,17 +55,18 @@ class TrainData:
 
     def __post_init__(self) -> None:
         if self.geometry is None:
-            if not isinstance(self.defect_images, torch.Tensor):
+            if isinstance(self.defect_images, list):
                 raise ValueError("TrainData of images of their own sizes needs their InputGeometry")
-            self.geometry = InputGeometry(int(self.defect_images.shape[-1]))
+            side = self.defect_images.shape[-1] if isinstance(self.defect_images, torch.Tensor) else self.defect_images.size
+            self.geometry = InputGeometry(int(side))  # a stacked tensor, or a loader with the side it squashes to
 
 
 def category_geometry(table: pd.DataFrame, category: str, image_size: int, working_size: int) -> InputGeometry:
     """A category's input geometry: squashed to ``image_size`` (``working_size`` 0), or the working
-    scale its training images (shots and normals) fix, with ``image_size`` crops."""
-    parts = category_split(table, category)
-    train = pd.concat([parts["train_defect"], parts["train_normal"]])
-    return working_geometry(image_size, working_size, list(zip(train["height"], train["width"])))
+    scale the sizes of all its images fix (sizes only, no labels: so the scale does not change with
+    the shots a seed draws), with ``image_size`` crops."""
+    rows = table[table["category"] == category]
+    return working_geometry(image_size, working_size, list(zip(rows["height"], rows["width"])))
 
 
 def load_train_data(table: pd.DataFrame, category: str, geometry: InputGeometry | int) -> TrainData:
@@ -114,7 +115,8 @@ def probe_iou(model: Segmenter, probe: ProbeSet, device: torch.device, amp_dtype
     resolution (whole images, as prediction sees them); leaves the model in train mode."""
     probs = predict_probabilities(model, probe.images, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
                                   channels_last=channels_last, progress=False)
-    ious = [iou_dice(p >= round(255 * threshold), t[0].bool().numpy())[0] for p, t in zip(probs, probe.masks)]
+    ious = [iou_dice(p.astype(np.float32) / 255.0 >= threshold, t[0].bool().numpy())[0]  # as the metrics stage
+            for p, t in zip(probs, probe.masks)]
     model.train()
     return float(np.mean(ious))
 
