@@ -90,14 +90,14 @@ def resize_image(rgb: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
-def _as_geometry(geometry: InputGeometry | int) -> InputGeometry:
+def as_geometry(geometry: InputGeometry | int) -> InputGeometry:
     return geometry if isinstance(geometry, InputGeometry) else squashed(int(geometry))
 
 
 def load_images(paths: Sequence[str], geometry: InputGeometry | int, desc: str = "images") -> Images:
     """Decode and resize images once: uint8 ``(N, 3, S, S)`` squashed (``geometry`` an
     :class:`InputGeometry` or the side of the square), else a list of ``(3, h_i, w_i)``."""
-    geometry = _as_geometry(geometry)
+    geometry = as_geometry(geometry)
     if geometry.crops:
         out_list = []
         for path in tqdm(paths, desc=desc, unit="img", leave=False):
@@ -130,7 +130,7 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
 def load_masks(paths: Sequence[str], geometry: InputGeometry | int) -> Images:
     """Decode and resize masks as :func:`load_images` does images: uint8 in {0, 1}, ``(N, 1, S, S)``
     squashed, else a list of ``(1, h_i, w_i)`` (:func:`resize_mask`)."""
-    geometry = _as_geometry(geometry)
+    geometry = as_geometry(geometry)
     masks = []
     for path in paths:
         mask = read_mask(path)

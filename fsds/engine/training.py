@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from fsds.config import Config, ModelConfig, Variant
 from fsds.data.crops import sample_crops
-from fsds.data.images import Images, InputGeometry, InputStats, load_images, load_masks, normalize, working_geometry
+from fsds.data.images import Images, InputGeometry, InputStats, as_geometry, load_images, load_masks, normalize, working_geometry
 from fsds.data.split import category_split
 from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.errors import InputError
@@ -76,7 +76,7 @@ def load_train_data(table: pd.DataFrame, category: str, geometry: InputGeometry 
         raise InputError(f"category {category!r} has no training defect images in the split table")
     if normals.empty:
         raise InputError(f"category {category!r} has no normal training images; NBR and CaP need some")
-    geometry = geometry if isinstance(geometry, InputGeometry) else InputGeometry(int(geometry))
+    geometry = as_geometry(geometry)
     return TrainData(
         defect_images=load_images(shots["image"].tolist(), geometry, desc=f"{category} shots"),
         defect_masks=load_masks(shots["mask"].tolist(), geometry),
