@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fsds.data.images import InputGeometry
+from fsds.data.images import InputGeometry, as_geometry
 from fsds.engine.checkpoint import checkpoint_geometry, load_checkpoint
 from fsds.engine.prediction import inference_model
 from fsds.errors import InputError, MissingFileError
@@ -31,9 +31,10 @@ from fsds.method.networks import Segmenter
 class DeployedModel(nn.Module):
     """A segmenter with its input normalisation and output sigmoid: [0, 1] RGB in, probabilities out."""
 
-    def __init__(self, net: Segmenter, geometry: InputGeometry, threshold: float) -> None:
+    def __init__(self, net: Segmenter, geometry: InputGeometry | int, threshold: float) -> None:
         super().__init__()
         self.net = net
+        geometry = as_geometry(geometry)  # an int: the side of the square it squashes to
         self.image_size = int(geometry.size)
         self.scale = float(geometry.scale)  # 0: squashed to image_size; else the working scale
         self.threshold = float(threshold)  # its calibrated threshold, else metrics.threshold: a pixel at or above it is a defect
