@@ -99,6 +99,8 @@ class TrainConfig:
     lr: float  # filled in from the selected profile
     working_size: int  # filled in from the selected profile: 0 = squash, else crops at this working scale
     defect_crop_fraction: float  # crops: the share of defect crops drawn to hold defect pixels
+    synthetic_fraction: float  # variants with synthetic: true: the share of defect samples that are pseudo-defects
+    synthetic_confine: bool  # keep pseudo-defects on the part when a plain background can be told from it
     beta1: float
     beta2: float
     cap_probability: float
@@ -118,6 +120,8 @@ class TrainConfig:
         _check_size_and_iterations(self.image_size, self.iterations, "train")
         _check_working_size(self.working_size, self.image_size, "train")
         _check(0 <= self.defect_crop_fraction <= 1, "train.defect_crop_fraction", "must be in [0, 1]")
+        _check(0 < self.synthetic_fraction <= 1, "train.synthetic_fraction",
+               "must be in (0, 1]: the share of defect samples that are pseudo-defects (variants with synthetic: true)")
         _check(self.batch_size == "auto" or self.batch_size >= 1, "train.batch_size", "must be 'auto' or >= 1")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
         _check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
@@ -138,9 +142,9 @@ class TrainConfig:
         return f"{self.image_size} px crops of images at up to {self.working_size} px"
 
     def resolved_batch_size(self, shot: int) -> int:
-        """The paper's batch sizes: 2 for 1-shot, 4 for more shots."""
+        """The paper's batch sizes: 2 for 1-shot (and for 0 shots, pseudo-defects alone), 4 for more shots."""
         if self.batch_size == "auto":
-            return 2 if shot == 1 else 4
+            return 2 if shot <= 1 else 4
         return int(self.batch_size)
 
 
@@ -157,9 +161,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class Variant:
     """One method: a network (``arch``, default ``model.arch``) with its encoder weights
-    (``encoder_weights``, default ``model.encoder_weights``), an NBR loss, a CaP flavour and a
+    (``encoder_weights``, default ``model.encoder_weights``), an NBR loss, a CaP flavour, a
     segmentation loss (``seg_loss``, default ``train.seg_loss``: the paper's ``bce``, or
-    ``bce_dice`` / ``focal``, weighted by lambda under weighted CaP as eq. 5 weights the BCE)."""
+    ``bce_dice`` / ``focal``, weighted by lambda under weighted CaP as eq. 5 weights the BCE), and
+    whether pseudo-defects from the normal pool join the shots (``synthetic``, beyond the paper)."""
 
     nbr: str
     cap: str
@@ -167,6 +172,7 @@ class Variant:
     arch: str = ""  # "" = model.arch
     encoder_weights: str = ""  # "" = model.encoder_weights
     seg_loss: str = ""  # "" = train.seg_loss
+    synthetic: bool = False  # mix pseudo-defects drawn from the normal pool into the shots (train.synthetic_fraction)
     label: str = ""  # display name in reports; "" = the id with '_' -> '+'
 
     def __post_init__(self) -> None:
@@ -241,7 +247,11 @@ class Config:
             "data.root",
             "dataset 'folder' needs data.root: the folder in MVTec AD layout (see the README)",
         )
-        _check(self.shot >= 1, "shot", f"must be >= 1, got {self.shot}")
+        _check(self.shot >= 0, "shot", f"must be >= 0, got {self.shot}")
+        if self.shot == 0:
+            real_only = [name for name in self.methods if name in self.variants and not self.variants[name].synthetic]
+            _check(not real_only, "shot", f"0 trains on pseudo-defects alone, which only variants with synthetic: true "
+                                          f"do; methods has {', '.join(real_only)}: set shot >= 1 or pick such variants")
         _check(self.seed >= 0, "seed", "must be >= 0")
         for name in self.variants:
             _check(

@@ -53,7 +53,8 @@ def test_profiles_select_image_size_and_iterations():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"shot": 0}, r"^shot: must be >= 1"),
+        ({"shot": -1}, r"^shot: must be >= 0"),
+        ({"shot": 0}, r"^shot: 0 trains on pseudo-defects alone, which only variants with synthetic: true do"),
         ({"shto": 1}, r"^shto: unknown key; allowed keys: .*shot"),
         ({"train": {"image_size": 100}}, r"^profiles\.\*\.image_size: must be a positive multiple of 32"),
         ({"train": {"lr": "fast"}}, r"^profiles\.fast\.lr: expected a number"),
@@ -93,8 +94,9 @@ def test_a_missing_key_is_an_error_that_names_it(key):
 
 
 def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
-    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss`` and ``label`` may be left
-    out (meaning: model.arch, model.encoder_weights, train.seg_loss, the id), and a profile's
+    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss``, ``synthetic`` and ``label``
+    may be left out (meaning: model.arch, model.encoder_weights, train.seg_loss, no pseudo-defects as
+    the paper, the id), and a profile's
     ``working_size`` (meaning: whole images squashed, as the paper)."""
     import dataclasses
 
@@ -106,7 +108,7 @@ def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
             optional |= {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
                          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label", "Variant.seg_loss",
-                        "Profile.working_size"}
+                        "Variant.synthetic", "Profile.working_size"}
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_config):
@@ -117,6 +119,7 @@ def test_unknown_variant_lists_the_known_ones(tiny_config):
 def test_batch_size_auto_follows_the_paper():
     cfg = parse_config(params_with({}))
     assert cfg.train.resolved_batch_size(1) == 2
+    assert cfg.train.resolved_batch_size(0) == 2  # pseudo-defects alone: as 1-shot
     assert cfg.train.resolved_batch_size(5) == 4
     assert parse_config(params_with({"train": {"batch_size": 3}})).train.resolved_batch_size(1) == 3
 

@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
 from fsds.evaluation.metrics import (
     PixelHistogram,
+    by_defect_type,
     evaluate_category,
     image_accuracy,
     iou_dice,
@@ -226,3 +227,31 @@ def test_evaluate_category_at_the_calibrated_threshold(tmp_path):
     lower, _ = evaluate_category(probs, test, threshold=0.5, calibrated=0.05)  # the normal pixel too
     assert lower["iou_cal"] == 1.0 and lower["iou_pooled_cal"] == pytest.approx(16 / 17) and lower["image_acc_cal"] == 0.5
     assert rows["iou_cal"].iloc[0] == 1.0 and rows["anomalous_cal"].tolist() == [1, 0]
+
+
+def test_metrics_per_defect_type_split_into_types_seen_in_the_shots_and_not(tmp_path):
+    # hole (seen in the shots): found exactly. crack (not seen): missed at 0.5 (IoU 0), its pixels at
+    # 0.2, above every background pixel but one pixel of the normal image at 0.4.
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[0:2, 0:2] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    test = pd.DataFrame({
+        "category": ["c"] * 3, "defect_type": ["hole", "crack", "good"], "image": ["a.png", "b.png", "c.png"],
+        "mask": [str(tmp_path / "m.png")] * 2 + [""], "label": [1, 1, 0], "height": [4] * 3, "width": [4] * 3,
+    })
+    probs = np.zeros((3, 4, 4), dtype=np.uint8)
+    probs[0, 0:2, 0:2] = 255
+    probs[1, 0:2, 0:2] = 51
+    probs[2, 3, 3] = 102
+    _, rows = evaluate_category(probs, test, threshold=0.5)
+    out = by_defect_type(probs, test, rows, seen={"hole"})
+    assert set(out) == {"hole", "crack", "seen", "unseen"}
+    assert out["hole"]["seen"] == 1 and out["crack"]["seen"] == 0
+    assert out["seen"]["iou"] == 1.0 and out["seen"]["pixel_auroc"] == 1.0 and out["seen"]["aupro"] == 1.0
+    assert out["unseen"]["iou"] == 0.0
+    # crack's 4 pixels at level 51 against 28 background pixels at 0 (12 of b, 15 of c) and 1 at 102
+    assert out["unseen"]["pixel_auroc"] == pytest.approx(27 / 28)
+    assert out["crack"] == {**out["unseen"], "seen": 0}
+    assert out["unseen"]["n"] == 1
+    # every type seen: no unseen group
+    assert "unseen" not in by_defect_type(probs, test, rows, seen={"hole", "crack"})

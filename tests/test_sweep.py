@@ -34,6 +34,15 @@ def test_a_sweep_trains_each_profile_and_seed_and_summarises_them(tiny_root, tmp
     assert difference[0].split("|")[5].strip().startswith(f"{iou_gap:+.4f}")
     main(["--summarize", str(out)])
     assert capsys.readouterr().out.strip() == printed.strip()
+    for r in rows:  # one shot for the category: one defect type seen, the others not
+        types = {name: m for name, m in r["by_type"].items() if name not in ("seen", "unseen")}
+        assert sorted(m["seen"] for m in types.values()) == [0] * (len(types) - 1) + [1]
+        assert r["unseen_iou"] == r["by_type"]["unseen"]["iou"] and 0 <= r["unseen_aupro"] <= 1
+    main(["--summarize", str(out), "--by-type"])
+    per_type = [line for line in capsys.readouterr().out.splitlines() if "| B a |" in line]
+    shown = {(name, "seen" if m["seen"] else "unseen") for r in rows if r["profile"] == "a"
+             for name, m in r["by_type"].items() if name not in ("seen", "unseen")}
+    assert {(cells[4].strip(), cells[5].strip()) for cells in (line.split("|") for line in per_type)} == shown
     out.write_text(out.read_text() + out.read_text().splitlines()[0] + "\n")  # one run listed twice
     with pytest.raises(InputError, match="profile a, seed 0 was run twice"):
         main(["--summarize", str(out)])
@@ -61,3 +70,21 @@ def test_a_bad_override_or_missing_argument_stops_with_usage(tiny_root, capsys):
     with pytest.raises(SystemExit):
         main([str(tiny_root), "fabric", "--profiles", "fast"])
     assert "--variant" in capsys.readouterr().err
+
+
+def test_a_sweep_with_zero_shots_trains_on_pseudo_defects_alone(tiny_root, tmp_path, capsys):
+    raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-3}},
+                       "variants": {"S": {"nbr": "cosine", "cap": "weighted", "synthetic": True},
+                                    "B": {"nbr": "none", "cap": "none"}},
+                       "split": {"calibration_normals": 1}})
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(raw))
+    out = tmp_path / "sweep.jsonl"
+    main([str(tiny_root), "washer", "--variant", "S", "--profiles", "a", "--shots", "0", "--seeds", "0",
+          "--params", str(params), "--out", str(out), "--metrics", "iou", "unseen_iou", "unseen_pixel_auroc"])
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["n_shots"] == 0 and "seen" not in row["by_type"] and 0 <= row["unseen_pixel_auroc"] <= 1
+    assert "| unseen_iou | unseen_pixel_auroc |" in capsys.readouterr().out
+    with pytest.raises(Exception, match="shot: 0 trains on pseudo-defects alone"):
+        main([str(tiny_root), "washer", "--variant", "B", "--profiles", "a", "--shots", "0", "--seeds", "0",
+              "--params", str(params), "--out", str(out)])

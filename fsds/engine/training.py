@@ -8,7 +8,10 @@ One iteration samples ``m`` defect shots and ``m`` normal images. With the varia
   is computed on the crop-and-pasted image instead of the original (eq. 4), weighted by
   lambda (eq. 6) for ``weighted`` or by 1 for ``plain``;
 - ``seg_loss`` (bce | bce_dice | focal; "" = ``train.seg_loss``): the segmentation loss, the
-  paper's BCE (eq. 7) or one for defects of a few pixels (beyond the paper), weighted the same way.
+  paper's BCE (eq. 7) or one for defects of a few pixels (beyond the paper), weighted the same way;
+- ``synthetic`` (beyond the paper): a share ``train.synthetic_fraction`` of the defect samples are
+  pseudo-defects on other normal images (:mod:`fsds.method.pseudo_defects`), treated as shots by
+  the segmentation loss, NBR and CaP alike; with zero shots, all of them.
 
 NBR, lambda and the segmentation loss share one encoder pass per kind of image, and the
 decoder runs only on the part that is segmented.
@@ -37,6 +40,7 @@ from fsds.engine.prediction import predict_probabilities
 from fsds.evaluation.metrics import iou_dice
 from fsds.method.augmentation import crop_and_paste, random_dihedral
 from fsds.method.losses import cap_lambda, nbr_loss, segmentation_loss
+from fsds.method.pseudo_defects import pseudo_defect
 from fsds.method.networks import Segmenter, build_model
 
 HISTORY_COLUMNS = ["iteration", "loss", "seg", "nbr", "lambda", "cap", "probe_iou"]
@@ -69,10 +73,13 @@ def category_geometry(table: pd.DataFrame, category: str, image_size: int, worki
     return working_geometry(image_size, working_size, list(zip(rows["height"], rows["width"])))
 
 
-def load_train_data(table: pd.DataFrame, category: str, geometry: InputGeometry | int) -> TrainData:
+def load_train_data(table: pd.DataFrame, category: str, geometry: InputGeometry | int,
+                    shots_required: bool = True) -> TrainData:
+    """A category's training images; without ``shots_required`` (zero shots: pseudo-defects alone)
+    it may have no defect images."""
     parts = category_split(table, category)
     shots, normals = parts["train_defect"], parts["train_normal"]
-    if shots.empty:
+    if shots.empty and shots_required:
         raise InputError(f"category {category!r} has no training defect images in the split table")
     if normals.empty:
         raise InputError(f"category {category!r} has no normal training images; NBR and CaP need some")
@@ -176,7 +183,7 @@ def train_segmenter(
                initial=first - 1, total=tc.iterations)
     for it in bar:
         batch = sample_batch(data, rng, m, variant, tc.cap_probability, tc.augment, model.input_stats, device,
-                             channels_last, tc.defect_crop_fraction)
+                             channels_last, tc.defect_crop_fraction, tc.synthetic_fraction, tc.synthetic_confine)
         row = {"iteration": it, **train_step(model, optimizer, batch, variant, tc.nbr_weight, amp_dtype, it),
                "probe_iou": math.nan}
         if probe is not None and tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
@@ -212,24 +219,52 @@ class Batch:
 
 def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Variant, cap_probability: float,
                  augment: bool, stats: InputStats, device: torch.device, channels_last: bool = False,
-                 defect_crop_fraction: float = 1.0) -> Batch:
+                 defect_crop_fraction: float = 1.0, synthetic_fraction: float = 0.0,
+                 synthetic_confine: bool = False) -> Batch:
     """Draw ``m`` defect shots and ``m`` normal images (Algorithm 1) from the cached uint8 tensors
     (at a working scale: crops of them, :func:`fsds.data.crops.sample_crops`), normalised with the
-    network's ``stats``."""
-    idx_d = rng.integers(0, len(data.defect_images), size=m)
+    network's ``stats``. For a variant with ``synthetic``, each defect sample is, with probability
+    ``synthetic_fraction`` (always, without shots), a pseudo-defect on another normal image
+    (:func:`fsds.method.pseudo_defects.pseudo_defect`); other variants draw exactly as before."""
+    n_shots = len(data.defect_images)
+    if not n_shots and not variant.synthetic:
+        raise InputError("no defect shots to train on (shot=0): only variants with synthetic: true train on "
+                         "pseudo-defects alone; set shot >= 1 or pick such a variant")
+    idx_d = rng.integers(0, n_shots, size=m) if n_shots else np.zeros(m, dtype=np.int64)
     idx_n = rng.integers(0, len(data.normal_images), size=m)
     use_cap = variant.cap != "none" and rng.random() < cap_probability
+    images, masks = data.defect_images, data.defect_masks
+    names = [Path(data.defect_names[i]).name for i in idx_d] if n_shots else []
+    if variant.synthetic:
+        pseudo = rng.random(m) < synthetic_fraction if n_shots else np.ones(m, dtype=bool)
+        hosts = rng.integers(0, len(data.normal_images), size=m)  # the normal images the pseudo-defects go on
+        images, masks, names = [], [], []
+        for i in range(m):
+            if pseudo[i]:
+                image, mask = pseudo_defect(data.normal_images[hosts[i]], data.normal_images, rng, synthetic_confine)
+                name = "pseudo-defect"
+            else:
+                image, mask, name = (data.defect_images[idx_d[i]], data.defect_masks[idx_d[i]],
+                                     Path(data.defect_names[idx_d[i]]).name)
+            images.append(image)
+            masks.append(mask)
+            names.append(name)
+        idx_d = np.arange(m)
     if data.geometry.crops:
-        img_d, mask_d, img_n = sample_crops(data.defect_images, data.defect_masks, data.normal_images, idx_d, idx_n,
+        img_d, mask_d, img_n = sample_crops(images, masks, data.normal_images, idx_d, idx_n,
                                             data.geometry.size, defect_crop_fraction, rng)
     else:
-        img_d, mask_d, img_n = data.defect_images[idx_d], data.defect_masks[idx_d], data.normal_images[idx_n]
+        img_d, mask_d, img_n = _take(images, idx_d), _take(masks, idx_d), data.normal_images[idx_n]
     if augment:
         img_d, mask_d = random_dihedral(img_d, mask_d, rng)
         img_n, _ = random_dihedral(img_n, None, rng)
     return Batch(normalize(img_d.to(device), stats, channels_last), mask_d.to(device).float(),
-                 normalize(img_n.to(device), stats, channels_last), use_cap,
-                 [Path(data.defect_names[i]).name for i in idx_d])
+                 normalize(img_n.to(device), stats, channels_last), use_cap, names)
+
+
+def _take(images: Images, idx: np.ndarray) -> torch.Tensor:
+    """``images[idx]`` stacked, from a tensor or a list of same-sized tensors."""
+    return images[idx] if isinstance(images, torch.Tensor) else torch.stack([images[i] for i in idx])
 
 
 def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch, variant: Variant,

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import math
+from typing import Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -107,6 +108,13 @@ class PixelHistogram:
             inside = regions > 0
             counts = np.bincount((regions[inside] - 1) * LEVELS + levels[inside], minlength=n * LEVELS)
             self.regions.extend(counts.reshape(n, LEVELS))
+
+    def merged(self, other: "PixelHistogram") -> "PixelHistogram":
+        """The counts of both (e.g. one defect type's images and the normal test images)."""
+        out = PixelHistogram()
+        out.positive, out.negative = self.positive + other.positive, self.negative + other.negative
+        out.regions = [*self.regions, *other.regions]
+        return out
 
     def aupro(self, max_fpr: float = AUPRO_MAX_FPR) -> float:
         """Area under the per-region-overlap curve up to ``max_fpr``, divided by ``max_fpr``.
@@ -210,6 +218,38 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float,
             "threshold_cal": float(calibrated),
         })
     return summary, per_image
+
+
+def by_defect_type(probs: Sequence[np.ndarray], test: pd.DataFrame, per_image: pd.DataFrame,
+                   seen: Collection[str]) -> dict[str, dict[str, float]]:
+    """Per defect type of a category's test images, and over the types ``seen`` in the shots and
+    those not (``"seen"`` / ``"unseen"``): mean per-image IoU (from ``per_image``, as
+    :func:`evaluate_category` returns it), pixel AUROC and AUPRO of that type's images together
+    with every normal test image, and the number of images (``n``); ``seen`` 1 or 0 per type."""
+    normal, per_type = PixelHistogram(), {}
+    for prob_u8, row in zip(probs, test.itertuples()):
+        prob = resize_probabilities(prob_u8, int(row.height), int(row.width))
+        if row.label:
+            per_type.setdefault(row.defect_type, PixelHistogram()).add(prob, read_mask(row.mask))
+        else:
+            normal.add(prob, np.zeros(prob.shape, dtype=bool))
+    seen = set(seen)
+    out = {}
+    groups = {t: [t] for t in sorted(per_type)}
+    groups["seen"] = [t for t in per_type if t in seen]
+    groups["unseen"] = [t for t in per_type if t not in seen]
+    for name, types in groups.items():
+        if not types:
+            continue
+        hist = normal
+        for t in types:
+            hist = hist.merged(per_type[t])
+        images = per_image[per_image["defect_type"].isin(types) & per_image["label"].astype(bool)]
+        out[name] = {"iou": float(images["iou"].mean()) if images["iou"].notna().any() else math.nan,
+                     "pixel_auroc": hist.auroc(), "aupro": hist.aupro(), "n": int(len(images))}
+        if name in per_type:
+            out[name]["seen"] = int(name in seen)
+    return out
 
 
 def mean_over_categories(per_category: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -32,7 +32,7 @@ from fsds.engine.device import resolve_channels_last, resolve_device, resolve_pr
 from fsds.errors import InputError
 from fsds.engine.prediction import inference_model, predict_category
 from fsds.engine.training import category_geometry, load_train_data, train_segmenter
-from fsds.evaluation.metrics import evaluate_category
+from fsds.evaluation.metrics import by_defect_type, evaluate_category
 from fsds.evaluation.tables import markdown_table
 from fsds.experiments.grid import apply_overrides
 from fsds.method.weights import encoder_weights
@@ -47,7 +47,7 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> di
     model_cfg = cfg.model_for(variant)
     encoder_state, _ = encoder_weights(model_cfg)
     geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
-    data = load_train_data(table, category, geometry)
+    data = load_train_data(table, category, geometry, shots_required=cfg.shot > 0)
     start = time.perf_counter()
     model, _, _ = train_segmenter(cfg, cfg.variant(variant), data, seed=category_seed(cfg.seed, category),
                                   encoder_state=encoder_state, model_cfg=model_cfg,
@@ -62,8 +62,14 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> di
                                 batch_size=cfg.predict.resolved_batch_size(typical_side(geometry, test)),
                                 device=device, amp_dtype=amp_dtype, channels_last=channels_last,
                                 tile_size=cfg.predict.tile_size, tile_overlap=cfg.predict.tile_overlap)
-    metrics, _ = evaluate_category(probs, test, cfg.metrics.threshold, calibration.threshold if calibration else None)
-    return {**metrics, "train_seconds": seconds, "n_shots": len(data.defect_images), "scale": geometry.scale}
+    metrics, per_image = evaluate_category(probs, test, cfg.metrics.threshold,
+                                           calibration.threshold if calibration else None)
+    seen = set(category_split(table, category)["train_defect"]["defect_type"])
+    types = by_defect_type(probs, test, per_image, seen)
+    flat = {f"{group}_{m}": types[group][m] for group in ("seen", "unseen") if group in types
+            for m in ("iou", "pixel_auroc", "aupro")}
+    return {**metrics, **flat, "by_type": types, "train_seconds": seconds, "n_shots": len(data.defect_images),
+            "scale": geometry.scale}
 
 
 def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Sequence[str], profiles: Sequence[str],
@@ -74,7 +80,7 @@ def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Seque
         for seed in seeds:
             for profile in profiles:
                 cfg = parse_config(apply_overrides(base, {"profile": profile, "shot": shot, "seed": seed,
-                                                          "train.eval_every": 0}))
+                                                          "methods": list(variants), "train.eval_every": 0}))
                 table = k_shot_split(index, shot, seed, cfg.split.unit, cfg.split.calibration_normals)
                 for variant in variants:
                     row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
@@ -94,9 +100,10 @@ def _mean_std(values: pd.Series | None, signed: bool = False) -> str:
     return f"{text} ({values.std(ddof=1):.4f})" if len(values) > 1 else text
 
 
-def summary(results: pd.DataFrame) -> str:
-    """Mean (std) over seeds per (category, overrides, shot) and setting (variant, profile), then each
-    setting's paired difference (per seed) from the first setting of its group."""
+def summary(results: pd.DataFrame, metrics: Sequence[str] = SUMMARY) -> str:
+    """Mean (std) over seeds per (category, overrides, shot) and setting (variant, profile) of each of
+    ``metrics``, then each setting's paired difference (per seed) from the first setting of its group."""
+    compared = [m for m in metrics if m != "train_seconds"]
     results = results.assign(overrides=results["overrides"].fillna("")) if "overrides" in results else \
         results.assign(overrides="")
     results = results.assign(setting=results["variant"] + " " + results["profile"])
@@ -117,17 +124,41 @@ def summary(results: pd.DataFrame) -> str:
         for setting in settings:
             group = runs[runs["setting"] == setting]
             rows.append([category, str(shot), setting, "/".join(f"{lr:g}" for lr in group["lr"].unique()), str(len(group)),
-                         *(_mean_std(group.get(m)) for m in SUMMARY)])
+                         *(_mean_std(group.get(m)) for m in metrics)])
             if setting != settings[0]:
                 paired = group.set_index("seed")
                 seeds = paired.index.intersection(base.index)
                 diffs.append([category, str(shot), f"{setting} - {settings[0]}", str(len(seeds)),
                               *(_mean_std(paired.loc[seeds, m] - base.loc[seeds, m] if m in paired else None, signed=True)
-                                for m in SUMMARY[:-1])])
-    out = markdown_table(["run", "shot", "variant, profile", "lr", "seeds", *SUMMARY], rows)
+                                for m in compared)])
+    out = markdown_table(["run", "shot", "variant, profile", "lr", "seeds", *metrics], rows)
     if diffs:
-        out += "\n\n" + markdown_table(["run", "shot", "difference", "seeds", *SUMMARY[:-1]], diffs)
+        out += "\n\n" + markdown_table(["run", "shot", "difference", "seeds", *compared], diffs)
     return out
+
+
+def type_summary(results: pd.DataFrame) -> str:
+    """Per defect type, for each (category, overrides, shot) and setting: mean (std) over the seeds of
+    IoU, pixel AUROC and AUPRO, split by whether the seed's shots showed that type (runs with
+    ``by_type``, written since issue 20)."""
+    rows = []
+    for line in results.itertuples():
+        for name, m in (getattr(line, "by_type", None) or {}).items():
+            if name in ("seen", "unseen"):
+                continue
+            rows.append({"run": " ".join(filter(None, [line.category, line.overrides or ""])), "shot": line.shot,
+                         "setting": f"{line.variant} {line.profile}", "type": name,
+                         "shown": "seen" if m["seen"] else "unseen", "seed": line.seed, **m})
+    if not rows:
+        raise InputError("no per-type results (by_type) in these lines; they come from sweeps since issue 20")
+    frame = pd.DataFrame(rows)
+    out = []
+    for (run, shot, setting, name, shown), group in frame.groupby(["run", "shot", "setting", "type", "shown"],
+                                                                   sort=False):
+        out.append([run, str(shot), setting, name, shown, str(len(group)),
+                    *(_mean_std(group[m]) for m in ("iou", "pixel_auroc", "aupro"))])
+    return markdown_table(["run", "shot", "variant, profile", "defect type", "in the shots", "seeds", "iou",
+                           "pixel_auroc", "aupro"], out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,11 +173,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("-S", dest="set", action="append", default=[], metavar="KEY=VALUE",
                         help="a params override as for dvc exp run, e.g. split.unit=category (YAML value)")
+    parser.add_argument("--metrics", nargs="+", default=list(SUMMARY),
+                        help="the columns of the summary, e.g. unseen_iou unseen_pixel_auroc unseen_aupro "
+                             "(per defect type: seen_* / unseen_* for the types the shots showed or not)")
+    parser.add_argument("--by-type", action="store_true",
+                        help="with --summarize: per defect type, split by whether the shots showed it")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"), help="JSON lines, appended")
     args = parser.parse_args(argv)
     if args.summarize:
-        print(summary(pd.read_json(args.summarize, lines=True)))
+        results = pd.read_json(args.summarize, lines=True)
+        print(type_summary(results) if args.by_type else summary(results, args.metrics))
         return
     if not (args.root and args.category and args.variant and args.profiles):
         parser.error("give ROOT CATEGORY --variant V --profiles P [P ...], or --summarize JSONL")
@@ -159,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     base = apply_overrides(yaml.safe_load(Path(args.params).read_text()), overrides)
     results = sweep(base, args.root, args.category, args.variant, args.profiles, args.shots, args.seeds, args.out,
                     args.set)
-    print(summary(results))
+    print(summary(results, args.metrics))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     with atomic_dir(out_dir) as tmp:
         for category in categories:
             geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
-            data = load_train_data(table, category, geometry)
+            data = load_train_data(table, category, geometry, shots_required=cfg.shot > 0)
             snapshot, resumed = None, None
             if store is not None:
                 key = fingerprint(config, dataclasses.asdict(variant), dataclasses.asdict(model_cfg), category,
