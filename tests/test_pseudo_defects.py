@@ -51,8 +51,9 @@ def test_each_kind_of_change_is_drawn_and_leaves_a_mask():
     for seed in range(40):
         rng = np.random.default_rng(seed)
         state = rng.bit_generator.state
-        pseudo_defect(textured(seed), pool, rng, confine=False)
-        # the kind is the draw after the region's: replay to find it
+        _, mask = pseudo_defect(textured(seed), pool, rng, confine=False)
+        assert mask.any()
+        # the kind is the draw after the first region's: replay to find it
         replay = np.random.default_rng()
         replay.bit_generator.state = state
         draw_region(64, 80, replay)
@@ -140,15 +141,35 @@ def test_zero_shots_train_on_pseudo_defects_alone():
 
 
 def test_variants_without_pseudo_defects_draw_as_before():
-    """A variant without ``synthetic`` takes no pseudo-defect draws: its batches do not depend on the
-    synthetic params, and they hold only the shots."""
+    """A variant without ``synthetic`` takes exactly the draws Algorithm 1 took before pseudo-defects
+    existed (shots, normals, CaP, one dihedral per defect and per normal sample), whatever the
+    synthetic params, and its batch holds only the shots."""
     data = _data(2)
-    a = sample_batch(data, np.random.default_rng(3), 4, Variant("cosine", "weighted"), 0.5, True, IMAGENET,
-                     torch.device("cpu"), synthetic_fraction=0.5)
-    b = sample_batch(data, np.random.default_rng(3), 4, Variant("cosine", "weighted"), 0.5, True, IMAGENET,
-                     torch.device("cpu"), synthetic_fraction=1.0, synthetic_confine=True)
-    assert torch.equal(a.defect, b.defect) and torch.equal(a.mask, b.mask) and a.names == b.names
-    assert all(name.startswith("shot") for name in a.names)
+    rng = np.random.default_rng(3)
+    batch = sample_batch(data, rng, 4, Variant("cosine", "weighted"), 0.5, True, IMAGENET, torch.device("cpu"),
+                         synthetic_fraction=1.0, synthetic_confine=True)
+    replay = np.random.default_rng(3)
+    replay.integers(0, 2, size=4), replay.integers(0, 4, size=4), replay.random()
+    replay.integers(0, 8, size=4), replay.integers(0, 8, size=4)
+    assert rng.bit_generator.state == replay.bit_generator.state
+    assert all(name.startswith("shot") for name in batch.names)
+    assert (batch.mask.flatten(1).sum(1) == 100).all()  # the shots' 10 x 10 defects, turned or not
+
+
+def test_a_pseudo_defect_goes_on_another_normal_image_than_its_partner(monkeypatch):
+    data = _data(0, n_normals=2)
+    hosts = []
+    monkeypatch.setattr(training, "pseudo_defect", lambda image, pool, rng, confine: (
+        hosts.append(image) or pseudo_defect(image, pool, rng, confine)))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        batch = sample_batch(data, rng, 2, SYN, 0.5, False, IMAGENET, torch.device("cpu"), synthetic_fraction=1.0)
+        normal = batch.normal  # normalised partners: compare by their source image
+        for i in range(2):
+            host = hosts[-2 + i]
+            partner = [j for j in range(2) if torch.allclose(
+                training.normalize(data.normal_images[j : j + 1], IMAGENET)[0], normal[i])]
+            assert partner and not torch.equal(host, data.normal_images[partner[0]])
 
 
 def test_crops_of_pseudo_defects_hold_them(tiny_index):

@@ -237,7 +237,8 @@ def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Var
     names = [Path(data.defect_names[i]).name for i in idx_d] if n_shots else []
     if variant.synthetic:
         pseudo = rng.random(m) < synthetic_fraction if n_shots else np.ones(m, dtype=bool)
-        hosts = rng.integers(0, len(data.normal_images), size=m)  # the normal images the pseudo-defects go on
+        n_normals = len(data.normal_images)  # the pseudo-defects go on normal images other than their partners
+        hosts = (idx_n + rng.integers(1, n_normals, size=m)) % n_normals if n_normals > 1 else idx_n
         images, masks, names = [], [], []
         for i in range(m):
             if pseudo[i]:
@@ -263,8 +264,9 @@ def sample_batch(data: TrainData, rng: np.random.Generator, m: int, variant: Var
 
 
 def _take(images: Images, idx: np.ndarray) -> torch.Tensor:
-    """``images[idx]`` stacked, from a tensor or a list of same-sized tensors."""
-    return images[idx] if isinstance(images, torch.Tensor) else torch.stack([images[i] for i in idx])
+    """``images[idx]`` stacked: a list of same-sized tensors item by item, else indexed as given (a
+    tensor, or a loader that takes an index array)."""
+    return torch.stack([images[i] for i in idx]) if isinstance(images, list) else images[idx]
 
 
 def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch, variant: Variant,

@@ -143,11 +143,17 @@ def type_summary(results: pd.DataFrame) -> str:
     ``by_type``, written since issue 20)."""
     rows = []
     for line in results.itertuples():
-        for name, m in (getattr(line, "by_type", None) or {}).items():
+        types = getattr(line, "by_type", None)
+        if not isinstance(types, dict):  # a line from before per-type results
+            continue
+        overrides = line.overrides if isinstance(getattr(line, "overrides", None), str) else ""
+        held = getattr(line, "calibration_normals", 0)
+        held = int(held) if held == held else 0  # NaN on lines from before held-out normals
+        run = " ".join(filter(None, [line.category, overrides, f"{held} normals held out" if held else ""]))
+        for name, m in types.items():
             if name in ("seen", "unseen"):
                 continue
-            rows.append({"run": " ".join(filter(None, [line.category, line.overrides or ""])), "shot": line.shot,
-                         "setting": f"{line.variant} {line.profile}", "type": name,
+            rows.append({"run": run, "shot": line.shot, "setting": f"{line.variant} {line.profile}", "type": name,
                          "shown": "seen" if m["seen"] else "unseen", "seed": line.seed, **m})
     if not rows:
         raise InputError("no per-type results (by_type) in these lines; they come from sweeps since issue 20")

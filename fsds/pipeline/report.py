@@ -218,7 +218,10 @@ def write_figures(cfg: Config, table: pd.DataFrame, curves: Mapping[str, pd.Data
         [m for m in cfg.methods if cfg.variant(m).cap != "none"]
     if not cap_methods:
         return
-    shots = example_rows(table[table["split"] == "train_defect"], categories, n_examples)
+    shots = table[table["split"] == "train_defect"]
+    if shots.empty:  # zero shots (pseudo-defects alone): no real defect to paste
+        return
+    shots = example_rows(shots, categories, n_examples)
     rng = np.random.default_rng(cfg.seed)
     rows, size = [], cfg.train.image_size
     for category, group in shots.groupby("category", sort=True):
