@@ -61,6 +61,9 @@ def test_variants_are_trained_on_the_same_splits_and_paired(tiny_root, tmp_path,
     difference = [line for line in capsys.readouterr().out.splitlines() if "| B_NBR a - B a |" in line]
     iou_gap = (rows[1]["iou"] - rows[0]["iou"] + rows[3]["iou"] - rows[2]["iou"]) / 2
     assert len(difference) == 1 and difference[0].split("|")[5].strip().startswith(f"{iou_gap:+.4f}")
+    main(["--summarize", str(out), "--base", "B_NBR a"])  # the differences from another setting
+    difference = [line for line in capsys.readouterr().out.splitlines() if "| B a - B_NBR a |" in line]
+    assert len(difference) == 1 and difference[0].split("|")[5].strip().startswith(f"{-iou_gap:+.4f}")
 
 
 def test_a_bad_override_or_missing_argument_stops_with_usage(tiny_root, capsys):

@@ -10,7 +10,9 @@ Each run is what the pipeline's split, train, predict and metrics stages do for 
 threshold (``*_cal``). Every run appends one JSON line to ``--out`` as it finishes (so a long sweep
 can be read while it runs) and the end prints mean (std) over the seeds of each setting (variant
 and profile) and the paired per-seed differences from the first setting as markdown
-(``--summarize FILE`` prints them for lines already written, e.g. several sweeps appended to one file). For results to commit, run a grid (``stages.grid``): it
+(``--summarize FILE`` prints them for lines already written, e.g. several sweeps appended to one file;
+``--base SETTING`` takes the differences from another setting, ``--metrics`` picks the columns,
+``--by-type`` prints per defect type whether the shots showed it or not). For results to commit, run a grid (``stages.grid``): it
 versions every cell; this is for deciding what is worth a grid.
 """
 
@@ -100,9 +102,10 @@ def _mean_std(values: pd.Series | None, signed: bool = False) -> str:
     return f"{text} ({values.std(ddof=1):.4f})" if len(values) > 1 else text
 
 
-def summary(results: pd.DataFrame, metrics: Sequence[str] = SUMMARY) -> str:
+def summary(results: pd.DataFrame, metrics: Sequence[str] = SUMMARY, base: str | None = None) -> str:
     """Mean (std) over seeds per (category, overrides, shot) and setting (variant, profile) of each of
-    ``metrics``, then each setting's paired difference (per seed) from the first setting of its group."""
+    ``metrics``, then each setting's paired difference (per seed) from the group's ``base`` setting
+    (e.g. ``"L0_B_NBR_CaP fast"``; the first setting of the group if None or not in it)."""
     compared = [m for m in metrics if m != "train_seconds"]
     results = results.assign(overrides=results["overrides"].fillna("")) if "overrides" in results else \
         results.assign(overrides="")
@@ -120,16 +123,19 @@ def summary(results: pd.DataFrame, metrics: Sequence[str] = SUMMARY) -> str:
     for (category, overrides, held, shot), runs in results.groupby(keys, sort=False):
         category = " ".join(filter(None, [category, overrides, f"{int(held)} normals held out" if held else ""]))
         settings = list(dict.fromkeys(runs["setting"]))
-        base = runs[runs["setting"] == settings[0]].set_index("seed")
+        if base in settings:
+            settings = [base, *(x for x in settings if x != base)]
+        reference = runs[runs["setting"] == settings[0]].set_index("seed")
         for setting in settings:
             group = runs[runs["setting"] == setting]
             rows.append([category, str(shot), setting, "/".join(f"{lr:g}" for lr in group["lr"].unique()), str(len(group)),
                          *(_mean_std(group.get(m)) for m in metrics)])
             if setting != settings[0]:
                 paired = group.set_index("seed")
-                seeds = paired.index.intersection(base.index)
+                seeds = paired.index.intersection(reference.index)
                 diffs.append([category, str(shot), f"{setting} - {settings[0]}", str(len(seeds)),
-                              *(_mean_std(paired.loc[seeds, m] - base.loc[seeds, m] if m in paired else None, signed=True)
+                              *(_mean_std(paired.loc[seeds, m] - reference.loc[seeds, m] if m in paired else None,
+                                          signed=True)
                                 for m in compared)])
     out = markdown_table(["run", "shot", "variant, profile", "lr", "seeds", *metrics], rows)
     if diffs:
@@ -182,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", nargs="+", default=list(SUMMARY),
                         help="the columns of the summary, e.g. unseen_iou unseen_pixel_auroc unseen_aupro "
                              "(per defect type: seen_* / unseen_* for the types the shots showed or not)")
+    parser.add_argument("--base", metavar="SETTING",
+                        help='the setting the differences are from, e.g. "L0_B_NBR_CaP fast" (default: the first)')
     parser.add_argument("--by-type", action="store_true",
                         help="with --summarize: per defect type, split by whether the shots showed it")
     parser.add_argument("--params", default="params.yaml")
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.summarize:
         results = pd.read_json(args.summarize, lines=True)
-        print(type_summary(results) if args.by_type else summary(results, args.metrics))
+        print(type_summary(results) if args.by_type else summary(results, args.metrics, args.base))
         return
     if not (args.root and args.category and args.variant and args.profiles):
         parser.error("give ROOT CATEGORY --variant V --profiles P [P ...], or --summarize JSONL")
@@ -202,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     base = apply_overrides(yaml.safe_load(Path(args.params).read_text()), overrides)
     results = sweep(base, args.root, args.category, args.variant, args.profiles, args.shots, args.seeds, args.out,
                     args.set)
-    print(summary(results, args.metrics))
+    print(summary(results, args.metrics, args.base))
 
 
 if __name__ == "__main__":
