@@ -164,9 +164,12 @@ def type_summary(results: pd.DataFrame) -> str:
     if not rows:
         raise InputError("no per-type results (by_type) in these lines; they come from sweeps since issue 20")
     frame = pd.DataFrame(rows)
+    rank = {setting: i for i, setting in enumerate(dict.fromkeys(frame["setting"]))}
+    frame = frame.assign(rank=frame["setting"].map(rank)).sort_values(["run", "shot", "rank", "type", "shown"],
+                                                                      kind="stable")
     out = []
-    for (run, shot, setting, name, shown), group in frame.groupby(["run", "shot", "setting", "type", "shown"],
-                                                                   sort=False):
+    for (run, shot, _, setting, name, shown), group in frame.groupby(
+            ["run", "shot", "rank", "setting", "type", "shown"], sort=False):
         out.append([run, str(shot), setting, name, shown, str(len(group)),
                     *(_mean_std(group[m]) for m in ("iou", "pixel_auroc", "aupro"))])
     return markdown_table(["run", "shot", "variant, profile", "defect type", "in the shots", "seeds", "iou",
