@@ -27,6 +27,8 @@ CAP_KINDS = ("none", "plain", "weighted")
 ARCHS = ("albunet34", "ternausnet11", "ternausnet16", "unet", "attention_unet", "unetplusplus", "lite0_unet", "lite2_unet")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+ENCODER_NORMS = ("auto", "train", "frozen")  # auto: frozen when the encoder starts from pretrained weights
+LR_SCHEDULES = ("constant", "cosine")
 SPLIT_UNITS = ("defect_type", "category")
 MVTEC_DOWNLOADS = ("per_category", "full")
 PROFILE_KEYS = ("image_size", "iterations", "lr", "working_size")  # train keys that the chosen profile sets
@@ -107,6 +109,8 @@ class TrainConfig:
     augment: bool
     nbr_weight: float
     seg_loss: str  # the segmentation loss of variants that do not name one: bce (the paper) | bce_dice | focal
+    encoder_norm: str  # the encoder's batch norms: train (batch statistics) | frozen (their stored statistics) | auto
+    lr_schedule: str  # constant (the paper) | cosine (decays to 0 over the iterations)
     device: str
     precision: str
     channels_last: bool | Literal["auto"]  # NHWC memory for the network and its inputs
@@ -127,6 +131,8 @@ class TrainConfig:
         _check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
         _check(self.nbr_weight >= 0, "train.nbr_weight", "must be >= 0")
         _check_choice(self.seg_loss, SEG_LOSSES, "train.seg_loss")
+        _check_choice(self.encoder_norm, ENCODER_NORMS, "train.encoder_norm")
+        _check_choice(self.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
         _check_choice(self.device, DEVICES, "train.device")
         _check_choice(self.precision, PRECISIONS, "train.precision")
         _check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = all cores)")
@@ -140,6 +146,11 @@ class TrainConfig:
         if not self.working_size:
             return f"{self.image_size} px"
         return f"{self.image_size} px crops of images at up to {self.working_size} px"
+
+    def freezes_encoder_norm(self, pretrained: bool) -> bool:
+        """Whether training keeps the encoder's batch norms at their stored statistics (``auto``: when
+        the encoder starts from pretrained weights, whose statistics a few images per batch would overwrite)."""
+        return self.encoder_norm == "frozen" or (self.encoder_norm == "auto" and pretrained)
 
     def resolved_batch_size(self, shot: int) -> int:
         """The paper's batch sizes: 2 for 1-shot (and for 0 shots, pseudo-defects alone), 4 for more shots."""

@@ -6,7 +6,7 @@ import yaml
 from fsds.config import ModelConfig, load_config, parse_config, variant_label
 from fsds.errors import ConfigError
 from tests.conftest import REPO
-from tests.params import params_with
+from tests.params import make_config, params_with
 
 
 def test_repository_params_load():
@@ -36,7 +36,7 @@ def test_profiles_select_image_size_and_iterations():
     assert paper.train.resolved_batch_size(1) == 2 and paper.train.resolved_batch_size(5) == 4
     assert paper.train.lr == 1e-4  # the paper's Adam rate; the default profile's is its own
     assert parse_config(raw).train.lr == raw["profiles"][raw["profile"]]["lr"]
-    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, fast_crops, cpu, quick, got 'slow'"):
+    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, fast_crops, fast256, cpu, quick, got 'slow'"):
         parse_config({**raw, "profile": "slow"})
     with pytest.raises(ConfigError, match=r"^train\.lr: set it in profiles"):
         parse_config({**raw, "train": {**raw["train"], "lr": 0.01}})
@@ -72,6 +72,8 @@ def test_profiles_select_image_size_and_iterations():
         ({"train": {"checkpoint_every": -1}}, r"^train\.checkpoint_every: must be >= 0"),
         ({"train": {"channels_last": "yes"}}, r"^train\.channels_last: expected true or false"),
         ({"predict": {"batch_size": 0}}, r"^predict\.batch_size: must be 'auto' or >= 1"),
+        ({"train": {"encoder_norm": "fixed"}}, r"^train\.encoder_norm: expected one of auto, train, frozen, got 'fixed'"),
+        ({"train": {"lr_schedule": "step"}}, r"^train\.lr_schedule: expected one of constant, cosine, got 'step'"),
     ],
 )
 def test_bad_values_are_rejected_by_name(raw, message):
@@ -169,3 +171,10 @@ def test_a_variant_names_its_segmentation_loss_and_the_papers_methods_keep_bce()
         parse_config(params_with({"train": {"seg_loss": "dice"}}))
     with pytest.raises(ConfigError, match=r"^variants\.\*\.seg_loss: expected one of bce, bce_dice, focal, got 'dice'"):
         parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "seg_loss": "dice"}}}))
+
+
+def test_encoder_norm_auto_freezes_only_a_pretrained_encoder():
+    frozen = {kind: make_config({"train": {"encoder_norm": kind}}).train for kind in ("auto", "train", "frozen")}
+    assert [frozen["auto"].freezes_encoder_norm(p) for p in (True, False)] == [True, False]
+    assert [frozen["train"].freezes_encoder_norm(p) for p in (True, False)] == [False, False]
+    assert [frozen["frozen"].freezes_encoder_norm(p) for p in (True, False)] == [True, True]

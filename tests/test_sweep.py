@@ -91,3 +91,22 @@ def test_a_sweep_with_zero_shots_trains_on_pseudo_defects_alone(tiny_root, tmp_p
     with pytest.raises(Exception, match="shot: 0 trains on pseudo-defects alone"):
         main([str(tiny_root), "washer", "--variant", "B", "--profiles", "a", "--shots", "0", "--seeds", "0",
               "--params", str(params), "--out", str(out)])
+
+
+def test_pair_overrides_pairs_runs_made_with_and_without_an_override(tmp_path, capsys):
+    """Hand-made lines: without --pair-overrides an override is its own group (nothing to pair);
+    with it, the override names the setting and its per-seed difference from the base is printed."""
+    line = {"category": "fabric", "variant": "B", "profile": "fast", "lr": 1e-3, "shot": 1, "calibration_normals": 0,
+            "iou": 0.0, "train_seconds": 1.0}
+    lines = [{**line, "seed": 0, "overrides": "", "iou": 0.10}, {**line, "seed": 1, "overrides": "", "iou": 0.20},
+             {**line, "seed": 0, "overrides": "train.lr_schedule=cosine", "iou": 0.25},
+             {**line, "seed": 1, "overrides": "train.lr_schedule=cosine", "iou": 0.30}]
+    out = tmp_path / "sweep.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    main(["--summarize", str(out), "--metrics", "iou"])
+    assert " - " not in capsys.readouterr().out  # two groups of one setting each
+    main(["--summarize", str(out), "--metrics", "iou", "--pair-overrides"])
+    printed = capsys.readouterr().out
+    assert "| fabric | 1 | B fast train.lr_schedule=cosine | 0.001 | 2 | 0.2750 (0.0354) |" in printed
+    difference = [x for x in printed.splitlines() if "| B fast train.lr_schedule=cosine - B fast |" in x]
+    assert len(difference) == 1 and difference[0].split("|")[5].strip() == "+0.1250 (0.0354)"  # 0.15 and 0.10

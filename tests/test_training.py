@@ -1,4 +1,5 @@
 import dataclasses
+import io
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 from fsds.config import Variant
 from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
 from fsds.engine.device import resolve_channels_last, resolve_precision
-from fsds.engine.training import load_train_data, train_segmenter
+from fsds.engine.training import load_probe, load_train_data, train_segmenter
 from fsds.pipeline.train import category_seed, stage_params
 from tests.params import make_config
 
@@ -176,3 +177,48 @@ def test_the_cpu_is_named_with_what_decides_its_speed(monkeypatch, flags, unit):
     monkeypatch.setattr(device, "_cpuinfo", lambda: info)
     cores = len(os.sched_getaffinity(0))
     assert device.cpu_model() == f"AMD EPYC (family 25 model 17), {cores} cores, {unit}"
+
+
+def _encoder_and_decoder_norms(model):
+    norms = lambda part: [m for m in part.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # noqa: E731
+    return norms(model.encoder), norms(model.decoder)
+
+
+@pytest.mark.parametrize("kind", ["train", "frozen"])
+def test_frozen_encoder_norms_keep_their_statistics_and_the_decoders_learn(tiny_config, tiny_split, washer_data, kind):
+    """The random encoder's norms start at mean 0 / variance 1: frozen, they stay there through
+    training (and the probe evaluation's switch back to train mode); not frozen, they move."""
+    cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, encoder_norm=kind, eval_every=1))
+    probe = load_probe(tiny_split, "washer", 64, 2, 0)
+    model, _, _ = train_segmenter(cfg, Variant("cosine", "weighted"), washer_data, seed=0, probe=probe)
+    encoder_norms, decoder_norms = _encoder_and_decoder_norms(model)
+    assert encoder_norms and decoder_norms
+    untouched = [bool((n.running_mean == 0).all() and (n.running_var == 1).all()) for n in encoder_norms]
+    assert all(untouched) if kind == "frozen" else not any(untouched)
+    assert not any((n.running_mean == 0).all() for n in decoder_norms)  # the decoder's still follow its batches
+    assert model.encoder.training == model.decoder.training  # only the norms are held, not the module
+
+
+def test_cosine_schedule_decays_the_rate_to_zero_and_resumes_where_it_left_off(tiny_config, washer_data):
+    cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(
+        tiny_config.train, lr_schedule="cosine", iterations=4, checkpoint_every=2, eval_every=0))
+    snapshots = {}
+
+    def keep(state):  # through torch.save/load like the real snapshot file (the state holds live tensors)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        snapshots[state["iteration"]] = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+
+    model, optimizer, history = train_segmenter(cfg, Variant("none", "none"), washer_data, seed=3, on_checkpoint=keep)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert snapshots[2]["schedule"]["last_epoch"] == 2
+    resumed, resumed_optimizer, resumed_history = train_segmenter(cfg, Variant("none", "none"), washer_data, seed=3,
+                                                                  resume_state=snapshots[2])
+    assert resumed_history.equals(history)
+    for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    constant = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr_schedule="constant"))
+    _, constant_optimizer, constant_history = train_segmenter(constant, Variant("none", "none"), washer_data, seed=3)
+    assert constant_optimizer.param_groups[0]["lr"] == cfg.train.lr
+    assert constant_history["loss"].iloc[0] == history["loss"].iloc[0]  # the first step is the same
+    assert not constant_history["loss"].equals(history["loss"])

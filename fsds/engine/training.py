@@ -166,8 +166,11 @@ def train_segmenter(
     model = build_model(model_cfg or cfg.model, encoder_state).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if tc.freezes_encoder_norm(pretrained=encoder_state is not None):
+        model.freeze_encoder_norms()
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+    schedule = lr_schedule(optimizer, tc.lr_schedule, tc.iterations)
 
     m = tc.resolved_batch_size(cfg.shot)
     history: list[dict[str, float]] = []
@@ -175,6 +178,8 @@ def train_segmenter(
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(resume_state["schedule"])
         rng.bit_generator.state = resume_state["numpy_rng"]
         torch.set_rng_state(resume_state["torch_rng"])
         history = list(resume_state["history"])
@@ -186,6 +191,8 @@ def train_segmenter(
                              channels_last, tc.defect_crop_fraction, tc.synthetic_fraction, tc.synthetic_confine)
         row = {"iteration": it, **train_step(model, optimizer, batch, variant, tc.nbr_weight, amp_dtype, it),
                "probe_iou": math.nan}
+        if schedule is not None:
+            schedule.step()
         if probe is not None and tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
             row["probe_iou"] = probe_iou(model, probe, device, amp_dtype, cfg.metrics.threshold,
                                          channels_last=channels_last)
@@ -195,15 +202,30 @@ def train_segmenter(
         if it % tc.log_every == 0 or it == tc.iterations:
             bar.set_postfix(loss=f"{row['loss']:.4f}", seg=f"{row['seg']:.4f}", nbr=f"{row['nbr']:.3f}")
         if on_checkpoint is not None and tc.checkpoint_every and (it % tc.checkpoint_every == 0 or it == tc.iterations):
-            on_checkpoint(loop_state(it, model, optimizer, rng, history))
+            on_checkpoint(loop_state(it, model, optimizer, rng, history, schedule))
     return model, optimizer, pd.DataFrame(history, columns=HISTORY_COLUMNS)
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, kind: str,
+                iterations: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``train.lr_schedule``: None for ``constant`` (the paper), else cosine decay from ``train.lr``
+    to 0 over ``iterations`` steps (stepped after each iteration)."""
+    if kind == "constant":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
+    raise ValueError(f"train.lr_schedule: unknown schedule {kind!r}")
+
+
 def loop_state(iteration: int, model: Segmenter, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
-               history: list[dict[str, float]]) -> dict[str, Any]:
+               history: list[dict[str, float]],
+               schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, Any]:
     """Everything the training loop carries from one iteration to the next."""
-    return {"iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": list(history)}
+    state = {"iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": list(history)}
+    if schedule is not None:
+        state["schedule"] = schedule.state_dict()
+    return state
 
 
 @dataclass

@@ -11,7 +11,8 @@ threshold (``*_cal``). Every run appends one JSON line to ``--out`` as it finish
 can be read while it runs) and the end prints mean (std) over the seeds of each setting (variant
 and profile) and the paired per-seed differences from the first setting as markdown
 (``--summarize FILE`` prints them for lines already written, e.g. several sweeps appended to one file;
-``--base SETTING`` takes the differences from another setting, ``--metrics`` picks the columns,
+``--base SETTING`` takes the differences from another setting, ``--pair-overrides`` pairs runs
+made with and without ``-S`` overrides, ``--metrics`` picks the columns,
 ``--by-type`` prints per defect type whether the shots showed it or not). For results to commit, run a grid (``stages.grid``): it
 versions every cell; this is for deciding what is worth a grid.
 """
@@ -102,14 +103,19 @@ def _mean_std(values: pd.Series | None, signed: bool = False) -> str:
     return f"{text} ({values.std(ddof=1):.4f})" if len(values) > 1 else text
 
 
-def summary(results: pd.DataFrame, metrics: Sequence[str] = SUMMARY, base: str | None = None) -> str:
+def summary(results: pd.DataFrame, metrics: Sequence[str] = SUMMARY, base: str | None = None,
+            overrides_in_setting: bool = False) -> str:
     """Mean (std) over seeds per (category, overrides, shot) and setting (variant, profile) of each of
     ``metrics``, then each setting's paired difference (per seed) from the group's ``base`` setting
-    (e.g. ``"L0_B_NBR_CaP fast"``; the first setting of the group if None or not in it)."""
+    (e.g. ``"L0_B_NBR_CaP fast"``; the first setting of the group if None or not in it).
+    ``overrides_in_setting``: a line's ``-S`` overrides name part of its setting instead of its group,
+    so that runs with and without an override are paired (e.g. ``"L0_B fast train.encoder_norm=frozen"``)."""
     compared = [m for m in metrics if m != "train_seconds"]
     results = results.assign(overrides=results["overrides"].fillna("")) if "overrides" in results else \
         results.assign(overrides="")
     results = results.assign(setting=results["variant"] + " " + results["profile"])
+    if overrides_in_setting:
+        results = results.assign(setting=(results["setting"] + " " + results["overrides"]).str.strip(), overrides="")
     # lines from before calibration trained on every normal; runs that held some out are another group
     held = results["calibration_normals"].fillna(0) if "calibration_normals" in results else 0
     results = results.assign(calibration_normals=held)
@@ -193,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(per defect type: seen_* / unseen_* for the types the shots showed or not)")
     parser.add_argument("--base", metavar="SETTING",
                         help='the setting the differences are from, e.g. "L0_B_NBR_CaP fast" (default: the first)')
+    parser.add_argument("--pair-overrides", action="store_true",
+                        help="with --summarize: a line's -S overrides are part of its setting, so runs with and "
+                             "without them are paired (e.g. the base \"L0_B fast\" against \"L0_B fast train.lr_schedule=cosine\")")
     parser.add_argument("--by-type", action="store_true",
                         help="with --summarize: per defect type, split by whether the shots showed it")
     parser.add_argument("--params", default="params.yaml")
@@ -200,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.summarize:
         results = pd.read_json(args.summarize, lines=True)
-        print(type_summary(results) if args.by_type else summary(results, args.metrics, args.base))
+        print(type_summary(results) if args.by_type else
+              summary(results, args.metrics, args.base, overrides_in_setting=args.pair_overrides))
         return
     if not (args.root and args.category and args.variant and args.profiles):
         parser.error("give ROOT CATEGORY --variant V --profiles P [P ...], or --summarize JSONL")

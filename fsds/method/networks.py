@@ -36,6 +36,22 @@ class Segmenter(nn.Module):
         self.decoder = decoder
         self.head = head
         self.input_stats = input_stats  # how its input is normalised (fsds.data.images.normalize)
+        self.frozen_encoder_norms = False  # set by freeze_encoder_norms
+
+    def freeze_encoder_norms(self) -> "Segmenter":
+        """Keep the encoder's batch norms at their stored running statistics in train mode too (their
+        affine weights still learn): batch statistics of the 2-4 images of a few-shot batch would
+        replace the pretrained ones."""
+        self.frozen_encoder_norms = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Segmenter":
+        super().train(mode)
+        if mode and self.frozen_encoder_norms:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps from full resolution down to stride 32; the last one is what NBR pools."""
