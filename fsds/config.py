@@ -163,10 +163,22 @@ class TrainConfig:
 class ModelConfig:
     arch: str
     encoder_weights: str
+    # The U-Net decoder's widths, deepest block first (smp ``decoder_channels``): auto = each network's
+    # own (fsds.method.networks.DECODER_CHANNELS), or five widths for every smp U-Net
+    decoder_channels: str | tuple[int, ...]
 
     def __post_init__(self) -> None:
         _check_choice(self.arch, ARCHS, "model.arch")
         _check(bool(self.encoder_weights), "model.encoder_weights", "use none, imagenet or the path of a state dict")
+        widths = self.decoder_channels
+        if isinstance(widths, str):
+            _check(widths == "auto", "model.decoder_channels", f"expected auto or a list of 5 widths, got {widths!r}")
+        else:
+            _check(len(widths) == 5 and all(w >= 1 for w in widths), "model.decoder_channels",
+                   f"expected 5 positive widths, one per decoder block (deepest first), got {list(widths)}")
+            _check(self.arch not in ("unet", "attention_unet"), "model.decoder_channels",
+                   f"{self.arch} has fixed widths (64 to 1024); use auto, or an smp network "
+                   "(albunet34, ternausnet11/16, unetplusplus, lite0_unet, lite2_unet)")
 
 
 @dataclass(frozen=True)
@@ -276,6 +288,7 @@ class Config:
                 "methods",
                 f"{name!r} is not a variant; params.yaml `variants` defines: {', '.join(self.variants)}",
             )
+            self.model_for(name)  # model.decoder_channels against the variant's own network
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -286,7 +299,8 @@ class Config:
         """The network of variant ``name``: its own ``arch`` and ``encoder_weights``, else ``model``'s."""
         variant = self.variant(name)
         return ModelConfig(arch=variant.arch or self.model.arch,
-                           encoder_weights=variant.encoder_weights or self.model.encoder_weights)
+                           encoder_weights=variant.encoder_weights or self.model.encoder_weights,
+                           decoder_channels=self.model.decoder_channels)
 
     def seg_loss_for(self, name: str) -> str:
         """The segmentation loss of variant ``name``: its own ``seg_loss``, else ``train.seg_loss``."""
@@ -405,6 +419,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{key}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
+    if origin is tuple and typing.get_args(hint)[0] is int:
+        if not isinstance(value, (list, tuple)) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key}: expected a non-empty list of integers, got {value!r}")
+        return tuple(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value) or not value:
             raise ConfigError(f"{key}: expected a non-empty list of names, got {value!r}")

@@ -15,7 +15,7 @@ def test_repository_params_load():
     # the default run: Table V on the Lite0 U-Net with the ImageNet weights of its registry package
     assert cfg.methods == ("L0_B", "L0_B_NBR", "L0_B_NBR_CaP")
     for name in cfg.methods:
-        assert cfg.model_for(name) == ModelConfig(arch="lite0_unet", encoder_weights="imagenet")
+        assert cfg.model_for(name) == ModelConfig(arch="lite0_unet", encoder_weights="imagenet", decoder_channels="auto")
     assert [cfg.variant(m).nbr for m in cfg.methods] == ["none", "cosine", "cosine"]
     assert [cfg.variant(m).cap for m in cfg.methods] == ["none", "none", "weighted"]
     assert cfg.variant("B_NBR_CaP").cap == "weighted"
@@ -25,7 +25,7 @@ def test_repository_params_load():
     for name, arch in nets.items():
         assert (cfg.model_for(name).arch, cfg.variant(name).cap, cfg.variant(name).nbr) == (arch, "plain", "none")
     assert cfg.variant("B_NBR_CaP1").cap == "plain" and cfg.variant("B_NBReuc_CaP").nbr == "euclidean"
-    assert cfg.model_for("B") == cfg.model == ModelConfig(arch="albunet34", encoder_weights="none")  # the paper's B
+    assert cfg.model_for("B") == cfg.model == ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto")  # the paper's B
     assert (cfg.train.image_size, cfg.train.iterations) == (128, 300)
 
 
@@ -74,6 +74,12 @@ def test_profiles_select_image_size_and_iterations():
         ({"predict": {"batch_size": 0}}, r"^predict\.batch_size: must be 'auto' or >= 1"),
         ({"train": {"encoder_norm": "fixed"}}, r"^train\.encoder_norm: expected one of auto, train, frozen, got 'fixed'"),
         ({"train": {"lr_schedule": "step"}}, r"^train\.lr_schedule: expected one of constant, cosine, got 'step'"),
+        ({"model": {"decoder_channels": "slim"}}, r"^model\.decoder_channels: expected auto or a list of 5 widths"),
+        ({"model": {"decoder_channels": [64, 32, 16]}}, r"^model\.decoder_channels: expected 5 positive widths"),
+        ({"model": {"decoder_channels": [64, 32, 16, 8, 0]}}, r"^model\.decoder_channels: expected 5 positive widths"),
+        ({"model": {"decoder_channels": [64, 32, 16, 8, 8.5]}}, r"^model\.decoder_channels: .*list of integers"),
+        ({"model": {"decoder_channels": [64, 32, 16, 8, 8]}, "methods": ["UNet"]},
+         r"^model\.decoder_channels: unet has fixed widths"),
     ],
 )
 def test_bad_values_are_rejected_by_name(raw, message):
@@ -82,7 +88,7 @@ def test_bad_values_are_rejected_by_name(raw, message):
 
 
 @pytest.mark.parametrize("key", ["shot", "train.augment", "train.eval_every", "data.synthetic.seed", "metrics.threshold",
-                                 "variants.B.nbr", "mlflow.experiment", "methods"])
+                                 "variants.B.nbr", "mlflow.experiment", "methods", "model.decoder_channels"])
 def test_a_missing_key_is_an_error_that_names_it(key):
     """params.yaml is the one source of every value: nothing falls back to a default in the code."""
     raw = params_with({})
@@ -153,9 +159,9 @@ def test_a_variant_takes_its_own_network_and_weights_or_models():
                 "ArchOnly": {"nbr": "none", "cap": "none", "arch": "lite0_unet"},
                 "Plain": {"nbr": "none", "cap": "none"}}
     cfg = parse_config(params_with({"variants": variants, "model": {"arch": "unet", "encoder_weights": "none"}}))
-    assert cfg.model_for("Own") == ModelConfig("lite2_unet", "imagenet")
-    assert cfg.model_for("ArchOnly") == ModelConfig("lite0_unet", "none")
-    assert cfg.model_for("Plain") == ModelConfig("unet", "none")
+    assert cfg.model_for("Own") == ModelConfig("lite2_unet", "imagenet", "auto")
+    assert cfg.model_for("ArchOnly") == ModelConfig("lite0_unet", "none", "auto")
+    assert cfg.model_for("Plain") == ModelConfig("unet", "none", "auto")
     with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, label, nbr, seg_loss"):
         parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "weights": "imagenet"}}}))
 

@@ -53,7 +53,7 @@ def test_auto_precision_is_bf16_autocast_on_a_gpu_that_has_it():
 def test_training_with_autocast_on_the_gpu_is_finite_and_lowers_the_loss(tiny_config, tiny_split, arch):
     cfg = _on_cuda(tiny_config, precision="auto", iterations=40, image_size=64)
     data = load_train_data(tiny_split, "fabric", 64)
-    model, _, history = train_segmenter(cfg, cfg.variant("B_NBR_CaP"), data, seed=0, model_cfg=ModelConfig(arch, "none"))
+    model, _, history = train_segmenter(cfg, cfg.variant("B_NBR_CaP"), data, seed=0, model_cfg=ModelConfig(arch, "none", "auto"))
     assert all(p.is_cuda for p in model.parameters())
     assert np.isfinite(history[["loss", "seg", "nbr"]].to_numpy()).all()
     assert history["seg"].tail(5).mean() < history["seg"].head(5).mean()

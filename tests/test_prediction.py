@@ -12,7 +12,7 @@ from fsds.method.networks import build_model
 @pytest.mark.parametrize("arch", ARCHS)
 def test_folding_batch_norms_keeps_the_output(arch):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, encoder_weights="none"))
+    model = build_model(ModelConfig(arch=arch, encoder_weights="none", decoder_channels="auto"))
     model.train()
     with torch.no_grad():  # give every batch norm real running statistics
         for _ in range(3):
@@ -31,7 +31,7 @@ def test_folding_batch_norms_keeps_the_output(arch):
 
 def test_predicted_maps_are_the_same_after_folding():
     torch.manual_seed(1)
-    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none")).eval()
+    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto")).eval()
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     before = predict_probabilities(model, images, batch_size=2)
     after = predict_probabilities(inference_model(model, channels_last=True), images, batch_size=2, channels_last=True)

@@ -66,7 +66,7 @@ def test_the_packaged_weights_load_with_no_network(arch, monkeypatch):
         raise AssertionError("no download may be attempted")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    cfg = ModelConfig(arch=arch, encoder_weights="imagenet")
+    cfg = ModelConfig(arch=arch, encoder_weights="imagenet", decoder_channels="auto")
     state, source = encoder_weights(cfg)
     assert source.startswith("imagenet (") and PACKAGED[arch][0] in source
     model = build_model(cfg, state)
@@ -78,12 +78,12 @@ def test_the_packaged_weights_load_with_no_network(arch, monkeypatch):
 @pytest.mark.parametrize("arch", LITES)
 def test_the_mapped_encoder_agrees_with_its_batch_norm_statistics(arch, images):
     x, real = images
-    cfg = ModelConfig(arch=arch, encoder_weights="imagenet")
+    cfg = ModelConfig(arch=arch, encoder_weights="imagenet", decoder_channels="auto")
     state, _ = encoder_weights(cfg)
     assert bn_agreement(build_model(cfg, state), x) > (0.8 if real else 0.7)
 
     # The same tensors paired wrongly (rotated among those of the same shape and kind) compute noise.
-    model = build_model(ModelConfig(arch=arch, encoder_weights="none"))
+    model = build_model(ModelConfig(arch=arch, encoder_weights="none", decoder_channels="auto"))
     mapped = efficientnet_pytorch_to_encoder(state, model.encoder)
     groups = collections.defaultdict(list)
     for key, tensor in mapped.items():
@@ -97,16 +97,16 @@ def test_the_mapped_encoder_agrees_with_its_batch_norm_statistics(arch, images):
 
 
 def test_a_file_of_another_network_is_refused():
-    lite0, _ = encoder_weights(ModelConfig(arch="lite0_unet", encoder_weights="imagenet"))
+    lite0, _ = encoder_weights(ModelConfig(arch="lite0_unet", encoder_weights="imagenet", decoder_channels="auto"))
     with pytest.raises(InputError, match="not this EfficientNet-Lite"):
-        build_model(ModelConfig(arch="lite2_unet", encoder_weights="none"), lite0)
+        build_model(ModelConfig(arch="lite2_unet", encoder_weights="none", decoder_channels="auto"), lite0)
 
 
 def test_the_networks_own_normalisation_travels_from_checkpoint_to_predict_and_onnx(tmp_path, tiny_config, tiny_root):
     """EfficientNet-Lite takes [-1, 1], AlbuNet ImageNet mean/std: the checkpoint keeps which, and the
     predict stage, `fsds predict`, the deployed (MLflow) model and ONNX all apply it."""
     assert build_model(tiny_config.model).input_stats == IMAGENET
-    cfg = dataclasses.replace(tiny_config, model=ModelConfig(arch="lite0_unet", encoder_weights="none"))
+    cfg = dataclasses.replace(tiny_config, model=ModelConfig(arch="lite0_unet", encoder_weights="none", decoder_channels="auto"))
     torch.manual_seed(0)
     net = build_model(cfg.model).eval()
     assert net.input_stats == SIGNED
@@ -137,7 +137,7 @@ def test_the_networks_own_normalisation_travels_from_checkpoint_to_predict_and_o
 
 
 def test_a_checkpoint_without_stored_stats_takes_its_networks(tmp_path, tiny_config):
-    cfg = dataclasses.replace(tiny_config, model=ModelConfig(arch="lite0_unet", encoder_weights="none"))
+    cfg = dataclasses.replace(tiny_config, model=ModelConfig(arch="lite0_unet", encoder_weights="none", decoder_channels="auto"))
     path = tmp_path / "old.pt"
     save_checkpoint(path, build_model(cfg.model), cfg.model, stage_params(cfg, "B"), 3)
     state = torch.load(path, weights_only=False)

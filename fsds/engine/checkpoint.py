@@ -12,12 +12,26 @@ from fsds.config import ModelConfig
 from fsds.data.images import InputGeometry, InputStats
 from fsds.errors import MissingFileError
 from fsds.io import atomic_path
-from fsds.method.networks import Segmenter, build_model
+from fsds.method.networks import SMP_DECODER_CHANNELS, Segmenter, build_model, decoder_channels
 
 
 def model_args(cfg: ModelConfig) -> dict[str, Any]:
-    """What :func:`fsds.method.networks.build_model` needs to rebuild the network from a checkpoint alone."""
-    return {"arch": cfg.arch, "encoder_weights": cfg.encoder_weights}
+    """What :func:`fsds.method.networks.build_model` needs to rebuild the network from a checkpoint
+    alone: the decoder widths as built, so a later change of ``auto`` cannot change them."""
+    args: dict[str, Any] = {"arch": cfg.arch, "encoder_weights": cfg.encoder_weights}
+    widths = decoder_channels(cfg)
+    if widths is not None:
+        args["decoder_channels"] = list(widths)
+    return args
+
+
+def _model_config(args: dict[str, Any]) -> ModelConfig:
+    """A checkpoint's ``model_args`` as a config; checkpoints from before ``decoder_channels`` was
+    stored were built with smp's widths."""
+    args = dict(args)
+    if args["arch"] not in ("unet", "attention_unet"):
+        args["decoder_channels"] = tuple(args.get("decoder_channels", SMP_DECODER_CHANNELS))
+    return ModelConfig(**args)
 
 
 def save_checkpoint(
@@ -55,7 +69,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} not found; run the train stage first")
     state = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(ModelConfig(**state["model_args"]))
+    model = build_model(_model_config(state["model_args"]))
     model.load_state_dict(state["model"])
     if "input_stats" in state:  # checkpoints before it was stored used their arch's, which build_model set
         model.input_stats = InputStats(**{k: tuple(v) for k, v in state["input_stats"].items()})

@@ -75,11 +75,26 @@ _SMP = {  # arch -> (smp model class, encoder name)
     "lite0_unet": (smp.Unet, "timm-tf_efficientnet_lite0"),
     "lite2_unet": (smp.Unet, "timm-tf_efficientnet_lite2"),
 }
+# smp's decoder widths (deepest block first), made for ResNet-34's 64-512 channels; the paper's networks keep them.
+SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+# model.decoder_channels: auto, per network (reports/benchmark.md measures speed and accuracy of the widths)
+DECODER_CHANNELS = {arch: SMP_DECODER_CHANNELS for arch in _SMP}
+
+
+def decoder_channels(cfg: ModelConfig) -> tuple[int, ...] | None:
+    """The decoder widths ``cfg`` builds: its own list, else the network's (``auto``); None for the
+    U-Nets of :mod:`fsds.method.unet`, whose widths are fixed."""
+    if cfg.arch not in _SMP:
+        return None
+    return DECODER_CHANNELS[cfg.arch] if cfg.decoder_channels == "auto" else tuple(cfg.decoder_channels)
+
+
 def build_model(cfg: ModelConfig, encoder_state: Mapping[str, torch.Tensor] | None = None) -> Segmenter:
     """Build the network named by ``model.arch``: random weights, or the given encoder weights."""
     if cfg.arch in _SMP:
         cls, encoder = _SMP[cfg.arch]
-        net = cls(encoder_name=encoder, encoder_weights=None, classes=1, activation=None)
+        net = cls(encoder_name=encoder, encoder_weights=None, classes=1, activation=None,
+                  decoder_channels=list(decoder_channels(cfg)))
         model = Segmenter(net.encoder, net.decoder, net.segmentation_head, INPUT_STATS.get(cfg.arch, IMAGENET))
     elif cfg.arch in ("unet", "attention_unet"):
         model = Segmenter(*unet_parts(attention=cfg.arch == "attention_unet"), IMAGENET)
