@@ -114,6 +114,7 @@ class TrainConfig:
     device: str
     precision: str
     channels_last: bool | Literal["auto"]  # NHWC memory for the network and its inputs
+    fp32_depthwise: bool | Literal["auto"]  # depthwise convolutions in fp32 under bf16 autocast (auto: on a CPU)
     num_threads: int
     log_every: int
     eval_every: int  # test IoU every N iterations (the paper's Fig. 9); 0 = off

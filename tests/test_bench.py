@@ -35,8 +35,8 @@ def cfg():
 def test_reference_and_pipeline_draw_the_same_batch(cfg, files, seed):
     """The reference decodes from disk at every draw, ours reads the cache: the same batches."""
     base = build_model(cfg.model)
-    from_disk = Runner(cfg, REFERENCE, base, files, 64, 2).draw(seed)
-    from_cache = Runner(cfg, Setup(cache=True), base, files, 64, 2).draw(seed)
+    from_disk = Runner(cfg, cfg.model, REFERENCE, base, files, 64, 2).draw(seed)
+    from_cache = Runner(cfg, cfg.model, Setup(cache=True), base, files, 64, 2).draw(seed)
     assert from_disk.use_cap == from_cache.use_cap and from_disk.names == from_cache.names
     for name in ("defect", "mask", "normal"):
         assert torch.equal(getattr(from_disk, name), getattr(from_cache, name)), name
@@ -48,7 +48,7 @@ def test_the_reference_reads_images_from_disk_at_every_draw(cfg, files, monkeypa
     decoded = []
     monkeypatch.setattr(bench, "load_images", lambda paths, size, desc="": decoded.append(len(paths)) or
                         torch.zeros((len(paths), 3, size, size), dtype=torch.uint8))
-    runner = Runner(cfg, REFERENCE, build_model(cfg.model), files, 64, 2)
+    runner = Runner(cfg, cfg.model, REFERENCE, build_model(cfg.model), files, 64, 2)
     assert decoded == []  # nothing cached up front
     runner.draw(0)
     runner.draw(1)
@@ -62,7 +62,7 @@ def test_every_setup_takes_the_pipelines_training_step(cfg, files, setup, monkey
 
     calls = []
     monkeypatch.setattr(bench, "train_step", lambda *args, **kw: calls.append(args))
-    runner = Runner(cfg, setup, build_model(cfg.model), files, 64, 2)
+    runner = Runner(cfg, cfg.model, setup, build_model(cfg.model), files, 64, 2)
     runner.step(0)
     ((model, optimizer, batch, variant, nbr_weight, amp),) = calls
     assert model is runner.model and variant == bench.VARIANT and nbr_weight == cfg.train.nbr_weight
@@ -111,3 +111,31 @@ def test_benchmark_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["--sizes", "0"])
     assert "--sizes must be positive" in capsys.readouterr().err
+
+
+def test_ours_runs_depthwise_convolutions_in_fp32_when_training_under_bf16(files):
+    """The fp32_depthwise lever: on under bf16 training (auto, on a CPU), never to predict, and the
+    runner's network then has its depthwise convolutions switched."""
+    from fsds.engine.device import Fp32DepthwiseConv2d
+
+    cfg = make_config({"train": {"precision": "bf16", "channels_last": "auto", "fp32_depthwise": "auto"}})
+    assert pipeline_setup(cfg).describe() == "cache + bf16 + channels_last + fp32_depthwise"
+    assert pipeline_setup(cfg, training=False).describe() == "cache + bf16 + channels_last"
+    assert not pipeline_setup(make_config({"train": {"precision": "bf16", "fp32_depthwise": False}})).fp32_depthwise
+    net = cfg.model_for("L0_B_NBR_CaP")
+    runner = Runner(cfg, net, pipeline_setup(cfg), build_model(net), files, 64, 2)
+    switched = [m for m in runner.model.modules() if isinstance(m, Fp32DepthwiseConv2d)]
+    assert len(switched) == 16  # one per EfficientNet-Lite0 block
+
+
+def test_flops_of_a_depthwise_backward_count_its_groups():
+    """torch's formula counts a grouped convolution's backward as a dense one's; ours as the forward's
+    FLOPs once per gradient computed."""
+    from fsds.experiments.bench import count_flops
+
+    depthwise = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    x = torch.randn(1, 8, 16, 16, requires_grad=True)
+    forward = 2 * 8 * 16 * 16 * 9  # one multiply-add per tap, per output pixel and channel
+    assert count_flops(lambda: depthwise(x)) == forward
+    assert count_flops(lambda: depthwise(x).sum().backward()) == 3 * forward  # forward, input and weight grads
+    assert count_flops(lambda: depthwise(x.detach()).sum().backward()) == 2 * forward  # no input grad

@@ -52,7 +52,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_predict_writes_masks_overlays_and_decisions_at_each_images_size(checkpoint, photos, tmp_path, tiny_config):
     out = tmp_path / "out"
-    main(["predict", "--model", str(checkpoint), str(photos), "--out", str(out), "--threshold", "0.5"])
+    main(["predict", "--model", str(checkpoint), str(photos), "--out", str(out), "--threshold", "0.5",
+          "--precision", "fp32"])
     rows = {Path(r["image"]).name: r for r in _rows(out / "predictions.csv")}
     assert set(rows) == {"wide.png", "tall_grey.jpg"}  # notes.txt is not an image
     net = build_model(tiny_config.model)
@@ -70,6 +71,26 @@ def test_predict_writes_masks_overlays_and_decisions_at_each_images_size(checkpo
         assert (int(row["height"]), int(row["width"])) == (h, w)
         assert float(row["score"]) == pytest.approx((mask > 0).mean(), abs=1e-6)
         assert row["decision"] == ("defect" if (mask > 0).any() else "good")
+
+
+def test_predict_runs_bf16_where_the_predict_stage_does_and_stays_close_to_fp32(checkpoint, photos, tmp_path,
+                                                                               monkeypatch):
+    import fsds.deploy.cli as cli
+    import fsds.deploy.files as files
+
+    seen = []
+    real = files.predict_probabilities
+    monkeypatch.setattr(files, "predict_probabilities", lambda *a, **k: seen.append(
+        (k["amp_dtype"], k["channels_last"])) or real(*a, **k))
+    real_resolve = cli.resolve_precision  # "auto" as on a CPU with native bf16, whatever this one has
+    monkeypatch.setattr(cli, "resolve_precision", lambda name, device: torch.bfloat16 if name == "auto" else
+                        real_resolve(name, device))
+    for name, flags in (("auto", []), ("fp32", ["--precision", "fp32"])):
+        main(["predict", "--model", str(checkpoint), str(photos), "--out", str(tmp_path / name), *flags])
+    assert seen == [(torch.bfloat16, True), (None, True)]  # one batch each; NHWC either way, as the predict stage
+    bf16 = {r["image"]: float(r["max_probability"]) for r in _rows(tmp_path / "auto" / "predictions.csv")}
+    fp32 = {r["image"]: float(r["max_probability"]) for r in _rows(tmp_path / "fp32" / "predictions.csv")}
+    assert bf16.keys() == fp32.keys() and all(abs(bf16[k] - fp32[k]) < 0.02 for k in bf16)
 
 
 def test_without_a_threshold_predict_uses_the_models_own(tmp_path, tiny_config, photos):

@@ -6,7 +6,7 @@ import torch
 
 from fsds.config import Variant
 from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
-from fsds.engine.device import resolve_channels_last, resolve_precision
+from fsds.engine.device import resolve_channels_last, resolve_fp32_depthwise, resolve_precision
 from fsds.engine.training import load_probe, load_train_data, train_segmenter
 from fsds.pipeline.train import category_seed, stage_params
 from tests.params import make_config
@@ -135,6 +135,57 @@ def test_channels_last_auto_trains_nhwc_only_under_bf16_and_always_predicts_nhwc
     assert resolve_channels_last("auto", None, training=False) is True
     assert resolve_channels_last(True, None, training=True) is True
     assert resolve_channels_last(False, torch.bfloat16, training=False) is False
+
+
+def test_fp32_depthwise_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_fp32_depthwise("auto", torch.bfloat16, cpu) is True
+    assert resolve_fp32_depthwise("auto", torch.bfloat16, cuda) is False  # cuDNN's bf16 depthwise is not the slow one
+    assert resolve_fp32_depthwise("auto", None, cpu) is False  # nothing to leave: fp32 already
+    assert resolve_fp32_depthwise(True, None, cpu) is False
+    assert resolve_fp32_depthwise(False, torch.bfloat16, cpu) is False
+    assert resolve_fp32_depthwise(True, torch.bfloat16, cuda) is True
+
+
+def test_depthwise_convolutions_leave_autocast_and_switch_back():
+    from fsds.config import ModelConfig
+    from fsds.engine.device import Fp32DepthwiseConv2d, depthwise_in_fp32
+    from fsds.method.networks import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("lite0_unet", "none", (16, 16, 16, 16, 8))).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fp32 = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)
+        assert depthwise_in_fp32(model) == 16
+        conv = next(m for m in model.modules() if isinstance(m, Fp32DepthwiseConv2d))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert conv(torch.randn(1, conv.in_channels, 8, 8, dtype=torch.bfloat16)).dtype == torch.float32
+            switched = model(x)
+    # fp32 depthwise is closer to the fp32 network than all-bf16 is
+    assert (switched.float() - fp32).abs().mean() < (mixed.float() - fp32).abs().mean()
+    assert depthwise_in_fp32(model, False) == 16
+    assert not any(isinstance(m, Fp32DepthwiseConv2d) for m in model.modules())
+    assert depthwise_in_fp32(build_model(ModelConfig("albunet34", "none", "auto"))) == 0  # ResNet has none
+
+
+def test_training_under_bf16_switches_depthwise_to_fp32_and_returns_the_model_plain(tiny_config, washer_data,
+                                                                                     monkeypatch):
+    import fsds.engine.training as training
+    from fsds.config import ModelConfig
+    from fsds.engine.device import Fp32DepthwiseConv2d
+
+    seen = []
+    real_step = training.train_step
+    monkeypatch.setattr(training, "train_step", lambda model, *a, **k: seen.append(
+        sum(isinstance(m, Fp32DepthwiseConv2d) for m in model.modules())) or real_step(model, *a, **k))
+    tc = dataclasses.replace(tiny_config.train, precision="bf16", fp32_depthwise=True, iterations=2)
+    model, _, _ = train_segmenter(dataclasses.replace(tiny_config, train=tc), Variant("none", "none"), washer_data,
+                                  seed=0, model_cfg=ModelConfig("lite0_unet", "none", (16, 16, 16, 16, 8)))
+    assert seen == [16, 16]
+    assert not any(isinstance(m, Fp32DepthwiseConv2d) for m in model.modules())
 
 
 def test_auto_layout_trains_fp32_in_nchw(tiny_config, washer_data):

@@ -16,7 +16,9 @@ import sys
 from fsds.deploy.files import image_files, predict_files
 from fsds.deploy.model import load_deployed
 from fsds.deploy.onnx_export import export_onnx
-from fsds.engine.device import resolve_device
+import torch
+
+from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.errors import FsdsError
 
 
@@ -24,9 +26,13 @@ def predict(args: argparse.Namespace) -> None:
     files = image_files(args.inputs)  # a bad path fails before the model loads
     device = resolve_device(args.device)
     model = load_deployed(args.model, device)
+    amp_dtype = resolve_precision(args.precision, device)  # as the predict stage: bf16 where the hardware has it
+    channels_last = resolve_channels_last("auto", amp_dtype, training=False)
+    if channels_last:
+        model.net.to(memory_format=torch.channels_last)
     results = predict_files(model, files, args.out, threshold=args.threshold, min_area=args.min_area,
                             batch_size=args.batch_size, device=device, tile_size=args.tile_size,
-                            tile_overlap=args.tile_overlap)
+                            tile_overlap=args.tile_overlap, amp_dtype=amp_dtype, channels_last=channels_last)
     flagged = sum(r.defective for r in results)
     print(f"{len(results)} images, {flagged} with a defect; masks, overlays and predictions.csv in {args.out}")
 
@@ -58,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
                         "default 0: whole images, as predict.tile_size of params.yaml)")
     p.add_argument("--tile-overlap", type=int, default=64, help="pixels shared by neighbouring tiles (default 64)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="autocast precision (default auto: bf16 on a CPU with native bf16 or a CUDA GPU with it, as "
+                        "the predict stage; probabilities then differ from fp32's by a few 1/255 levels)")
     p.set_defaults(func=predict)
 
     e = sub.add_parser("export", help="write a trained model in a deployable format")

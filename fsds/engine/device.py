@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from fsds.errors import ConfigError
 
@@ -85,3 +86,36 @@ def resolve_channels_last(setting: bool | str, amp_dtype: torch.dtype | None, *,
     return bool(setting)
 
 
+
+
+def resolve_fp32_depthwise(setting: bool | str, amp_dtype: torch.dtype | None, device: torch.device) -> bool:
+    """Whether training runs depthwise convolutions in fp32 under autocast. ``auto``: under bf16 on a
+    CPU, where oneDNN's bf16 depthwise backward took 4-6x the time of fp32's on an AVX-512 bf16 EPYC
+    (the 5x5 ones of EfficientNet-Lite most; reports/benchmark.md)."""
+    if amp_dtype is None:
+        return False
+    if setting == "auto":
+        return device.type == "cpu"
+    return bool(setting)
+
+
+class Fp32DepthwiseConv2d(nn.Conv2d):
+    """A depthwise convolution that leaves autocast: fp32 in, fp32 out (the next layer casts back)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def depthwise_in_fp32(model: nn.Module, on: bool = True) -> int:
+    """Switch the model's depthwise convolutions (groups = input channels > 1) to run in fp32 under
+    autocast, or back (``on=False``), in place; returns how many. Weights and state dict keys stay
+    as they are: only the class of those modules changes (plain ``nn.Conv2d`` ones only, so a
+    subclass with its own forward, such as timm's same-padding convolution, is left alone)."""
+    source, target = (nn.Conv2d, Fp32DepthwiseConv2d) if on else (Fp32DepthwiseConv2d, nn.Conv2d)
+    count = 0
+    for module in model.modules():
+        if type(module) is source and module.groups > 1 and module.groups == module.in_channels:
+            module.__class__ = target
+            count += 1
+    return count

@@ -7,8 +7,9 @@ The reference is Algorithm 1 written the obvious way: fp32, NCHW, images and mas
 from disk and resized every iteration, and separate encoder passes for the defect, normal
 and pasted images. Ours is the code the pipeline trains with (:func:`fsds.engine.training.sample_batch`
 and :func:`fsds.engine.training.train_step` over images decoded once) with the ``train.precision`` and
-``train.channels_last`` of params.yaml as they resolve on this CPU. Both train the same network
-(B+NBR+CaP, AlbuNet-34) from the same weights on the same draws. At one size and batch each lever
+``train.channels_last`` and ``train.fp32_depthwise`` of params.yaml as they resolve on this CPU. Both
+train the same network (B+NBR+CaP on the network of the last of ``methods``, the default run's, or of
+``--variant``) from the same weights on the same draws. At one size and batch each lever
 is also added in turn, to show what each pays. The reference is a thin variation of the real
 code: the same ``sample_batch`` and ``train_step``, fed by :class:`DiskImages` instead of the cache.
 
@@ -36,14 +37,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from fsds.config import Config, Variant, load_config
+from fsds.config import Config, ModelConfig, Variant, load_config
 from fsds.data.images import load_images, load_masks, normalize
 from fsds.data.synthetic import generate_synthetic
-from fsds.engine.device import cpu_flags, resolve_channels_last, resolve_precision
+from fsds.engine.device import (cpu_flags, depthwise_in_fp32, resolve_channels_last, resolve_fp32_depthwise,
+                                resolve_precision)
 from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.engine.training import Batch, TrainData, sample_batch, train_step
 from fsds.io import write_json, write_text
-from fsds.method.networks import Segmenter, build_model
+from fsds.method.networks import Segmenter, build_model, decoder_channels
 
 VARIANT = Variant(nbr="cosine", cap="weighted", seg_loss="bce")  # B+NBR+CaP: the step that needs all three encoder passes
 
@@ -146,9 +148,13 @@ class Setup:
     cache: bool = False  # images decoded and resized once (uint8 in memory), not every step
     bf16: bool = False  # bf16 autocast
     channels_last: bool = False  # NHWC memory layout
+    fp32_depthwise: bool = False  # depthwise convolutions in fp32 under bf16 autocast (training)
 
     def describe(self) -> str:
-        return " + ".join(name for name in ("cache", "bf16", "channels_last") if getattr(self, name)) or "reference"
+        return " + ".join(name for name in LEVERS if getattr(self, name)) or "reference"
+
+
+LEVERS = ("cache", "bf16", "channels_last", "fp32_depthwise")  # in the order the lever table adds them
 
 
 REFERENCE = Setup()
@@ -156,17 +162,18 @@ REFERENCE = Setup()
 
 def pipeline_setup(cfg: Config, training: bool = True) -> Setup:
     """The levers the pipeline uses with these params on this machine's CPU, to train or to predict."""
-    amp = resolve_precision(cfg.train.precision, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    amp = resolve_precision(cfg.train.precision, cpu)
     return Setup(cache=True, bf16=amp is not None,
-                 channels_last=resolve_channels_last(cfg.train.channels_last, amp, training=training))
+                 channels_last=resolve_channels_last(cfg.train.channels_last, amp, training=training),
+                 fp32_depthwise=training and resolve_fp32_depthwise(cfg.train.fp32_depthwise, amp, cpu))
 
 
 def lever_setups(ours: Setup) -> list[Setup]:
     """Reference, then ours' levers switched on one at a time."""
-    names = ("cache", "bf16", "channels_last")
     setups = [REFERENCE]
-    for k in range(1, len(names) + 1):
-        setup = Setup(**{n: getattr(ours, n) and i < k for i, n in enumerate(names)})
+    for k in range(1, len(LEVERS) + 1):
+        setup = Setup(**{n: getattr(ours, n) and i < k for i, n in enumerate(LEVERS)})
         if setup != setups[-1]:
             setups.append(setup)
     return setups
@@ -185,12 +192,14 @@ def train_data(setup: Setup, files: Files, size: int) -> TrainData:
 class Runner:
     """One setup's model, optimizer and data, stepping on the shared draws."""
 
-    def __init__(self, cfg: Config, setup: Setup, base: Segmenter, files: Files, size: int, m: int) -> None:
+    def __init__(self, cfg: Config, net: ModelConfig, setup: Setup, base: Segmenter, files: Files, size: int,
+                 m: int) -> None:
         self.cfg, self.setup, self.m = cfg, setup, m
-        model = build_model(cfg.model)
+        model = build_model(net)
         model.load_state_dict(base.state_dict())
         if setup.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        depthwise_in_fp32(model, setup.fp32_depthwise)
         self.model = model.train()
         tc = cfg.train
         self.optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
@@ -230,52 +239,65 @@ class Runner:
         }
 
 
-def peak_step_memory(cfg: Config, setup: Setup, base: Segmenter, files: Files, size: int, m: int) -> float:
+def peak_step_memory(cfg: Config, net: ModelConfig, setup: Setup, base: Segmenter, files: Files, size: int,
+                     m: int) -> float:
     """Peak resident memory (MiB) of the process while one setup, alone, is built and takes a step."""
     gc.collect()
     with peak_rss() as mem:
-        runner = Runner(cfg, setup, base, files, size, m)
+        runner = Runner(cfg, net, setup, base, files, size, m)
         runner.step(0, timed=False)
         del runner
     gc.collect()
     return mem["mib"]
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """A convolution's backward: as many FLOPs as its forward for each gradient it computes (input,
+    weight). torch's own formula ignores ``groups`` and so counts a depthwise convolution's backward
+    as a dense one's (145x too many for EfficientNet-Lite's 144-channel 5x5)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def count_flops(step: Callable[[], Any]) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         step()
     return float(counter.get_total_flops())
 
 
-def bench_training(cfg: Config, files: Files, size: int, m: int, ours: Setup, steps: int, warmup: int,
-                   info: dict[str, Any], levers: bool = False) -> dict[str, Any]:
+def bench_training(cfg: Config, net: ModelConfig, files: Files, size: int, m: int, ours: Setup, steps: int,
+                   warmup: int, info: dict[str, Any], levers: bool = False) -> dict[str, Any]:
     """Reference against ours at one size and batch; with ``levers``, also each lever added in turn."""
     torch.manual_seed(0)
-    base = build_model(cfg.model)
+    base = build_model(net)
     setups = lever_setups(ours) if levers else [REFERENCE, ours]
     # Interleaved: step i of every setup runs before step i + 1 of any, so a machine that slows
     # down or speeds up during the run (other tenants, turbo) weighs on all setups alike.
-    runners = [Runner(cfg, s, base, files, size, m) for s in setups]
+    runners = [Runner(cfg, net, s, base, files, size, m) for s in setups]
     for i in range(warmup + steps):
         for runner in runners:
             runner.step(i, timed=i >= warmup)
     rows = [runner.result(info) for runner in runners]
     del runners
     for row, setup in zip(rows, setups):
-        row["peak_rss_mib"] = peak_step_memory(cfg, setup, base, files, size, m)
+        row["peak_rss_mib"] = peak_step_memory(cfg, net, setup, base, files, size, m)
     mine = rows[setups.index(ours)]
     return {"size": size, "batch": m, "reference": rows[0], "ours": mine, "steps": rows,
             "speedup": rows[0]["step_s"] / mine["step_s"]}
 
 
-def bench_prediction(cfg: Config, files: Files, size: int, n: int, ours: Setup, batch_size: int, repeats: int,
+def bench_prediction(net: ModelConfig, files: Files, size: int, n: int, ours: Setup, batch_size: int, repeats: int,
                      info: dict[str, Any]) -> dict[str, Any]:
     """Images per second: one image at a time, decoded from disk, fp32 NCHW (reference) against the
     pipeline's prediction (decode once, batch norms folded, ours' batch size, precision and layout)."""
     torch.manual_seed(0)
-    model = build_model(cfg.model).eval()
+    model = build_model(net).eval()
     paths = ((files.defects + files.normals) * n)[:n]
     amp = torch.bfloat16 if ours.bf16 else None
     with torch.no_grad():
@@ -286,7 +308,7 @@ def bench_prediction(cfg: Config, files: Files, size: int, n: int, ours: Setup, 
             for path in paths:
                 torch.sigmoid(model(normalize(load_images([path], size, desc="decode"), model.input_stats)))
 
-    fast = build_model(cfg.model)
+    fast = build_model(net)
     fast.load_state_dict(model.state_dict())
     fast = inference_model(fast, ours.channels_last)  # what the predict stage does after loading
 
@@ -337,9 +359,9 @@ def markdown(result: dict[str, Any]) -> str:
         "Reference: fp32, NCHW, images decoded from disk every step, one encoder pass per kind of image. "
         f"Ours: what the pipeline does with `{result['params']}` on this CPU (training: {result['ours']}; "
         f"prediction: {result.get('ours_predict', result['ours'])}, with batch norms folded). "
-        "Both train B+NBR+CaP (AlbuNet-34) from the same weights on the same draws. "
+        f"Both train B+NBR+CaP on {result.get('network', 'AlbuNet-34')} from the same weights on the same draws. "
         "GFLOP/s counts the network's FLOPs with `torch.utils.flop_counter`; the peak is cores x clock x "
-        "FLOPs per cycle (fp32 AVX-512: 64, AVX2: 32; bf16 AMX: 1024).",
+        "FLOPs per cycle (fp32 AVX-512: 64, AVX2: 32; bf16 AMX: 1024, AVX-512 bf16: 128).",
         "",
         "## Training step",
         "",
@@ -381,18 +403,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     ours, ours_predict = pipeline_setup(cfg), pipeline_setup(cfg, training=False)
+    variant = args.variant or cfg.methods[-1]
+    net = cfg.model_for(variant)
     info = machine()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         files = make_files(Path(tmp), args.source_size)
         training = [
-            bench_training(cfg, files, size, m, ours, args.steps, args.warmup, info,
+            bench_training(cfg, net, files, size, m, ours, args.steps, args.warmup, info,
                            levers=(size, m) == tuple(args.levers_at))
             for size in args.sizes for m in args.batches
         ]
-        prediction = [bench_prediction(cfg, files, args.predict_size, args.predict_images, ours_predict,
+        prediction = [bench_prediction(net, files, args.predict_size, args.predict_images, ours_predict,
                                        cfg.predict.resolved_batch_size(args.predict_size), args.repeats, info)]
     return {"machine": info, "command": "python -m fsds.experiments.bench " + " ".join(sys.argv[1:]), "params": args.params,
+            "network": f"{net.arch} (variant {variant}'s network, decoder widths {list(decoder_channels(net) or [])})",
             "ours": ours.describe(), "ours_predict": ours_predict.describe(), "steps": args.steps, "warmup": args.warmup,
             "seconds": time.perf_counter() - start, "training": training, "prediction": prediction}
 
@@ -410,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--source-size", type=int, default=512, help="size of the images on disk")
     parser.add_argument("--params", default="params.yaml", help="whose train.precision/channels_last are ours")
+    parser.add_argument("--variant", default="", help="whose network to time (default: the last of methods)")
     parser.add_argument("--out", default="reports/benchmark", help="writes <out>.json and <out>.md")
     args = parser.parse_args(argv)
     for name in ("sizes", "batches"):
