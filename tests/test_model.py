@@ -168,3 +168,12 @@ def test_a_checkpoint_from_before_decoder_channels_loads_with_smps_widths(tmp_pa
                 "config": {}, "iteration": 1}, tmp_path / "old.pt")
     loaded, _ = load_checkpoint(tmp_path / "old.pt")
     assert [block.conv2[0].out_channels for block in loaded.decoder.blocks] == list(SMP_DECODER_CHANNELS)
+
+
+def test_a_unet_checkpoint_with_its_fixed_widths_loads(tmp_path):
+    from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = ModelConfig(arch="unet", encoder_weights="none", decoder_channels="auto")
+    save_checkpoint(tmp_path / "u.pt", build_model(cfg), cfg, {}, iteration=1)
+    loaded, state = load_checkpoint(tmp_path / "u.pt")
+    assert "decoder_channels" not in state["model_args"] and type(loaded.decoder).__name__ == "UNetDecoder"

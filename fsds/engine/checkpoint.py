@@ -29,7 +29,9 @@ def _model_config(args: dict[str, Any]) -> ModelConfig:
     """A checkpoint's ``model_args`` as a config; checkpoints from before ``decoder_channels`` was
     stored were built with smp's widths."""
     args = dict(args)
-    if args["arch"] not in ("unet", "attention_unet"):
+    if args["arch"] in ("unet", "attention_unet"):  # fixed widths: nothing stored
+        args["decoder_channels"] = "auto"
+    else:
         args["decoder_channels"] = tuple(args.get("decoder_channels", SMP_DECODER_CHANNELS))
     return ModelConfig(**args)
 
