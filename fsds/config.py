@@ -27,6 +27,8 @@ CAP_KINDS = ("none", "plain", "weighted")
 ARCHS = ("albunet34", "ternausnet11", "ternausnet16", "unet", "attention_unet", "unetplusplus", "lite0_unet", "lite2_unet")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+ENCODER_STAGES = 5  # every network's encoder: feature maps at strides 2, 4, 8, 16, 32
+FROZEN_STAGES_PRETRAINED = 2  # train.frozen_encoder_stages auto, pretrained encoder: stem and stride-4 stage (reports/speed.md)
 ENCODER_NORMS = ("auto", "train", "frozen")  # auto: frozen when the encoder starts from pretrained weights
 LR_SCHEDULES = ("constant", "cosine")
 SPLIT_UNITS = ("defect_type", "category")
@@ -110,6 +112,9 @@ class TrainConfig:
     nbr_weight: float
     seg_loss: str  # the segmentation loss of variants that do not name one: bce (the paper) | bce_dice | focal
     encoder_norm: str  # the encoder's batch norms: train (batch statistics) | frozen (their stored statistics) | auto
+    # The encoder's first N stages (of 5, from the input) keep their weights and stored statistics; auto:
+    # FROZEN_STAGES_PRETRAINED for a pretrained encoder, else 0
+    frozen_encoder_stages: int | Literal["auto"]
     lr_schedule: str  # constant (the paper) | cosine (decays to 0 over the iterations)
     device: str
     precision: str
@@ -133,6 +138,9 @@ class TrainConfig:
         _check(self.nbr_weight >= 0, "train.nbr_weight", "must be >= 0")
         _check_choice(self.seg_loss, SEG_LOSSES, "train.seg_loss")
         _check_choice(self.encoder_norm, ENCODER_NORMS, "train.encoder_norm")
+        _check(self.frozen_encoder_stages == "auto" or 0 <= self.frozen_encoder_stages <= ENCODER_STAGES,
+               "train.frozen_encoder_stages",
+               f"must be 'auto' or 0 to {ENCODER_STAGES} (the encoder stages, from the input, that stay as loaded)")
         _check_choice(self.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
         _check_choice(self.device, DEVICES, "train.device")
         _check_choice(self.precision, PRECISIONS, "train.precision")
@@ -152,6 +160,13 @@ class TrainConfig:
         """Whether training keeps the encoder's batch norms at their stored statistics (``auto``: when
         the encoder starts from pretrained weights, whose statistics a few images per batch would overwrite)."""
         return self.encoder_norm == "frozen" or (self.encoder_norm == "auto" and pretrained)
+
+    def resolved_frozen_stages(self, pretrained: bool) -> int:
+        """How many encoder stages training leaves as loaded (``auto``: :data:`FROZEN_STAGES_PRETRAINED`
+        when the encoder starts from pretrained weights, else none: random filters must learn)."""
+        if self.frozen_encoder_stages == "auto":
+            return FROZEN_STAGES_PRETRAINED if pretrained else 0
+        return int(self.frozen_encoder_stages)
 
     def resolved_batch_size(self, shot: int) -> int:
         """The paper's batch sizes: 2 for 1-shot (and for 0 shots, pseudo-defects alone), 4 for more shots."""

@@ -139,3 +139,19 @@ def test_flops_of_a_depthwise_backward_count_its_groups():
     assert count_flops(lambda: depthwise(x)) == forward
     assert count_flops(lambda: depthwise(x).sum().backward()) == 3 * forward  # forward, input and weight grads
     assert count_flops(lambda: depthwise(x.detach()).sum().backward()) == 2 * forward  # no input grad
+
+
+@pytest.mark.parametrize("setup", [REFERENCE, Setup(cache=True)])
+def test_every_setup_leaves_the_pipelines_frozen_stages_as_loaded(cfg, files, setup):
+    """Reference and ours train the same parameters: a pretrained encoder's first stages
+    (train.frozen_encoder_stages auto) stay frozen in both, a random encoder's train."""
+    from fsds.config import FROZEN_STAGES_PRETRAINED
+    from fsds.method.networks import encoder_stages
+
+    assert FROZEN_STAGES_PRETRAINED >= 1
+    for variant, frozen in [("L0_B_NBR_CaP", FROZEN_STAGES_PRETRAINED), ("B_NBR_CaP", 0)]:
+        net = cfg.model_for(variant)
+        runner = Runner(cfg, net, setup, build_model(net), files, 64, 2)
+        stages = encoder_stages(runner.model.encoder)
+        trains = [any(p.requires_grad for module in stage for p in module.parameters()) for stage in stages]
+        assert trains == [False] * frozen + [True] * (len(stages) - frozen), variant

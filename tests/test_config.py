@@ -73,6 +73,8 @@ def test_profiles_select_image_size_and_iterations():
         ({"train": {"channels_last": "yes"}}, r"^train\.channels_last: expected true or false"),
         ({"predict": {"batch_size": 0}}, r"^predict\.batch_size: must be 'auto' or >= 1"),
         ({"train": {"encoder_norm": "fixed"}}, r"^train\.encoder_norm: expected one of auto, train, frozen, got 'fixed'"),
+        ({"train": {"frozen_encoder_stages": 6}}, r"^train\.frozen_encoder_stages: must be 'auto' or 0 to 5"),
+        ({"train": {"frozen_encoder_stages": "some"}}, r"^train\.frozen_encoder_stages: "),
         ({"train": {"lr_schedule": "step"}}, r"^train\.lr_schedule: expected one of constant, cosine, got 'step'"),
         ({"model": {"decoder_channels": "slim"}}, r"^model\.decoder_channels: expected auto or a list of 5 widths"),
         ({"model": {"decoder_channels": [64, 32, 16]}}, r"^model\.decoder_channels: expected 5 positive widths"),
@@ -177,6 +179,16 @@ def test_a_variant_names_its_segmentation_loss_and_the_papers_methods_keep_bce()
         parse_config(params_with({"train": {"seg_loss": "dice"}}))
     with pytest.raises(ConfigError, match=r"^variants\.\*\.seg_loss: expected one of bce, bce_dice, focal, got 'dice'"):
         parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "seg_loss": "dice"}}}))
+
+
+def test_frozen_encoder_stages_auto_freezes_only_a_pretrained_encoder(monkeypatch):
+    import fsds.config as config
+
+    monkeypatch.setattr(config, "FROZEN_STAGES_PRETRAINED", 2)
+    auto = make_config({"train": {"frozen_encoder_stages": "auto"}}).train
+    assert [auto.resolved_frozen_stages(p) for p in (True, False)] == [2, 0]
+    three = make_config({"train": {"frozen_encoder_stages": 3}}).train
+    assert [three.resolved_frozen_stages(p) for p in (True, False)] == [3, 3]
 
 
 def test_encoder_norm_auto_freezes_only_a_pretrained_encoder():

@@ -250,6 +250,33 @@ def test_frozen_encoder_norms_keep_their_statistics_and_the_decoders_learn(tiny_
     assert model.encoder.training == model.decoder.training  # only the norms are held, not the module
 
 
+@pytest.mark.parametrize("arch", ["albunet34", "lite0_unet"])
+def test_frozen_encoder_stages_stay_as_loaded_and_the_rest_learns(tiny_config, washer_data, arch):
+    """Two frozen stages: their weights and batch-norm statistics end as they started and get no
+    gradient at all (autograd skips them), while the next stage and the decoder train, and a
+    probe evaluation's switch back to train mode keeps the frozen norms at their statistics."""
+    from fsds.method.networks import build_model, encoder_stages
+
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, arch=arch),
+                              train=dataclasses.replace(tiny_config.train, frozen_encoder_stages=2))
+    torch.manual_seed(0)
+    start = build_model(cfg.model).state_dict()
+    model, _, _ = train_segmenter(cfg, Variant("cosine", "weighted"), washer_data, seed=0)
+    stages = encoder_stages(model.encoder)
+    names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
+
+    def moved(stage):
+        tensors = [t for module in stage for t in [*module.parameters(), *module.buffers()]]
+        assert tensors
+        return [not torch.equal(t, start[names[id(t)]]) for t in tensors if t.dtype.is_floating_point]
+
+    assert not any(moved(stages[0]) + moved(stages[1]))
+    assert all(p.grad is None for stage in stages[:2] for module in stage for p in module.parameters())
+    assert any(moved(stages[2])) and any(moved([model.decoder]))
+    assert all(not m.training for stage in stages[:2] for module in stage for m in module.modules())
+    assert model.encoder.training and all(m.training for module in stages[2] for m in module.modules())
+
+
 def test_cosine_schedule_decays_the_rate_to_zero_and_resumes_where_it_left_off(tiny_config, washer_data):
     cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(
         tiny_config.train, lr_schedule="cosine", iterations=4, checkpoint_every=2, eval_every=0))

@@ -171,6 +171,7 @@ def train_segmenter(
     depthwise_in_fp32(model, fp32_depthwise)
     if tc.freezes_encoder_norm(pretrained=encoder_state is not None):
         model.freeze_encoder_norms()
+    model.freeze_encoder_stages(tc.resolved_frozen_stages(pretrained=encoder_state is not None))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
     schedule = lr_schedule(optimizer, tc.lr_schedule, tc.iterations)

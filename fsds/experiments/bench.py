@@ -189,6 +189,11 @@ def train_data(setup: Setup, files: Files, size: int) -> TrainData:
                      DiskImages(files.normals, size))
 
 
+def frozen_stages(cfg: Config, net: ModelConfig) -> int:
+    """The encoder stages the pipeline's training leaves as loaded for this network."""
+    return cfg.train.resolved_frozen_stages(pretrained=net.encoder_weights != "none")
+
+
 class Runner:
     """One setup's model, optimizer and data, stepping on the shared draws."""
 
@@ -200,6 +205,9 @@ class Runner:
         if setup.channels_last:
             model = model.to(memory_format=torch.channels_last)
         depthwise_in_fp32(model, setup.fp32_depthwise)
+        # The same network trains the same parameters under every setup: the stages the pipeline
+        # leaves as loaded (train.frozen_encoder_stages) stay so in the reference too.
+        model.freeze_encoder_stages(frozen_stages(cfg, net))
         self.model = model.train()
         tc = cfg.train
         self.optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
@@ -417,7 +425,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prediction = [bench_prediction(net, files, args.predict_size, args.predict_images, ours_predict,
                                        cfg.predict.resolved_batch_size(args.predict_size), args.repeats, info)]
     return {"machine": info, "command": "python -m fsds.experiments.bench " + " ".join(sys.argv[1:]), "params": args.params,
-            "network": f"{net.arch} (variant {variant}'s network, decoder widths {list(decoder_channels(net) or [])})",
+            "network": f"{net.arch} (variant {variant}'s network, decoder widths {list(decoder_channels(net) or [])}, "
+                       f"{frozen_stages(cfg, net)} encoder stages left as loaded: train.frozen_encoder_stages)",
             "ours": ours.describe(), "ours_predict": ours_predict.describe(), "steps": args.steps, "warmup": args.warmup,
             "seconds": time.perf_counter() - start, "training": training, "prediction": prediction}
 

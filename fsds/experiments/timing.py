@@ -19,6 +19,7 @@ import torch
 
 from fsds.config import load_config
 from fsds.engine.training import TrainData, train_segmenter
+from fsds.method.weights import encoder_weights
 
 
 def random_data(size: int, n_defect: int = 5, n_normal: int = 20, seed: int = 0) -> TrainData:
@@ -37,9 +38,11 @@ def step_seconds(cfg, method: str, shot: int, iterations: int) -> float:
     """Median wall time of one training iteration (after the first) of ``method``."""
     cfg = dataclasses.replace(cfg, shot=shot, train=dataclasses.replace(cfg.train, iterations=iterations, eval_every=0))
     stamps: list[float] = []
+    model_cfg = cfg.model_for(method)
+    encoder_state, _ = encoder_weights(model_cfg)  # as the train stage: a pretrained encoder trains fewer stages
     train_segmenter(cfg, cfg.variant(method), random_data(cfg.train.image_size), seed=0,
-                    on_log=lambda it, row: stamps.append(time.perf_counter()), model_cfg=cfg.model_for(method),
-                    progress_desc=f"{method} {shot}-shot")
+                    on_log=lambda it, row: stamps.append(time.perf_counter()), model_cfg=model_cfg,
+                    progress_desc=f"{method} {shot}-shot", encoder_state=encoder_state)
     return float(np.median(np.diff(stamps)))
 
 

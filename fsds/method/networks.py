@@ -37,6 +37,7 @@ class Segmenter(nn.Module):
         self.head = head
         self.input_stats = input_stats  # how its input is normalised (fsds.data.images.normalize)
         self.frozen_encoder_norms = False  # set by freeze_encoder_norms
+        self.frozen_stages: list[nn.Module] = []  # set by freeze_encoder_stages (a plain list: not registered twice)
 
     def freeze_encoder_norms(self) -> "Segmenter":
         """Keep the encoder's batch norms at their stored running statistics in train mode too (their
@@ -45,12 +46,28 @@ class Segmenter(nn.Module):
         self.frozen_encoder_norms = True
         return self.train(self.training)
 
+    def freeze_encoder_stages(self, n: int) -> "Segmenter":
+        """Keep the encoder's first ``n`` stages (:func:`encoder_stages`) as loaded: no gradients for
+        their weights and their batch norms at the stored statistics. Autograd then records nothing
+        below the first trainable stage, so the backward pass skips the full-resolution layers, where
+        most of a CPU step goes."""
+        stages = encoder_stages(self.encoder)
+        if not 0 <= n <= len(stages):
+            raise ValueError(f"train.frozen_encoder_stages: {n} of an encoder with {len(stages)} stages")
+        self.frozen_stages = [module for stage in stages[:n] for module in stage]
+        for module in self.frozen_stages:
+            module.requires_grad_(False)
+        return self.train(self.training)
+
     def train(self, mode: bool = True) -> "Segmenter":
         super().train(mode)
         if mode and self.frozen_encoder_norms:
             for module in self.encoder.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if mode:
+            for module in self.frozen_stages:
+                module.eval()
         return self
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -79,6 +96,22 @@ _SMP = {  # arch -> (smp model class, encoder name)
 SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 # model.decoder_channels: auto, per network (reports/benchmark.md measures speed and accuracy of the widths)
 DECODER_CHANNELS = {arch: SMP_DECODER_CHANNELS for arch in _SMP}
+
+
+def encoder_stages(encoder: nn.Module) -> list[list[nn.Module]]:
+    """The encoder's own submodules by stage, from the input: stage ``i`` (1-5) makes the feature map
+    at stride ``2**i`` (the U-Nets of :mod:`fsds.method.unet`: at stride ``2**(i-1)``)."""
+    if hasattr(encoder, "layer4"):  # smp's ResNet encoders
+        return [[encoder.conv1, encoder.bn1], [encoder.layer1], [encoder.layer2], [encoder.layer3], [encoder.layer4]]
+    if hasattr(encoder, "_stage_idxs"):  # smp's timm EfficientNet(-Lite) encoders
+        bounds = [0, *encoder._stage_idxs, len(encoder.blocks)]
+        return [[encoder.conv_stem, encoder.bn1]] + [list(encoder.blocks[a:b]) for a, b in zip(bounds, bounds[1:])]
+    if hasattr(encoder, "features"):  # smp's VGG encoders: a stage ends at each max pool
+        pools = [i for i, m in enumerate(encoder.features) if isinstance(m, nn.MaxPool2d)]
+        return [list(encoder.features[a:b]) for a, b in zip([0, *pools], pools)]
+    if hasattr(encoder, "levels"):  # fsds.method.unet
+        return [[level] for level in encoder.levels]
+    raise ValueError(f"no stage map for the encoder {type(encoder).__name__}")
 
 
 def decoder_channels(cfg: ModelConfig) -> tuple[int, ...] | None:
