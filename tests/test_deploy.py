@@ -161,3 +161,38 @@ def test_onnx_export_matches_pytorch_under_onnxruntime(checkpoint, tmp_path):
     assert got.shape == (3, 1, 64, 64)
     assert np.abs(got - expected).max() <= ONNX_TOLERANCE
     assert not list(tmp_path.glob(".model.onnx.*"))  # no temporary file left
+
+
+def test_predict_keeps_the_input_order_at_every_batch_size_and_stops_on_a_failed_write(checkpoint, tmp_path,
+                                                                                        monkeypatch):
+    """Reading, the network and writing overlap in threads: the CSV still lists the images in input
+    order with the same results for any batch size, and a write that fails stops the run before
+    predictions.csv is written."""
+    import fsds.deploy.files as files
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40 + 6 * i, 64, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    model = deployed_from_checkpoint(checkpoint)
+    inputs = files.image_files([folder])
+    runs = {b: files.predict_files(model, inputs, tmp_path / f"out{b}", threshold=0.5, batch_size=b) for b in (1, 3)}
+    assert [Path(p.image).name for p in runs[1]] == [f"p{i}.png" for i in range(5)]
+    assert [p.height for p in runs[1]] == [p.height for p in runs[3]] == [40 + 6 * i for i in range(5)]
+    assert [p.score for p in runs[1]] == pytest.approx([p.score for p in runs[3]], abs=0.002)  # a pixel may round apart
+    assert [Path(r["image"]).name for r in _rows(tmp_path / "out3" / "predictions.csv")] == [f"p{i}.png" for i in range(5)]
+
+    calls = []
+    real = files._write_png
+
+    def flaky(path, array):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real(path, array)
+
+    monkeypatch.setattr(files, "_write_png", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        files.predict_files(model, inputs, tmp_path / "broken", threshold=0.5, batch_size=2)
+    assert not (tmp_path / "broken" / "predictions.csv").exists()

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                         "calibrated on its held-out normal images, else metrics.threshold of its training)")
     p.add_argument("--min-area", type=float, default=0.0,
                    help="an image is defective when its predicted defect area exceeds this fraction (default 0: any pixel)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=2,
+                   help="images per network pass (default 2: at 512 px on a 2-core CPU the fastest end to end, reports/speed.md)")
     p.add_argument("--tile-size", type=int, default=0,
                    help="predict images larger than this in overlapping tiles of this side (a multiple of 32; "
                         "default 0: whole images, as predict.tile_size of params.yaml)")
