@@ -42,13 +42,20 @@ def cpu_flags() -> set[str]:
     return set(_cpuinfo().get("flags", "").split())
 
 
-def cpu_model() -> str:
-    """The CPU as a report names it: model, family/model numbers, cores and its fastest vector
-    unit, e.g. ``AMD EPYC (family 23 model 1), 2 cores, AVX2``."""
-    info, flags = _cpuinfo(), cpu_flags()
+def cpu_name() -> str:
+    """The CPU's model name with its family/model numbers (the name alone does not tell Zen 3 from
+    Zen 5), e.g. ``AMD EPYC (family 26 model 2)``."""
+    info = _cpuinfo()
     name = info.get("model name", "unknown CPU")
     if "cpu family" in info and "model" in info:
         name += f" (family {info['cpu family']} model {info['model']})"
+    return name
+
+
+def cpu_model() -> str:
+    """The CPU as a report names it: model, family/model numbers, cores and its fastest vector
+    unit, e.g. ``AMD EPYC (family 23 model 1), 2 cores, AVX2``."""
+    name, flags = cpu_name(), cpu_flags()
     units = [unit for unit, flag in (("AMX bf16", "amx_bf16"), ("AVX-512 bf16", "avx512_bf16")) if flag in flags]
     if not units:
         units = ["AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"]

@@ -40,7 +40,7 @@ import torch
 from fsds.config import Config, ModelConfig, Variant, load_config
 from fsds.data.images import load_images, load_masks, normalize
 from fsds.data.synthetic import generate_synthetic
-from fsds.engine.device import (cpu_flags, depthwise_in_fp32, resolve_channels_last, resolve_fp32_depthwise,
+from fsds.engine.device import (cpu_flags, cpu_name, depthwise_in_fp32, resolve_channels_last, resolve_fp32_depthwise,
                                 resolve_precision)
 from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.engine.training import Batch, TrainData, sample_batch, train_step
@@ -53,17 +53,16 @@ VARIANT = Variant(nbr="cosine", cap="weighted", seg_loss="bce")  # B+NBR+CaP: th
 # --- the machine --------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
     mhz = None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("cpu MHz") and mhz is None:
+            if line.startswith("cpu MHz"):
                 mhz = float(line.split(":", 1)[1])
+                break
     except OSError:
         pass
     flags = cpu_flags()
+    model = cpu_name() if Path("/proc/cpuinfo").exists() else platform.processor() or "unknown"
     return {
         "cpu": model, "cores": os.cpu_count(), "mhz": mhz, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability(),
