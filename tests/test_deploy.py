@@ -85,7 +85,7 @@ def test_predict_runs_bf16_where_the_predict_stage_does_and_stays_close_to_fp32(
     real_resolve = cli.resolve_precision  # "auto" as on a CPU with native bf16, whatever this one has
     monkeypatch.setattr(cli, "resolve_precision", lambda name, device: torch.bfloat16 if name == "auto" else
                         real_resolve(name, device))
-    for name, flags in (("auto", []), ("fp32", ["--precision", "fp32"])):
+    for name, flags in (("auto", []), ("fp32", ["--precision", "fp32", "--runtime", "torch"])):
         main(["predict", "--model", str(checkpoint), str(photos), "--out", str(tmp_path / name), *flags])
     assert seen == [(torch.bfloat16, True), (None, True)]  # one batch each; NHWC either way, as the predict stage
     bf16 = {r["image"]: float(r["max_probability"]) for r in _rows(tmp_path / "auto" / "predictions.csv")}
@@ -196,3 +196,31 @@ def test_predict_keeps_the_input_order_at_every_batch_size_and_stops_on_a_failed
     with pytest.raises(OSError, match="disk full"):
         files.predict_files(model, inputs, tmp_path / "broken", threshold=0.5, batch_size=2)
     assert not (tmp_path / "broken" / "predictions.csv").exists()
+
+
+def test_onnxruntime_predicts_what_torch_does_in_fp32_and_auto_picks_it_for_fp32_on_a_cpu(checkpoint, photos, tmp_path):
+    from fsds.deploy.runtime import resolve_runtime
+    from fsds.errors import InputError
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_runtime("auto", None, cpu) == "onnxruntime"
+    assert resolve_runtime("auto", torch.bfloat16, cpu) == "torch"
+    assert resolve_runtime("auto", None, cuda) == "torch"
+    assert resolve_runtime("torch", None, cpu) == "torch"
+    with pytest.raises(InputError, match="--runtime onnxruntime runs on the CPU"):
+        resolve_runtime("onnxruntime", None, cuda)
+
+    outs = {}
+    for runtime in ("torch", "onnxruntime"):
+        outs[runtime] = tmp_path / runtime
+        main(["predict", "--model", str(checkpoint), str(photos), "--out", str(outs[runtime]), "--threshold", "0.5",
+              "--precision", "fp32", "--runtime", runtime])
+    rows = {k: {Path(r["image"]).name: r for r in _rows(v / "predictions.csv")} for k, v in outs.items()}
+    assert set(rows["torch"]) == set(rows["onnxruntime"]) == {"wide.png", "tall_grey.jpg"}
+    for name, row in rows["torch"].items():
+        assert float(rows["onnxruntime"][name]["score"]) == pytest.approx(float(row["score"]), abs=0.002)
+        a, b = (np.asarray(Image.open(o / "masks" / f"{Path(name).stem}.png")) for o in outs.values())
+        assert np.mean(a != b) < 0.002  # a pixel or two at exactly the threshold may round apart
+    with pytest.raises(SystemExit):  # InputError, reported by the console entry point
+        main(["predict", "--model", str(checkpoint), str(photos), "--out", str(tmp_path / "x"), "--precision", "bf16",
+              "--runtime", "onnxruntime"])
