@@ -115,8 +115,7 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
         return Prediction(str(path), rgb.shape[0], rgb.shape[1], area, float(full.max()), area > min_area)
 
     # Decoding the next batch and writing the last one's PNGs run in two threads while the network
-    # runs (PIL and zlib leave the GIL): on a 2-core CPU that hid a third of the time per image
-    # (reports/speed.md). Results come back in input order; a failure in either thread stops the run.
+    # runs (PIL and zlib leave the GIL): on a 2-core CPU 5-15% faster end to end (reports/speed.md). Results come back in input order; a failure in either thread stops the run.
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     bar = tqdm(total=len(files), desc="predict", unit="img")
     with ThreadPoolExecutor(1, thread_name_prefix="fsds-read") as reader, \
