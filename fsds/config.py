@@ -24,13 +24,9 @@ DATASETS = ("synthetic", "mvtec", "magnetic_tile", "folder")
 NBR_KINDS = ("none", "cosine", "euclidean")
 SEG_LOSSES = ("bce", "bce_dice", "focal")
 CAP_KINDS = ("none", "plain", "weighted")
-ARCHS = ("albunet34", "ternausnet11", "ternausnet16", "unet", "attention_unet", "unetplusplus", "lite0_unet", "lite2_unet")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 ENCODER_STAGES = 5  # every network's encoder: feature maps at strides 2, 4, 8, 16, 32
-FROZEN_STAGES_PRETRAINED = 2  # train.frozen_encoder_stages auto, pretrained encoder: stem and stride-4 stage (reports/speed.md)
-ENCODER_NORMS = ("auto", "train", "frozen")  # auto: frozen when the encoder starts from pretrained weights
-LR_SCHEDULES = ("constant", "cosine")
 SPLIT_UNITS = ("defect_type", "category")
 MVTEC_DOWNLOADS = ("per_category", "full")
 PROFILE_KEYS = ("image_size", "iterations", "lr", "working_size")  # train keys that the chosen profile sets
@@ -79,7 +75,7 @@ class SplitConfig:
 class Profile:
     """Image size, iteration count and learning rate: ``profiles.paper`` is the paper's 512 px, 1350
     iterations and Adam 1e-4; a shorter budget trains its randomly initialised decoder faster at a
-    higher rate (reports/pretrained.md measures it)."""
+    higher rate (lab/findings/pretrained.md measures it)."""
 
     image_size: int
     iterations: int
@@ -111,11 +107,9 @@ class TrainConfig:
     augment: bool
     nbr_weight: float
     seg_loss: str  # the segmentation loss of variants that do not name one: bce (the paper) | bce_dice | focal
-    encoder_norm: str  # the encoder's batch norms: train (batch statistics) | frozen (their stored statistics) | auto
-    # The encoder's first N stages (of 5, from the input) keep their weights and stored statistics; auto:
-    # FROZEN_STAGES_PRETRAINED for a pretrained encoder, else 0
+    # The encoder's first N stages (of 5, from the input) keep their weights and stored statistics;
+    # auto: fsds.pipeline.plan decides (a pretrained encoder's first two, a random one's none)
     frozen_encoder_stages: int | Literal["auto"]
-    lr_schedule: str  # constant (the paper) | cosine (decays to 0 over the iterations)
     device: str
     precision: str
     channels_last: bool | Literal["auto"]  # NHWC memory for the network and its inputs
@@ -137,11 +131,9 @@ class TrainConfig:
         _check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
         _check(self.nbr_weight >= 0, "train.nbr_weight", "must be >= 0")
         _check_choice(self.seg_loss, SEG_LOSSES, "train.seg_loss")
-        _check_choice(self.encoder_norm, ENCODER_NORMS, "train.encoder_norm")
         _check(self.frozen_encoder_stages == "auto" or 0 <= self.frozen_encoder_stages <= ENCODER_STAGES,
                "train.frozen_encoder_stages",
                f"must be 'auto' or 0 to {ENCODER_STAGES} (the encoder stages, from the input, that stay as loaded)")
-        _check_choice(self.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
         _check_choice(self.device, DEVICES, "train.device")
         _check_choice(self.precision, PRECISIONS, "train.precision")
         _check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = all cores)")
@@ -150,51 +142,15 @@ class TrainConfig:
         _check(self.eval_images >= 1, "train.eval_images", "must be >= 1")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = no snapshots)")
 
-    def input_description(self) -> str:
-        """How images enter the network, in words: ``128 px`` or ``128 px crops of images at up to 512 px``."""
-        if not self.working_size:
-            return f"{self.image_size} px"
-        return f"{self.image_size} px crops of images at up to {self.working_size} px"
-
-    def freezes_encoder_norm(self, pretrained: bool) -> bool:
-        """Whether training keeps the encoder's batch norms at their stored statistics (``auto``: when
-        the encoder starts from pretrained weights, whose statistics a few images per batch would overwrite)."""
-        return self.encoder_norm == "frozen" or (self.encoder_norm == "auto" and pretrained)
-
-    def resolved_frozen_stages(self, pretrained: bool) -> int:
-        """How many encoder stages training leaves as loaded (``auto``: :data:`FROZEN_STAGES_PRETRAINED`
-        when the encoder starts from pretrained weights, else none: random filters must learn)."""
-        if self.frozen_encoder_stages == "auto":
-            return FROZEN_STAGES_PRETRAINED if pretrained else 0
-        return int(self.frozen_encoder_stages)
-
-    def resolved_batch_size(self, shot: int) -> int:
-        """The paper's batch sizes: 2 for 1-shot (and for 0 shots, pseudo-defects alone), 4 for more shots."""
-        if self.batch_size == "auto":
-            return 2 if shot <= 1 else 4
-        return int(self.batch_size)
-
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str
+    arch: str  # a key of fsds.method.registry.NETWORKS (checked by fsds.pipeline.plan)
     encoder_weights: str
-    # The U-Net decoder's widths, deepest block first (smp ``decoder_channels``): auto = each network's
-    # own (fsds.method.networks.DECODER_CHANNELS), or five widths for every smp U-Net
-    decoder_channels: str | tuple[int, ...]
 
     def __post_init__(self) -> None:
-        _check_choice(self.arch, ARCHS, "model.arch")
+        _check(bool(self.arch), "model.arch", "name a network, e.g. albunet34 (the paper's B) or lite0_unet")
         _check(bool(self.encoder_weights), "model.encoder_weights", "use none, imagenet or the path of a state dict")
-        widths = self.decoder_channels
-        if isinstance(widths, str):
-            _check(widths == "auto", "model.decoder_channels", f"expected auto or a list of 5 widths, got {widths!r}")
-        else:
-            _check(len(widths) == 5 and all(w >= 1 for w in widths), "model.decoder_channels",
-                   f"expected 5 positive widths, one per decoder block (deepest first), got {list(widths)}")
-            _check(self.arch not in ("unet", "attention_unet"), "model.decoder_channels",
-                   f"{self.arch} has fixed widths (64 to 1024); use auto, or an smp network "
-                   "(albunet34, ternausnet11/16, unetplusplus, lite0_unet, lite2_unet)")
 
 
 @dataclass(frozen=True)
@@ -213,14 +169,17 @@ class Variant:
     seg_loss: str = ""  # "" = train.seg_loss
     synthetic: bool = False  # mix pseudo-defects drawn from the normal pool into the shots (train.synthetic_fraction)
     label: str = ""  # display name in reports; "" = the id with '_' -> '+'
+    # Where the report shows it: the paper's method it reproduces (a row id of fsds.evaluation.paper,
+    # e.g. B_NBR_CaP; "" = beyond the paper) and the network family whose ablation tables hold it
+    # ("" = the paper's own networks, which also fill Tables II-IV).
+    paper: str = ""
+    family: str = ""
 
     def __post_init__(self) -> None:
         _check_choice(self.nbr, NBR_KINDS, "variants.*.nbr")
         _check_choice(self.cap, CAP_KINDS, "variants.*.cap")
         if self.seg_loss:
             _check_choice(self.seg_loss, SEG_LOSSES, "variants.*.seg_loss")
-        if self.arch:
-            _check_choice(self.arch, ARCHS, "variants.*.arch")
 
 
 @dataclass(frozen=True)
@@ -245,14 +204,6 @@ class PredictConfig:
                f"must be 0 (whole images) or a multiple of 32 of at least 64, got {self.tile_size}")
         _check(0 <= self.tile_overlap and (self.tile_size == 0 or 2 * self.tile_overlap < self.tile_size),
                "predict.tile_overlap", f"must be >= 0 and under half of predict.tile_size, got {self.tile_overlap}")
-
-    def resolved_batch_size(self, image_size: int) -> int:
-        """``auto``: about half a megapixel per batch (2 images at 512 px, 32 at 128). On a CPU,
-        batches much larger than that push the activations out of the caches and run slower
-        per image (reports/benchmark.md)."""
-        if self.batch_size == "auto":
-            return max(1, round(2 * 512**2 / image_size**2))
-        return int(self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -304,23 +255,11 @@ class Config:
                 "methods",
                 f"{name!r} is not a variant; params.yaml `variants` defines: {', '.join(self.variants)}",
             )
-            self.model_for(name)  # model.decoder_channels against the variant's own network
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
             raise ConfigError(f"unknown variant {name!r}; params.yaml defines: {', '.join(self.variants)}")
         return self.variants[name]
-
-    def model_for(self, name: str) -> ModelConfig:
-        """The network of variant ``name``: its own ``arch`` and ``encoder_weights``, else ``model``'s."""
-        variant = self.variant(name)
-        return ModelConfig(arch=variant.arch or self.model.arch,
-                           encoder_weights=variant.encoder_weights or self.model.encoder_weights,
-                           decoder_channels=self.model.decoder_channels)
-
-    def seg_loss_for(self, name: str) -> str:
-        """The segmentation loss of variant ``name``: its own ``seg_loss``, else ``train.seg_loss``."""
-        return self.variant(name).seg_loss or self.train.seg_loss
 
     def label(self, name: str) -> str:
         return variant_label(name, self.variants.get(name))

@@ -11,7 +11,9 @@ interruption and only the unfinished cells run.
 import argparse
 
 from fsds.errors import run_stage
-from fsds.experiments.grid import grid_report, load_grid, run_grid
+from fsds.pipeline.grid import load_grid
+from fsds.pipeline.grid_queue import run_grid
+from fsds.pipeline.grid_report import grid_report
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fsds.config import load_config
 from fsds.errors import run_stage
+from fsds.pipeline import plan
 from fsds.pipeline.report import write_report
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    cfg = load_config(args.params)
+    cfg = plan.load(args.params)
     table = pd.read_csv(args.split, keep_default_na=False)
     metrics = json.loads(Path(args.metrics).read_text())
     per_image = pd.read_csv(args.per_image)

@@ -5,8 +5,8 @@ import os
 
 import pandas as pd
 
-from fsds.config import load_config
 from fsds.errors import run_stage
+from fsds.pipeline import plan
 from fsds.pipeline.tracking import Tracker
 from fsds.pipeline.train import train_variant
 
@@ -20,8 +20,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    cfg = load_config(args.params)
-    cfg.variant(args.variant)  # reject an unknown variant before loading anything
+    cfg = plan.load(args.params, [args.variant])
     table = pd.read_csv(args.split, keep_default_na=False)
     resume_dir = os.environ.get("FSDS_RESUME_DIR") or args.resume_dir
     train_variant(cfg, args.variant, table, args.out, Tracker(cfg.mlflow), resume_dir=resume_dir)

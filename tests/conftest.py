@@ -85,13 +85,13 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def tiny_repo(dest: Path, overrides: dict) -> tuple[Path, dict[str, str]]:
-    """A git repo at ``dest`` holding this project's files (no data, reports or lock) and
+    """A git repo at ``dest`` holding this project's files (no data, reports, findings or lock) and
     params.yaml merged with ``overrides``; returns it with the environment to run DVC in."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     for rel in listed:
-        if rel.startswith(("reports/", "data/")) or rel == "dvc.lock" or not (REPO / rel).is_file():
+        if rel.startswith(("reports/", "data/", "lab/findings/")) or rel == "dvc.lock" or not (REPO / rel).is_file():
             continue  # start from nothing, as a first `dvc repro` would
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest / rel)

@@ -8,12 +8,13 @@ what it changes. ``train.image_size`` / ``train.iterations`` / ``train.lr`` go t
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fsds.config import PROFILE_KEYS, Config, parse_config
+from fsds.config import PROFILE_KEYS, Config, Variant, parse_config
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -43,3 +44,27 @@ def params_with(overrides: dict[str, Any]) -> dict[str, Any]:
 def make_config(overrides: dict[str, Any] | None = None) -> Config:
     """params.yaml with ``overrides``, parsed and validated."""
     return parse_config(params_with(overrides or {}))
+
+
+def recipe_for(variant: Variant | None = None, cfg: Config | None = None, arch: str | None = None,
+               pretrained: bool = False, **fields: Any):
+    """The :class:`~fsds.engine.recipe.Recipe` that ``cfg`` (default: params.yaml) resolves for
+    ``variant`` (default: B, no NBR or CaP) on network ``arch`` (default: its own, else
+    ``model.arch``), as :func:`fsds.pipeline.plan.recipe` does for a named variant; ``fields``
+    replace single values."""
+    from fsds.pipeline import plan
+
+    cfg = cfg or make_config()
+    variant = variant or Variant("none", "none")
+    recipe = plan.make_recipe(cfg, variant, arch or variant.arch or cfg.model.arch, pretrained)
+    return dataclasses.replace(recipe, **fields)
+
+
+def train(cfg: Config, variant: Variant, data, *, arch: str | None = None, **kwargs: Any):
+    """:func:`fsds.engine.training.train_segmenter` as the train stage calls it: ``variant`` under
+    ``cfg``'s training params on its runtime (``kwargs``: seed, encoder_state, probe, ...)."""
+    from fsds.engine.training import train_segmenter
+    from fsds.pipeline import plan
+
+    recipe = recipe_for(variant, cfg, arch, pretrained=kwargs.get("encoder_state") is not None)
+    return train_segmenter(recipe, plan.train_runtime(cfg), data, **kwargs)

@@ -5,6 +5,7 @@ import yaml
 
 from fsds.config import ModelConfig, load_config, parse_config, variant_label
 from fsds.errors import ConfigError
+from fsds.pipeline import plan
 from tests.conftest import REPO
 from tests.params import make_config, params_with
 
@@ -15,7 +16,7 @@ def test_repository_params_load():
     # the default run: Table V on the Lite0 U-Net with the ImageNet weights of its registry package
     assert cfg.methods == ("L0_B", "L0_B_NBR", "L0_B_NBR_CaP")
     for name in cfg.methods:
-        assert cfg.model_for(name) == ModelConfig(arch="lite0_unet", encoder_weights="imagenet", decoder_channels="auto")
+        assert plan.model_of(cfg, name) == ModelConfig(arch="lite0_unet", encoder_weights="imagenet")
     assert [cfg.variant(m).nbr for m in cfg.methods] == ["none", "cosine", "cosine"]
     assert [cfg.variant(m).cap for m in cfg.methods] == ["none", "none", "weighted"]
     assert cfg.variant("B_NBR_CaP").cap == "weighted"
@@ -23,9 +24,9 @@ def test_repository_params_load():
     nets = {"AlbuNet": "albunet34", "TernausNet11": "ternausnet11", "TernausNet16": "ternausnet16",
             "UNet": "unet", "AttentionUNet": "attention_unet", "UNetPP": "unetplusplus"}
     for name, arch in nets.items():
-        assert (cfg.model_for(name).arch, cfg.variant(name).cap, cfg.variant(name).nbr) == (arch, "plain", "none")
+        assert (plan.model_of(cfg, name).arch, cfg.variant(name).cap, cfg.variant(name).nbr) == (arch, "plain", "none")
     assert cfg.variant("B_NBR_CaP1").cap == "plain" and cfg.variant("B_NBReuc_CaP").nbr == "euclidean"
-    assert cfg.model_for("B") == cfg.model == ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto")  # the paper's B
+    assert plan.model_of(cfg, "B") == cfg.model == ModelConfig(arch="albunet34", encoder_weights="none")  # the paper's B
     assert (cfg.train.image_size, cfg.train.iterations) == (128, 300)
 
 
@@ -33,19 +34,19 @@ def test_profiles_select_image_size_and_iterations():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     paper = parse_config({**raw, "profile": "paper"})
     assert (paper.train.image_size, paper.train.iterations) == (512, 1350)
-    assert paper.train.resolved_batch_size(1) == 2 and paper.train.resolved_batch_size(5) == 4
+    assert plan.batch_size(paper) == 2 and plan.batch_size(parse_config({**raw, "profile": "paper", "shot": 5})) == 4
     assert paper.train.lr == 1e-4  # the paper's Adam rate; the default profile's is its own
     assert parse_config(raw).train.lr == raw["profiles"][raw["profile"]]["lr"]
-    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, fast_crops, fast256, cpu, quick, got 'slow'"):
+    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, quick, got 'slow'"):
         parse_config({**raw, "profile": "slow"})
     with pytest.raises(ConfigError, match=r"^train\.lr: set it in profiles"):
         parse_config({**raw, "train": {**raw["train"], "lr": 0.01}})
     with pytest.raises(ConfigError, match=r"^profiles\.\*\.lr: must be in \(0, 1\)"):
-        parse_config({**raw, "profiles": {"cpu": {"image_size": 128, "iterations": 300, "lr": 2.0}}})
+        parse_config({**raw, "profiles": {"fast": {"image_size": 128, "iterations": 300, "lr": 2.0}}})
     with pytest.raises(ConfigError, match=r"^train\.image_size: set it in profiles"):
         parse_config({**raw, "train": {"image_size": 256}})
     with pytest.raises(ConfigError, match=r"^profiles\.\*\.image_size: must be a positive multiple of 32"):
-        parse_config({**raw, "profiles": {"cpu": {"image_size": 100, "iterations": 300, "lr": 1e-4}}})
+        parse_config({**raw, "profiles": {"fast": {"image_size": 100, "iterations": 300, "lr": 1e-4}}})
     with pytest.raises(ConfigError, match=r"^methods: 'C' is not a variant"):
         parse_config({**raw, "methods": ["B", "C"]})
 
@@ -65,23 +66,14 @@ def test_profiles_select_image_size_and_iterations():
         ({"variants": {"X": {"nbr": "l1", "cap": "none"}}}, r"^variants\.\*\.nbr: expected one of none, cosine, euclidean"),
         ({"variants": {"X": {"nbr": "none", "capp": "none"}}}, r"^variants\.X\.capp: unknown key"),
         ({"variants": {"B+NBR": {"nbr": "none", "cap": "none"}}}, r"^variants\.B\+NBR: variant ids must be file-safe"),
-        ({"variants": {"X": {"nbr": "none", "cap": "none", "arch": "resnet"}}}, r"^variants\.\*\.arch: expected one of albunet34, ternausnet11"),
-        ({"model": {"arch": "segformer"}}, r"^model\.arch: expected one of albunet34"),
+        ({"model": {"arch": ""}}, r"^model\.arch: name a network"),
         ({"data": {"categories": []}}, r"^data\.categories: "),
         ({"mlflow": {"enabled": "yes"}}, r"^mlflow\.enabled: expected true or false"),
         ({"train": {"checkpoint_every": -1}}, r"^train\.checkpoint_every: must be >= 0"),
         ({"train": {"channels_last": "yes"}}, r"^train\.channels_last: expected true or false"),
         ({"predict": {"batch_size": 0}}, r"^predict\.batch_size: must be 'auto' or >= 1"),
-        ({"train": {"encoder_norm": "fixed"}}, r"^train\.encoder_norm: expected one of auto, train, frozen, got 'fixed'"),
         ({"train": {"frozen_encoder_stages": 6}}, r"^train\.frozen_encoder_stages: must be 'auto' or 0 to 5"),
         ({"train": {"frozen_encoder_stages": "some"}}, r"^train\.frozen_encoder_stages: "),
-        ({"train": {"lr_schedule": "step"}}, r"^train\.lr_schedule: expected one of constant, cosine, got 'step'"),
-        ({"model": {"decoder_channels": "slim"}}, r"^model\.decoder_channels: expected auto or a list of 5 widths"),
-        ({"model": {"decoder_channels": [64, 32, 16]}}, r"^model\.decoder_channels: expected 5 positive widths"),
-        ({"model": {"decoder_channels": [64, 32, 16, 8, 0]}}, r"^model\.decoder_channels: expected 5 positive widths"),
-        ({"model": {"decoder_channels": [64, 32, 16, 8, 8.5]}}, r"^model\.decoder_channels: .*list of integers"),
-        ({"model": {"decoder_channels": [64, 32, 16, 8, 8]}, "methods": ["UNet"]},
-         r"^model\.decoder_channels: unet has fixed widths"),
     ],
 )
 def test_bad_values_are_rejected_by_name(raw, message):
@@ -90,7 +82,7 @@ def test_bad_values_are_rejected_by_name(raw, message):
 
 
 @pytest.mark.parametrize("key", ["shot", "train.augment", "train.eval_every", "data.synthetic.seed", "metrics.threshold",
-                                 "variants.B.nbr", "mlflow.experiment", "methods", "model.decoder_channels"])
+                                 "variants.B.nbr", "mlflow.experiment", "methods", "model.encoder_weights"])
 def test_a_missing_key_is_an_error_that_names_it(key):
     """params.yaml is the one source of every value: nothing falls back to a default in the code."""
     raw = params_with({})
@@ -104,10 +96,10 @@ def test_a_missing_key_is_an_error_that_names_it(key):
 
 
 def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
-    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss``, ``synthetic`` and ``label``
-    may be left out (meaning: model.arch, model.encoder_weights, train.seg_loss, no pseudo-defects as
-    the paper, the id), and a profile's
-    ``working_size`` (meaning: whole images squashed, as the paper)."""
+    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss``, ``synthetic``, ``label``,
+    ``paper`` and ``family`` may be left out (meaning: model.arch, model.encoder_weights,
+    train.seg_loss, no pseudo-defects as the paper, the id, beyond the paper's methods, the paper's
+    own networks), and a profile's ``working_size`` (meaning: whole images squashed, as the paper)."""
     import dataclasses
 
     import fsds.config as config
@@ -118,7 +110,7 @@ def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
             optional |= {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
                          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label", "Variant.seg_loss",
-                        "Variant.synthetic", "Profile.working_size"}
+                        "Variant.synthetic", "Variant.paper", "Variant.family", "Profile.working_size"}
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_config):
@@ -127,17 +119,18 @@ def test_unknown_variant_lists_the_known_ones(tiny_config):
 
 
 def test_batch_size_auto_follows_the_paper():
-    cfg = parse_config(params_with({}))
-    assert cfg.train.resolved_batch_size(1) == 2
-    assert cfg.train.resolved_batch_size(0) == 2  # pseudo-defects alone: as 1-shot
-    assert cfg.train.resolved_batch_size(5) == 4
-    assert parse_config(params_with({"train": {"batch_size": 3}})).train.resolved_batch_size(1) == 3
+    assert plan.batch_size(make_config({"shot": 1})) == 2
+    synthetic = {"variants": {"S": {"nbr": "none", "cap": "none", "synthetic": True}}}
+    assert plan.batch_size(make_config({"shot": 0, **synthetic})) == 2  # pseudo-defects alone: as 1-shot
+    assert plan.batch_size(make_config({"shot": 5})) == 4
+    assert plan.batch_size(make_config({"shot": 1, "train": {"batch_size": 3}})) == 3
+    assert plan.recipe(make_config({"shot": 5}), "B", pretrained=False).batch_size == 4  # what training takes
 
 
 def test_predict_batch_auto_keeps_about_half_a_megapixel():
-    auto = parse_config(params_with({})).predict
-    assert [auto.resolved_batch_size(s) for s in (512, 256, 128, 64, 1024)] == [2, 8, 32, 128, 1]
-    assert parse_config(params_with({"predict": {"batch_size": 5}})).predict.resolved_batch_size(512) == 5
+    auto = make_config()
+    assert [plan.predict_batch_size(auto, s) for s in (512, 256, 128, 64, 1024)] == [2, 8, 32, 128, 1]
+    assert plan.predict_batch_size(make_config({"predict": {"batch_size": 5}}), 512) == 5
 
 
 def test_categories_list_and_overrides(tmp_path):
@@ -161,20 +154,26 @@ def test_a_variant_takes_its_own_network_and_weights_or_models():
                 "ArchOnly": {"nbr": "none", "cap": "none", "arch": "lite0_unet"},
                 "Plain": {"nbr": "none", "cap": "none"}}
     cfg = parse_config(params_with({"variants": variants, "model": {"arch": "unet", "encoder_weights": "none"}}))
-    assert cfg.model_for("Own") == ModelConfig("lite2_unet", "imagenet", "auto")
-    assert cfg.model_for("ArchOnly") == ModelConfig("lite0_unet", "none", "auto")
-    assert cfg.model_for("Plain") == ModelConfig("unet", "none", "auto")
-    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, label, nbr, seg_loss"):
+    assert plan.model_of(cfg, "Own") == ModelConfig("lite2_unet", "imagenet")
+    assert plan.model_of(cfg, "ArchOnly") == ModelConfig("lite0_unet", "none")
+    assert plan.model_of(cfg, "Plain") == ModelConfig("unet", "none")
+    assert [plan.recipe(cfg, name, pretrained=False).arch for name in variants] == ["lite2_unet", "lite0_unet", "unet"]
+    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, family, label, nbr, paper, seg_loss, synthetic"):
         parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "weights": "imagenet"}}}))
 
 
 def test_a_variant_names_its_segmentation_loss_and_the_papers_methods_keep_bce():
     cfg = load_config(REPO / "params.yaml")
     paper = ["B", "B_NBR", "B_NBR_CaP", "B_NBR_CaP1", "B_NBReuc_CaP", "AlbuNet", "TernausNet11", "UNet", "UNetPP"]
-    assert {cfg.seg_loss_for(name) for name in paper} == {"bce"} and cfg.train.seg_loss == "bce"
-    assert cfg.seg_loss_for("L0_B_NBR_CaP_Dice") == "bce_dice" and cfg.seg_loss_for("L0_B_Focal") == "focal"
-    other = parse_config(params_with({"train": {"seg_loss": "focal"}}))
-    assert other.seg_loss_for("B") == "focal" and other.seg_loss_for("L0_B_NBR_CaP_Dice") == "bce_dice"
+    assert {plan.recipe(cfg, name, pretrained=False).seg_loss for name in paper} == {"bce"} and cfg.train.seg_loss == "bce"
+    variants = {"B": {"nbr": "none", "cap": "none"},
+                "Dice": {"nbr": "cosine", "cap": "weighted", "seg_loss": "bce_dice"},
+                "Focal": {"nbr": "none", "cap": "none", "seg_loss": "focal"}}
+    own = make_config({"variants": variants})
+    seg_loss = lambda c, name: plan.recipe(c, name, pretrained=False).seg_loss  # noqa: E731
+    assert seg_loss(own, "B") == "bce" and seg_loss(own, "Dice") == "bce_dice" and seg_loss(own, "Focal") == "focal"
+    other = make_config({"variants": variants, "train": {"seg_loss": "focal"}})
+    assert seg_loss(other, "B") == "focal" and seg_loss(other, "Dice") == "bce_dice"
     with pytest.raises(ConfigError, match=r"^train\.seg_loss: expected one of bce, bce_dice, focal, got 'dice'"):
         parse_config(params_with({"train": {"seg_loss": "dice"}}))
     with pytest.raises(ConfigError, match=r"^variants\.\*\.seg_loss: expected one of bce, bce_dice, focal, got 'dice'"):
@@ -182,17 +181,39 @@ def test_a_variant_names_its_segmentation_loss_and_the_papers_methods_keep_bce()
 
 
 def test_frozen_encoder_stages_auto_freezes_only_a_pretrained_encoder(monkeypatch):
-    import fsds.config as config
+    monkeypatch.setattr(plan, "FROZEN_STAGES_PRETRAINED", 2)
+    auto = make_config({"train": {"frozen_encoder_stages": "auto"}})
+    assert [plan.frozen_stages(auto, p) for p in (True, False)] == [2, 0]
+    assert [plan.recipe(auto, "L0_B", pretrained=p).frozen_stages for p in (True, False)] == [2, 0]
+    three = make_config({"train": {"frozen_encoder_stages": 3}})
+    assert [plan.frozen_stages(three, p) for p in (True, False)] == [3, 3]
 
-    monkeypatch.setattr(config, "FROZEN_STAGES_PRETRAINED", 2)
-    auto = make_config({"train": {"frozen_encoder_stages": "auto"}}).train
-    assert [auto.resolved_frozen_stages(p) for p in (True, False)] == [2, 0]
-    three = make_config({"train": {"frozen_encoder_stages": 3}}).train
-    assert [three.resolved_frozen_stages(p) for p in (True, False)] == [3, 3]
+
+def test_a_network_is_checked_against_the_registry_naming_its_key():
+    """params.yaml alone takes any network name; plan.check (every stage that trains or reports)
+    refuses one the registry does not have, naming the key that set it."""
+    variants = {"X": {"nbr": "none", "cap": "none", "arch": "resnet"}, "B": {"nbr": "none", "cap": "none"}}
+    cfg = make_config({"variants": variants, "methods": ["B"]})
+    assert plan.check(cfg, ["B"]) is cfg
+    with pytest.raises(ConfigError, match=r"^variants\.X\.arch: unknown network 'resnet'; expected one of albunet34, "):
+        plan.check(cfg, ["B", "X"])
+    other = make_config({"model": {"arch": "segformer"}})
+    with pytest.raises(ConfigError, match=r"^model\.arch: unknown network 'segformer'; expected one of albunet34"):
+        plan.check(other, ["B"])
+    assert plan.check(other, ["L0_B"]) is other  # L0_B names its own network
 
 
-def test_encoder_norm_auto_freezes_only_a_pretrained_encoder():
-    frozen = {kind: make_config({"train": {"encoder_norm": kind}}).train for kind in ("auto", "train", "frozen")}
-    assert [frozen["auto"].freezes_encoder_norm(p) for p in (True, False)] == [True, False]
-    assert [frozen["train"].freezes_encoder_norm(p) for p in (True, False)] == [False, False]
-    assert [frozen["frozen"].freezes_encoder_norm(p) for p in (True, False)] == [True, True]
+def test_a_variants_paper_id_must_be_a_method_of_the_papers_tables():
+    cfg = make_config({"variants": {"Mine": {"nbr": "cosine", "cap": "weighted", "paper": "B_NBR_CaP2"}}})
+    with pytest.raises(ConfigError, match=r"^variants\.Mine\.paper: 'B_NBR_CaP2' is no method of the paper's tables"):
+        plan.check(cfg, ["Mine"])
+    assert plan.check(make_config({"variants": {"Mine": {"nbr": "cosine", "cap": "weighted", "paper": "B_NBR_CaP"}}}),
+                      ["Mine"])
+
+
+def test_the_repositorys_variants_all_pass_the_check():
+    cfg = load_config(REPO / "params.yaml")
+    plan.check(cfg, list(cfg.variants))
+    assert plan.load(str(REPO / "params.yaml")).methods == cfg.methods
+    with pytest.raises(ConfigError, match=r"^unknown variant 'C'"):
+        plan.load(str(REPO / "params.yaml"), ["C"])

@@ -12,16 +12,16 @@ from fsds.deploy.model import load_deployed
 from fsds.deploy.onnx_export import ONNX_TOLERANCE
 from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
 from fsds.engine.prediction import inference_model
-from fsds.pipeline.train import stage_params
+from fsds.pipeline.plan import stage_params
 from fsds.data.crops import crop_origin, pad_to, sample_crops
 from fsds.data.images import InputGeometry, load_images, load_masks, resize_probabilities, working_geometry
-from fsds.data.images import IMAGENET
-from fsds.engine.prediction import blend_weights, predict_probabilities, tile_starts, tiled
-from fsds.engine.training import TrainData, train_segmenter
+from fsds.engine.batches import TrainData
+from fsds.engine.prediction import Tiling, blend_weights, predict_probabilities, tile_starts, tiled
 from fsds.evaluation.threshold import calibrate_threshold
 from fsds.io import load_probabilities, save_probabilities
 from fsds.method.networks import build_model
-from tests.params import make_config
+from fsds.method.registry import IMAGENET
+from tests.params import make_config, train
 
 
 def _coded(height: int, width: int) -> torch.Tensor:
@@ -145,7 +145,7 @@ def test_tiled_and_whole_image_predictions_agree(size):
     net = _Pointwise().eval()
     image = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
     whole = predict_probabilities(net, [image])[0]
-    in_tiles = predict_probabilities(net, [image], tile_size=64, tile_overlap=16)[0]
+    in_tiles = predict_probabilities(net, [image], tiling=Tiling(64, 16))[0]
     assert whole.shape == in_tiles.shape == size
     diff = np.abs(whole.astype(int) - in_tiles.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.001  # blending equal values: a float ulp may cross a level
@@ -181,7 +181,7 @@ def test_a_convolutional_network_in_overlapping_tiles_matches_the_whole_image_aw
     height, width, tile, overlap, reach = 160, 224, 64, 16, 3
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
     whole = predict_probabilities(net, [image])[0].astype(int)
-    in_tiles = predict_probabilities(net, [image], tile_size=tile, tile_overlap=overlap)[0].astype(int)
+    in_tiles = predict_probabilities(net, [image], tiling=Tiling(tile, overlap))[0].astype(int)
     # pixels within `reach` of a tile edge inside the image see the tile's padding instead of the image
     near_edge = np.zeros((height, width), dtype=bool)
     for starts, axis, length in ((tile_starts(height, tile, overlap), 0, height), (tile_starts(width, tile, overlap), 1, width)):
@@ -196,7 +196,7 @@ def test_a_convolutional_network_in_overlapping_tiles_matches_the_whole_image_aw
 
 def test_any_size_is_padded_to_a_multiple_of_32_and_cut_back():
     torch.manual_seed(0)
-    net = build_model(make_config().model).eval()
+    net = build_model(make_config().model.arch).eval()
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in ((50, 70), (50, 70), (97, 33))]
     probs = predict_probabilities(net, images, batch_size=4)
     assert [p.shape for p in probs] == [(50, 70), (50, 70), (97, 33)]
@@ -230,7 +230,7 @@ def test_training_on_crops_runs_and_draws_defect_crops():
     data = TrainData([torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen) for h, w in shapes], masks,
                      ["a", "b"], [torch.randint(0, 256, (3, 120, 150), dtype=torch.uint8, generator=gen)] * 3,
                      InputGeometry(64, 1.0))
-    model, _, history = train_segmenter(cfg, cfg.variant("B_NBR_CaP"), data, seed=0)
+    model, _, history = train(cfg, cfg.variant("B_NBR_CaP"), data, seed=0)
     assert len(history) == 2 and np.isfinite(history["loss"]).all()
 
 
@@ -238,10 +238,10 @@ def test_training_on_crops_runs_and_draws_defect_crops():
 def working_scale_checkpoint(tmp_path, tiny_config):
     """A model trained at a working scale of 0.5 on 64 px crops (its weights random: the path is under test)."""
     torch.manual_seed(0)
-    model = build_model(tiny_config.model)
+    model = build_model(tiny_config.model.arch)
     path = tmp_path / "crops.pt"
-    save_checkpoint(path, model.eval(), tiny_config.model, stage_params(tiny_config, "B"), 3,
-                    {"input": InputGeometry(64, 0.5).to_dict()})
+    save_checkpoint(path, model.eval(), InputGeometry(64, 0.5), tiny_config.metrics.threshold, encoder_weights="none",
+                    config=stage_params(tiny_config, "B"), iteration=3)
     return path
 
 
@@ -255,8 +255,9 @@ def test_fsds_predict_takes_images_of_unseen_sizes_whole_at_the_working_scale(wo
     out = tmp_path / "out"
     cli_main(["predict", "--model", str(working_scale_checkpoint), str(folder), "--out", str(out), "--threshold", "0.5",
               "--precision", "fp32"])  # compared with fp32 below, pixel for pixel
-    net, _ = load_checkpoint(working_scale_checkpoint)
-    net = inference_model(net)
+    checkpoint = load_checkpoint(working_scale_checkpoint)
+    assert checkpoint.geometry == InputGeometry(64, 0.5)
+    net = inference_model(checkpoint.model)
     for name, (h, w) in sizes.items():
         mask = np.asarray(Image.open(out / "masks" / f"{name}.png")) > 0
         assert mask.shape == (h, w)

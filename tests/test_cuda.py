@@ -10,21 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from fsds.config import ARCHS, ModelConfig
-from fsds.data.images import IMAGENET
+from fsds.engine.batches import load_train_data, sample_batch
 from fsds.engine.checkpoint import load_checkpoint
-from fsds.engine.device import resolve_precision
+from fsds.engine.device import Runtime, resolve_precision
 from fsds.engine.prediction import inference_model, predict_probabilities
-from fsds.engine.training import (
-    load_train_data,
-    sample_batch,
-    train_segmenter,
-    train_step,
-)
+from fsds.engine.training import train_step
 from fsds.method.networks import build_model
+from fsds.method.registry import IMAGENET, NETWORKS
+from fsds.pipeline import plan
 from fsds.pipeline.predict import predict_variant
 from fsds.pipeline.tracking import Tracker
 from fsds.pipeline.train import train_variant
+from tests.params import recipe_for, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = torch.device("cuda")
@@ -49,11 +46,12 @@ def test_auto_precision_is_bf16_autocast_on_a_gpu_that_has_it():
     assert resolve_precision("fp32", CUDA) is None
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", sorted(NETWORKS))
 def test_training_with_autocast_on_the_gpu_is_finite_and_lowers_the_loss(tiny_config, tiny_split, arch):
     cfg = _on_cuda(tiny_config, precision="auto", iterations=40, image_size=64)
+    assert plan.train_runtime(cfg).device.type == "cuda"
     data = load_train_data(tiny_split, "fabric", 64)
-    model, _, history = train_segmenter(cfg, cfg.variant("B_NBR_CaP"), data, seed=0, model_cfg=ModelConfig(arch, "none", "auto"))
+    model, _, history = train(cfg, cfg.variant("B_NBR_CaP"), data, arch=arch, seed=0)
     assert all(p.is_cuda for p in model.parameters())
     assert np.isfinite(history[["loss", "seg", "nbr"]].to_numpy()).all()
     assert history["seg"].tail(5).mean() < history["seg"].head(5).mean()
@@ -64,16 +62,16 @@ def test_a_gpu_step_in_fp32_computes_the_cpu_step(tiny_config, tiny_split, varia
     """The same weights and the same draws give the same loss terms and gradients on both devices."""
     cfg = tiny_config
     data = load_train_data(tiny_split, "fabric", 64)
-    v = dataclasses.replace(cfg.variant(variant), cap="weighted" if variant == "B_NBR_CaP" else "none",
-                                seg_loss=cfg.seg_loss_for(variant))
+    v = dataclasses.replace(cfg.variant(variant), cap="weighted" if variant == "B_NBR_CaP" else "none")
+    recipe = recipe_for(v, cfg, batch_size=2, cap_probability=1.0, augment=True, nbr_weight=1.0)
     results = {}
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
-        model = build_model(cfg.model).to(device).train()
+        model = build_model(recipe.arch).to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, grads stay
         rng = np.random.default_rng(1)
-        batch = sample_batch(data, rng, 2, v, 1.0, True, IMAGENET, torch.device(device))
-        terms = train_step(model, opt, batch, v, 1.0, None)
+        batch = sample_batch(data, rng, recipe, IMAGENET, torch.device(device))
+        terms = train_step(model, opt, batch, recipe, None)
         grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).cpu()
         results[device] = terms, grad
     (cpu_terms, cpu_grad), (gpu_terms, gpu_grad) = results["cpu"], results["cuda"]
@@ -86,12 +84,11 @@ def test_a_gpu_step_in_fp32_computes_the_cpu_step(tiny_config, tiny_split, varia
 
 def test_gpu_prediction_matches_the_cpu(tiny_config):
     torch.manual_seed(0)
-    model = inference_model(build_model(tiny_config.model))
+    model = inference_model(build_model(tiny_config.model.arch))
     images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
     cpu = predict_probabilities(model, images, batch_size=4).astype(int)
-    gpu32 = predict_probabilities(model.to(CUDA), images, batch_size=4, device=CUDA).astype(int)
-    gpu16 = predict_probabilities(model, images, batch_size=4, device=CUDA, amp_dtype=torch.bfloat16,
-                                  channels_last=True).astype(int)
+    gpu32 = predict_probabilities(model.to(CUDA), images, Runtime(CUDA, None, False), batch_size=4).astype(int)
+    gpu16 = predict_probabilities(model, images, Runtime(CUDA, torch.bfloat16, True), batch_size=4).astype(int)
     assert np.abs(gpu32 - cpu).max() <= 1  # uint8 maps: rounding apart
     assert np.abs(gpu16 - cpu).mean() < 4.0  # bf16: a few levels of 255 on average (H100: 2.2)
 
@@ -99,8 +96,8 @@ def test_gpu_prediction_matches_the_cpu(tiny_config):
 def test_train_and_predict_stages_on_the_gpu_write_checkpoints_that_load_on_a_cpu(tmp_path, tiny_config, tiny_split):
     cfg = _on_cuda(tiny_config, precision="auto", iterations=6, checkpoint_every=3)
     train_variant(cfg, "B_NBR_CaP", tiny_split, tmp_path / "models", Tracker(cfg.mlflow), resume_dir=tmp_path / "resume")
-    model, state = load_checkpoint(tmp_path / "models" / "fabric.pt", "cpu")
-    assert state["iteration"] == 6 and all(not p.is_cuda for p in model.parameters())
+    checkpoint = load_checkpoint(tmp_path / "models" / "fabric.pt", "cpu")
+    assert checkpoint.state["iteration"] == 6 and all(not p.is_cuda for p in checkpoint.model.parameters())
     assert not list((tmp_path / "resume").rglob("*.pt"))  # snapshots removed once the stage is complete
     predict_variant(cfg, tiny_split, tmp_path / "models", tmp_path / "predictions")
     assert {p.name for p in (tmp_path / "predictions").iterdir()} == {"fabric.npz", "washer.npz", "scores.csv"}

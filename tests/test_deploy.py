@@ -11,25 +11,26 @@ import pytest
 import torch
 from PIL import Image
 
-from fsds.data.images import load_images, resize_probabilities
+from fsds.data.images import InputGeometry, load_images, resize_probabilities
 from fsds.deploy.cli import main
 from fsds.deploy.model import deployed_from_checkpoint, load_deployed
 from fsds.deploy.onnx_export import ONNX_TOLERANCE
 from fsds.engine.checkpoint import save_checkpoint
 from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.method.networks import build_model
-from fsds.pipeline.train import stage_params
+from fsds.pipeline.plan import stage_params
 
 
 @pytest.fixture()
 def checkpoint(tmp_path, tiny_config):
     torch.manual_seed(0)
-    model = build_model(tiny_config.model)
+    model = build_model(tiny_config.model.arch)
     # A bias on the head puts the probabilities around 0.5, so thresholds make a difference.
     with torch.no_grad():
         model.head[0].bias.fill_(0.0)
     path = tmp_path / "model.pt"
-    save_checkpoint(path, model.eval(), tiny_config.model, stage_params(tiny_config, "B"), 3)
+    save_checkpoint(path, model.eval(), InputGeometry(64), tiny_config.metrics.threshold, encoder_weights="none",
+                    config=stage_params(tiny_config, "B"), iteration=3)
     return path
 
 
@@ -56,7 +57,7 @@ def test_predict_writes_masks_overlays_and_decisions_at_each_images_size(checkpo
           "--precision", "fp32"])
     rows = {Path(r["image"]).name: r for r in _rows(out / "predictions.csv")}
     assert set(rows) == {"wide.png", "tall_grey.jpg"}  # notes.txt is not an image
-    net = build_model(tiny_config.model)
+    net = build_model(tiny_config.model.arch)
     net.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
     net = inference_model(net)
     for name, (h, w) in (("wide.png", (50, 70)), ("tall_grey.jpg", (90, 40))):
@@ -75,16 +76,16 @@ def test_predict_writes_masks_overlays_and_decisions_at_each_images_size(checkpo
 
 def test_predict_runs_bf16_where_the_predict_stage_does_and_stays_close_to_fp32(checkpoint, photos, tmp_path,
                                                                                monkeypatch):
-    import fsds.deploy.cli as cli
     import fsds.deploy.files as files
+    import fsds.engine.device as device
 
     seen = []
     real = files.predict_probabilities
-    monkeypatch.setattr(files, "predict_probabilities", lambda *a, **k: seen.append(
-        (k["amp_dtype"], k["channels_last"])) or real(*a, **k))
-    real_resolve = cli.resolve_precision  # "auto" as on a CPU with native bf16, whatever this one has
-    monkeypatch.setattr(cli, "resolve_precision", lambda name, device: torch.bfloat16 if name == "auto" else
-                        real_resolve(name, device))
+    monkeypatch.setattr(files, "predict_probabilities", lambda model, images, runtime, **k: seen.append(
+        (runtime.amp_dtype, runtime.channels_last)) or real(model, images, runtime, **k))
+    real_resolve = device.resolve_precision  # "auto" as on a CPU with native bf16, whatever this one has
+    monkeypatch.setattr(device, "resolve_precision", lambda name, where: torch.bfloat16 if name == "auto" else
+                        real_resolve(name, where))
     for name, flags in (("auto", []), ("fp32", ["--precision", "fp32", "--runtime", "torch"])):
         main(["predict", "--model", str(checkpoint), str(photos), "--out", str(tmp_path / name), *flags])
     assert seen == [(torch.bfloat16, True), (None, True)]  # one batch each; NHWC either way, as the predict stage
@@ -94,14 +95,16 @@ def test_predict_runs_bf16_where_the_predict_stage_does_and_stays_close_to_fp32(
 
 
 def test_without_a_threshold_predict_uses_the_models_own(tmp_path, tiny_config, photos):
-    """The checkpoint keeps metrics.threshold; `fsds predict` applies it unless --threshold is given."""
+    """The checkpoint keeps its threshold (here metrics.threshold); `fsds predict` applies it unless
+    --threshold is given."""
     torch.manual_seed(0)
-    model = build_model(tiny_config.model)
+    model = build_model(tiny_config.model.arch)
     with torch.no_grad():
         model.head[0].bias.fill_(0.0)
     cfg = dataclasses.replace(tiny_config, metrics=dataclasses.replace(tiny_config.metrics, threshold=0.3))
     path = tmp_path / "m.pt"
-    save_checkpoint(path, model.eval(), cfg.model, stage_params(cfg, "B"), 3)
+    save_checkpoint(path, model.eval(), InputGeometry(64), cfg.metrics.threshold, encoder_weights="none",
+                    config=stage_params(cfg, "B"), iteration=3)
     assert load_deployed(str(path)).threshold == 0.3
     for name, flags in (("own", []), ("given", ["--threshold", "0.3"]), ("other", ["--threshold", "0.7"])):
         main(["predict", "--model", str(path), str(photos / "wide.png"), "--out", str(tmp_path / name), *flags])
@@ -110,12 +113,17 @@ def test_without_a_threshold_predict_uses_the_models_own(tmp_path, tiny_config, 
 
 
 def test_a_calibrated_threshold_is_the_models_own(tmp_path, tiny_config, checkpoint, photos):
-    """A checkpoint with a threshold calibrated on normal images: `fsds predict` and the deployed
-    (MLflow, ONNX) model use it rather than metrics.threshold, unless --threshold is given."""
+    """A checkpoint with a threshold calibrated on normal images (saved as the train stage saves it):
+    `fsds predict` and the deployed (MLflow, ONNX) model use it rather than metrics.threshold, unless
+    --threshold is given."""
     state = torch.load(checkpoint, weights_only=False)
-    state["calibration"] = {"threshold": 0.4, "fpr": 0.001, "max_fpr": 0.001, "images": 8, "reached": True}
+    assert state["config"]["metrics"]["threshold"] == 0.5
+    model = build_model(tiny_config.model.arch)
+    model.load_state_dict(state["model"])
+    calibration = {"threshold": 0.4, "fpr": 0.001, "max_fpr": 0.001, "images": 8, "reached": True}
     path = tmp_path / "calibrated.pt"
-    torch.save(state, path)
+    save_checkpoint(path, model.eval(), InputGeometry(64), calibration["threshold"], encoder_weights="none",
+                    config=state["config"], iteration=3, extra={"calibration": calibration})
     assert load_deployed(str(path)).threshold == 0.4 and load_deployed(str(checkpoint)).threshold == 0.5
     for name, model, flags in (("own", path, []), ("given", checkpoint, ["--threshold", "0.4"]),
                                ("plain", checkpoint, [])):

@@ -1,4 +1,5 @@
-"""fsds.data.download: registry, mirror/HTTP fetch with resume, and safe atomic extraction.
+"""fsds.data.archives, .download and .extract: registry, mirror/HTTP fetch with resume, and safe
+atomic extraction.
 
 Everything runs on tmp_path and a loopback HTTP server; nothing leaves the machine.
 """
@@ -21,18 +22,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fsds.data import download as dl
-from fsds.data.download import (
-    ARCHIVES,
-    MARKER,
-    MIRROR_ENV,
-    Archive,
-    DownloadError,
-    UnsafeArchiveError,
-    extract,
-    fetch,
-    verify,
-)
+from fsds.data.archives import ARCHIVES, MVTEC_CATEGORIES, Archive, DownloadError
+from fsds.data.download import MIRROR_ENV, fetch, verify
+from fsds.data.extract import MARKER, UnsafeArchiveError, _Extractor, extract
 
 MAGNETIC_MIRROR = Path("/work/shared/datasets/magnetic_tile")
 CATEGORIES = (
@@ -83,7 +75,7 @@ def test_registry_is_consistent():
             assert archive.size > 0
     for category in CATEGORIES:
         assert ARCHIVES[f"mvtec/{category}"].name == f"{category}.tar.xz"
-    assert set(dl.MVTEC_CATEGORIES) == set(CATEGORIES)
+    assert set(MVTEC_CATEGORIES) == set(CATEGORIES)
     assert ARCHIVES["mvtec"].name == "mvtec_anomaly_detection.tar.xz"
     tile = ARCHIVES["magnetic_tile"]
     assert tile.name == "Magnetic-tile-defect-datasets.-master.zip"
@@ -396,7 +388,7 @@ def test_extract_caps_the_unpacked_size(tmp_path):
 
 
 def test_extract_stops_when_a_member_exceeds_its_declared_size(tmp_path):
-    ex = dl._Extractor(tmp_path, tmp_path / "x.zip", limit=10**6)
+    ex = _Extractor(tmp_path, tmp_path / "x.zip", limit=10**6)
     with pytest.raises(UnsafeArchiveError, match="more than its declared 3 bytes"):
         ex.file("a.bin", io.BytesIO(b"0123456789"), 3)
 

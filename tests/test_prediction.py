@@ -1,18 +1,20 @@
 """Prediction made fast: batch norms folded into convolutions give the same maps."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from fsds.config import ARCHS, ModelConfig
-from fsds.engine.prediction import inference_model, predict_probabilities
+from fsds.engine.prediction import CPU, inference_model, predict_probabilities
 from fsds.method.networks import build_model
+from fsds.method.registry import NETWORKS
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", sorted(NETWORKS))
 def test_folding_batch_norms_keeps_the_output(arch):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, encoder_weights="none", decoder_channels="auto"))
+    model = build_model(arch)
     model.train()
     with torch.no_grad():  # give every batch norm real running statistics
         for _ in range(3):
@@ -31,9 +33,10 @@ def test_folding_batch_norms_keeps_the_output(arch):
 
 def test_predicted_maps_are_the_same_after_folding():
     torch.manual_seed(1)
-    model = build_model(ModelConfig(arch="albunet34", encoder_weights="none", decoder_channels="auto")).eval()
+    model = build_model("albunet34").eval()
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     before = predict_probabilities(model, images, batch_size=2)
-    after = predict_probabilities(inference_model(model, channels_last=True), images, batch_size=2, channels_last=True)
+    nhwc = dataclasses.replace(CPU, channels_last=True)
+    after = predict_probabilities(inference_model(model, channels_last=True), images, nhwc, batch_size=2)
     assert before.shape == (3, 64, 64) and before.dtype == after.dtype
     assert abs(before.astype(int) - after.astype(int)).max() <= 1  # uint8 probabilities: one step at most

@@ -16,8 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from fsds.config import ModelConfig
-from fsds.data.images import IMAGENET, SIGNED, load_images, resize_probabilities
+from fsds.data.images import InputGeometry, load_images, resize_probabilities
 from fsds.deploy.cli import main
 from fsds.deploy.model import DeployedModel, deployed_from_checkpoint
 from fsds.deploy.onnx_export import ONNX_TOLERANCE, export_onnx
@@ -25,12 +24,13 @@ from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
 from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.errors import InputError
 from fsds.method.networks import build_model
-from fsds.method.weights import PACKAGED, efficientnet_pytorch_to_encoder, encoder_weights
-from fsds.pipeline.train import stage_params
+from fsds.method.registry import IMAGENET, NETWORKS, SIGNED
+from fsds.method.weights import efficientnet_pytorch_to_encoder, encoder_weights
+from fsds.pipeline.plan import stage_params
 from tests.conftest import REPO
 
 TRANSISTOR = REPO.parent / "shared" / "datasets" / "mvtec_transistor_512" / "transistor" / "train" / "good"
-LITES = sorted(PACKAGED)
+LITES = [arch for arch, entry in NETWORKS.items() if entry.imagenet and entry.imagenet.package]
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,9 @@ def test_the_packaged_weights_load_with_no_network(arch, monkeypatch):
         raise AssertionError("no download may be attempted")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    cfg = ModelConfig(arch=arch, encoder_weights="imagenet", decoder_channels="auto")
-    state, source = encoder_weights(cfg)
-    assert source.startswith("imagenet (") and PACKAGED[arch][0] in source
-    model = build_model(cfg, state)
+    state, source = encoder_weights(arch, "imagenet")
+    assert source.startswith("imagenet (") and NETWORKS[arch].imagenet.package in source
+    model = build_model(arch, state)
     mapped = efficientnet_pytorch_to_encoder(state, model.encoder)
     for key, tensor in nn.Module.state_dict(model.encoder).items():
         assert torch.equal(tensor, mapped[key]), key
@@ -78,12 +77,11 @@ def test_the_packaged_weights_load_with_no_network(arch, monkeypatch):
 @pytest.mark.parametrize("arch", LITES)
 def test_the_mapped_encoder_agrees_with_its_batch_norm_statistics(arch, images):
     x, real = images
-    cfg = ModelConfig(arch=arch, encoder_weights="imagenet", decoder_channels="auto")
-    state, _ = encoder_weights(cfg)
-    assert bn_agreement(build_model(cfg, state), x) > (0.8 if real else 0.7)
+    state, _ = encoder_weights(arch, "imagenet")
+    assert bn_agreement(build_model(arch, state), x) > (0.8 if real else 0.7)
 
     # The same tensors paired wrongly (rotated among those of the same shape and kind) compute noise.
-    model = build_model(ModelConfig(arch=arch, encoder_weights="none", decoder_channels="auto"))
+    model = build_model(arch)
     mapped = efficientnet_pytorch_to_encoder(state, model.encoder)
     groups = collections.defaultdict(list)
     for key, tensor in mapped.items():
@@ -97,23 +95,25 @@ def test_the_mapped_encoder_agrees_with_its_batch_norm_statistics(arch, images):
 
 
 def test_a_file_of_another_network_is_refused():
-    lite0, _ = encoder_weights(ModelConfig(arch="lite0_unet", encoder_weights="imagenet", decoder_channels="auto"))
+    lite0, _ = encoder_weights("lite0_unet", "imagenet")
     with pytest.raises(InputError, match="not this EfficientNet-Lite"):
-        build_model(ModelConfig(arch="lite2_unet", encoder_weights="none", decoder_channels="auto"), lite0)
+        build_model("lite2_unet", lite0)
 
 
 def test_the_networks_own_normalisation_travels_from_checkpoint_to_predict_and_onnx(tmp_path, tiny_config, tiny_root):
     """EfficientNet-Lite takes [-1, 1], AlbuNet ImageNet mean/std: the checkpoint keeps which, and the
     predict stage, `fsds predict`, the deployed (MLflow) model and ONNX all apply it."""
-    assert build_model(tiny_config.model).input_stats == IMAGENET
-    cfg = dataclasses.replace(tiny_config, model=ModelConfig(arch="lite0_unet", encoder_weights="none", decoder_channels="auto"))
+    assert build_model(tiny_config.model.arch).input_stats == IMAGENET
+    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, arch="lite0_unet"))
     torch.manual_seed(0)
-    net = build_model(cfg.model).eval()
+    net = build_model(cfg.model.arch).eval()
     assert net.input_stats == SIGNED
     path = tmp_path / "lite.pt"
-    save_checkpoint(path, net, cfg.model, stage_params(cfg, "B"), 3)
-    loaded, state = load_checkpoint(path)
-    assert loaded.input_stats == SIGNED and state["input_stats"] == SIGNED._asdict()
+    save_checkpoint(path, net, InputGeometry(64), cfg.metrics.threshold, encoder_weights="none",
+                    config=stage_params(cfg, "B"), iteration=3)
+    checkpoint = load_checkpoint(path)
+    loaded = checkpoint.model
+    assert loaded.input_stats == SIGNED and checkpoint.state["network"]["arch"] == "lite0_unet"
 
     image = sorted(tiny_root.glob("*/test/*/*.png"))[0]
     pixels = load_images([str(image)], 64)
@@ -136,11 +136,11 @@ def test_the_networks_own_normalisation_travels_from_checkpoint_to_predict_and_o
     assert export_onnx(deployed_from_checkpoint(path), tmp_path / "lite.onnx") <= ONNX_TOLERANCE
 
 
-def test_a_checkpoint_without_stored_stats_takes_its_networks(tmp_path, tiny_config):
-    cfg = dataclasses.replace(tiny_config, model=ModelConfig(arch="lite0_unet", encoder_weights="none", decoder_channels="auto"))
-    path = tmp_path / "old.pt"
-    save_checkpoint(path, build_model(cfg.model), cfg.model, stage_params(cfg, "B"), 3)
+def test_a_checkpoint_takes_its_networks_statistics_from_the_registry(tmp_path, tiny_config):
+    """The checkpoint names its network; the input statistics are that registry entry's, not a copy."""
+    path = tmp_path / "lite.pt"
+    save_checkpoint(path, build_model("lite0_unet"), InputGeometry(64), 0.5, encoder_weights="none",
+                    config=stage_params(tiny_config, "B"), iteration=3)
     state = torch.load(path, weights_only=False)
-    del state["input_stats"]
-    torch.save(state, path)
-    assert load_checkpoint(path)[0].input_stats == SIGNED
+    assert "input_stats" not in state and state["network"] == {"arch": "lite0_unet", "encoder_weights": "none"}
+    assert load_checkpoint(path).model.input_stats == NETWORKS["lite0_unet"].input_stats == SIGNED

@@ -6,17 +6,26 @@ import numpy as np
 import pytest
 import torch
 
-import fsds.engine.training as training
+import fsds.engine.batches as batches
 from fsds.config import ConfigError, Variant
-from fsds.data.images import IMAGENET
 from fsds.data.split import k_shot_split
-from fsds.engine.training import TrainData, load_train_data, sample_batch, train_segmenter
+from fsds.engine.batches import TrainData, load_train_data, sample_batch
 from fsds.errors import InputError
 from fsds.method.pseudo_defects import KINDS, draw_region, foreground, pseudo_defect
-from tests.params import make_config
+from fsds.method.registry import IMAGENET
+from tests.params import make_config, recipe_for, train
 
 SYN = Variant("none", "none", synthetic=True)
 SYN_CAP = Variant("cosine", "weighted", synthetic=True)
+CPU = torch.device("cpu")
+
+
+def draws(variant: Variant, m: int, cap_probability: float, augment: bool, defect_crop_fraction: float = 1.0,
+          synthetic_fraction: float = 0.0, synthetic_confine: bool = False):
+    """The recipe of ``variant`` with the values :func:`sample_batch` draws with."""
+    return recipe_for(variant, batch_size=m, cap_probability=cap_probability, augment=augment,
+                      defect_crop_fraction=defect_crop_fraction, synthetic_fraction=synthetic_fraction,
+                      synthetic_confine=synthetic_confine)
 
 
 def textured(seed: int, h: int = 64, w: int = 80) -> torch.Tensor:
@@ -116,12 +125,12 @@ def test_pseudo_defects_go_on_normal_images_with_textures_of_the_normal_pool(mon
         calls.append((image, pool, confine))
         return pseudo_defect(image, pool, rng, confine)
 
-    monkeypatch.setattr(training, "pseudo_defect", spy)
+    monkeypatch.setattr(batches, "pseudo_defect", spy)
     rng = np.random.default_rng(0)
     names = []
     for _ in range(20):
-        batch = sample_batch(data, rng, 4, SYN, 0.5, False, IMAGENET, torch.device("cpu"), synthetic_fraction=0.5,
-                             synthetic_confine=True)
+        batch = sample_batch(data, rng, draws(SYN, 4, 0.5, False, synthetic_fraction=0.5, synthetic_confine=True),
+                             IMAGENET, CPU)
         names += batch.names
     assert 20 < len(calls) < 60 and names.count("pseudo-defect") == len(calls)
     assert set(names) == {"pseudo-defect", "shot0.png"}
@@ -134,10 +143,10 @@ def test_pseudo_defects_go_on_normal_images_with_textures_of_the_normal_pool(mon
 def test_zero_shots_train_on_pseudo_defects_alone():
     data = _data(0)
     rng = np.random.default_rng(0)
-    batch = sample_batch(data, rng, 2, SYN_CAP, 1.0, False, IMAGENET, torch.device("cpu"), synthetic_fraction=0.5)
+    batch = sample_batch(data, rng, draws(SYN_CAP, 2, 1.0, False, synthetic_fraction=0.5), IMAGENET, CPU)
     assert batch.names == ["pseudo-defect"] * 2
     with pytest.raises(InputError, match="synthetic: true"):
-        sample_batch(data, rng, 2, Variant("none", "none"), 0.5, False, IMAGENET, torch.device("cpu"))
+        sample_batch(data, rng, draws(Variant("none", "none"), 2, 0.5, False), IMAGENET, CPU)
 
 
 def test_variants_without_pseudo_defects_draw_as_before():
@@ -146,8 +155,8 @@ def test_variants_without_pseudo_defects_draw_as_before():
     synthetic params, and its batch holds only the shots."""
     data = _data(2)
     rng = np.random.default_rng(3)
-    batch = sample_batch(data, rng, 4, Variant("cosine", "weighted"), 0.5, True, IMAGENET, torch.device("cpu"),
-                         synthetic_fraction=1.0, synthetic_confine=True)
+    batch = sample_batch(data, rng, draws(Variant("cosine", "weighted"), 4, 0.5, True, synthetic_fraction=1.0,
+                                          synthetic_confine=True), IMAGENET, CPU)
     replay = np.random.default_rng(3)
     replay.integers(0, 2, size=4), replay.integers(0, 4, size=4), replay.random()
     replay.integers(0, 8, size=4), replay.integers(0, 8, size=4)
@@ -159,16 +168,16 @@ def test_variants_without_pseudo_defects_draw_as_before():
 def test_a_pseudo_defect_goes_on_another_normal_image_than_its_partner(monkeypatch):
     data = _data(0, n_normals=2)
     hosts = []
-    monkeypatch.setattr(training, "pseudo_defect", lambda image, pool, rng, confine: (
+    monkeypatch.setattr(batches, "pseudo_defect", lambda image, pool, rng, confine: (
         hosts.append(image) or pseudo_defect(image, pool, rng, confine)))
     rng = np.random.default_rng(0)
     for _ in range(5):
-        batch = sample_batch(data, rng, 2, SYN, 0.5, False, IMAGENET, torch.device("cpu"), synthetic_fraction=1.0)
+        batch = sample_batch(data, rng, draws(SYN, 2, 0.5, False, synthetic_fraction=1.0), IMAGENET, CPU)
         normal = batch.normal  # normalised partners: compare by their source image
         for i in range(2):
             host = hosts[-2 + i]
             partner = [j for j in range(2) if torch.allclose(
-                training.normalize(data.normal_images[j : j + 1], IMAGENET)[0], normal[i])]
+                batches.normalize(data.normal_images[j : j + 1], IMAGENET)[0], normal[i])]
             assert partner and not torch.equal(host, data.normal_images[partner[0]])
 
 
@@ -178,8 +187,8 @@ def test_crops_of_pseudo_defects_hold_them(tiny_index):
     data = load_train_data(table, "washer", InputGeometry(32, 1.0))
     rng = np.random.default_rng(0)
     for _ in range(5):
-        batch = sample_batch(data, rng, 2, SYN, 0.5, False, IMAGENET, torch.device("cpu"), defect_crop_fraction=1.0,
-                             synthetic_fraction=1.0)
+        batch = sample_batch(data, rng, draws(SYN, 2, 0.5, False, defect_crop_fraction=1.0, synthetic_fraction=1.0),
+                             IMAGENET, CPU)
         assert batch.defect.shape == (2, 3, 32, 32)
         assert (batch.mask.flatten(1).sum(1) > 0).all()  # around a pseudo-defect pixel
 
@@ -190,10 +199,11 @@ def test_a_synthetic_variant_trains_with_zero_shots(tiny_index):
                        "mlflow": {"enabled": False}})
     table = k_shot_split(tiny_index, 0, 0)
     assert not (table["split"] == "train_defect").any()
-    with pytest.raises(InputError, match="no training defect images"):
-        load_train_data(table, "washer", 64)
-    data = load_train_data(table, "washer", 64, shots_required=False)
-    _, _, history = train_segmenter(cfg, cfg.variant("S"), data, seed=0)
+    data = load_train_data(table, "washer", 64)
+    assert len(data.defect_images) == 0 and len(data.normal_images) > 0
+    with pytest.raises(InputError, match="no defect shots to train on .*synthetic: true"):
+        train(cfg, Variant("cosine", "weighted"), data, seed=0)  # a variant of the paper's needs shots
+    _, _, history = train(cfg, cfg.variant("S"), data, seed=0)
     assert history["loss"].notna().all() and len(history) == 2
 
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from fsds.config import Variant
+from fsds.engine.batches import load_train_data
 from fsds.engine.resume import ResumeStore, fingerprint
-from fsds.engine.training import load_train_data, train_segmenter
+from tests.params import recipe_for, train
 
 from .conftest import run, tiny_repo
 
@@ -38,10 +39,10 @@ def test_training_resumed_from_a_snapshot_ends_where_an_uninterrupted_one_ends(t
         torch.save(state, buffer)
         snapshots[state["iteration"]] = buffer.getvalue()
 
-    whole, _, whole_history = train_segmenter(cfg, variant, washer_data, seed=5, on_checkpoint=keep)
+    whole, _, whole_history = train(cfg, variant, washer_data, seed=5, on_checkpoint=keep)
     assert sorted(snapshots) == [2, 4, 6]
     state = torch.load(io.BytesIO(snapshots[4]), weights_only=False)
-    resumed, _, history = train_segmenter(cfg, variant, washer_data, seed=5, resume_state=state)
+    resumed, _, history = train(cfg, variant, washer_data, seed=5, resume_state=state)
     assert history.equals(whole_history)  # the losses of iterations 1-4 come from the snapshot, 5-6 recomputed
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
@@ -49,10 +50,15 @@ def test_training_resumed_from_a_snapshot_ends_where_an_uninterrupted_one_ends(t
 
 def test_a_snapshot_is_used_only_for_the_same_training(tiny_config, washer_data, tmp_path):
     tensors = [washer_data.defect_images, washer_data.defect_masks, washer_data.normal_images]
-    base = dict(config=tiny_config.to_dict(), variant={"nbr": "cosine"}, model={"arch": "albunet34"},
-                category="washer", tensors=tensors, weights="none")
+    recipe = recipe_for(Variant("cosine", "weighted"), tiny_config)
+    base = dict(config=tiny_config.to_dict(), recipe=recipe, category="washer", tensors=tensors, weights="none")
     key = fingerprint(**base)
     assert fingerprint(**base) == key
+    # what the variant trains: its network, its losses, any resolved value
+    assert fingerprint(**{**base, "recipe": recipe_for(Variant("cosine", "weighted"), tiny_config, "lite0_unet")}) != key
+    assert fingerprint(**{**base, "recipe": recipe_for(Variant("cosine", "plain"), tiny_config)}) != key
+    assert fingerprint(**{**base, "recipe": dataclasses.replace(recipe, frozen_stages=2)}) != key
+    assert fingerprint(**{**base, "weights": "imagenet (lite0.pth)"}) != key
     other_lr = {**base, "config": {**base["config"], "train": {**base["config"]["train"], "lr": 0.5}}}
     assert fingerprint(**other_lr) != key
     assert fingerprint(**{**base, "category": "fabric"}) != key
@@ -75,7 +81,7 @@ def test_a_snapshot_is_used_only_for_the_same_training(tiny_config, washer_data,
     assert not (tmp_path / "resume").exists()
 
 
-TINY = {"profile": "cpu", "profiles": {"cpu": {"image_size": 64, "iterations": 40}},
+TINY = {"profile": "fast", "profiles": {"fast": {"image_size": 64, "iterations": 40}},
         "methods": ["B_NBR_CaP"], "train": {"checkpoint_every": 5, "eval_every": 0, "precision": "fp32"},
         "data": {"categories": ["washer"],
                  "synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64}},

@@ -133,7 +133,7 @@ def test_mvtec_download_flow_through_the_mirror(tiny_root, tmp_path, monkeypatch
     import tarfile
 
     import fsds.data.sources as datasets
-    from fsds.data.download import Archive
+    from fsds.data.archives import Archive
 
     mirror = tmp_path / "mirror"
     mirror.mkdir()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fsds.experiments.grid import finished_experiments, git_file
+from fsds.pipeline.grid_report import finished_experiments, git_file
 from tests.conftest import run, tiny_repo
 
 TINY = {

@@ -1,15 +1,18 @@
 import dataclasses
-import io
 
 import pytest
 import torch
 
 from fsds.config import Variant
+from fsds.data.images import InputGeometry
+from fsds.engine.batches import load_probe, load_train_data
 from fsds.engine.checkpoint import load_checkpoint, save_checkpoint
 from fsds.engine.device import resolve_channels_last, resolve_fp32_depthwise, resolve_precision
-from fsds.engine.training import load_probe, load_train_data, train_segmenter
-from fsds.pipeline.train import category_seed, stage_params
-from tests.params import make_config
+from fsds.engine.training import train_segmenter
+from fsds.pipeline import plan
+from fsds.pipeline.plan import stage_params
+from fsds.pipeline.train import category_seed
+from tests.params import make_config, recipe_for, train
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def test_train_data_is_decoded_once_at_network_size(washer_data):
 def test_every_variant_trains_and_logs_its_terms(tiny_config, washer_data, variant):
     cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, cap_probability=1.0))
     logged = []
-    model, optimizer, history = train_segmenter(cfg, variant, washer_data, seed=0, on_log=lambda it, row: logged.append(it))
+    model, optimizer, history = train(cfg, variant, washer_data, seed=0, on_log=lambda it, row: logged.append(it))
     assert logged == [1, 2, 3]
     assert history["loss"].notna().all()
     assert (history["cap"] == (0.0 if variant.cap == "none" else 1.0)).all()
@@ -52,33 +55,37 @@ def test_every_variant_trains_and_logs_its_terms(tiny_config, washer_data, varia
 def test_the_variants_segmentation_loss_is_the_one_trained(tiny_config, washer_data):
     """Same seed, same first batch: focal is below the BCE on every pixel, BCE+Dice above it."""
     cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, iterations=1))
-    first = {kind: train_segmenter(cfg, Variant("cosine", "weighted", seg_loss=kind), washer_data, seed=0)[2]["seg"].iloc[0]
+    first = {kind: train(cfg, Variant("cosine", "weighted", seg_loss=kind), washer_data, seed=0)[2]["seg"].iloc[0]
              for kind in ("bce", "bce_dice", "focal")}
     assert first["focal"] < first["bce"] < first["bce_dice"]
 
 
 def test_same_seed_same_weights(tiny_config, washer_data):
     variant = Variant("cosine", "weighted")
-    m1, _, h1 = train_segmenter(tiny_config, variant, washer_data, seed=7)
-    m2, _, h2 = train_segmenter(tiny_config, variant, washer_data, seed=7)
+    m1, _, h1 = train(tiny_config, variant, washer_data, seed=7)
+    m2, _, h2 = train(tiny_config, variant, washer_data, seed=7)
     assert h1.equals(h2)
     for (name, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), name
-    _, _, h3 = train_segmenter(tiny_config, variant, washer_data, seed=8)
+    _, _, h3 = train(tiny_config, variant, washer_data, seed=8)
     assert not h1["loss"].equals(h3["loss"])
 
 
 def test_checkpoint_rebuilds_the_model(tmp_path, tiny_config, washer_data):
-    model, optimizer, _ = train_segmenter(tiny_config, Variant("none", "none"), washer_data, seed=0)
+    model, optimizer, _ = train(tiny_config, Variant("none", "none"), washer_data, seed=0)
     path = tmp_path / "m.pt"
-    save_checkpoint(path, model, tiny_config.model, stage_params(tiny_config, "B"), 3, {"category": "washer"}, optimizer=optimizer)
-    rebuilt, state = load_checkpoint(path)
+    save_checkpoint(path, model, washer_data.geometry, 0.4, encoder_weights="none", config=stage_params(tiny_config, "B"),
+                    iteration=3, extra={"category": "washer"}, optimizer=optimizer)
+    checkpoint = load_checkpoint(path)
+    rebuilt, state = checkpoint.model, checkpoint.state
     assert state["iteration"] == 3 and state["category"] == "washer"
     assert state["config"]["train"]["image_size"] == 64
+    assert checkpoint.geometry == InputGeometry(64) and checkpoint.threshold == 0.4
     assert "state" in state["optimizer"] and state["optimizer"]["state"]
     finished = tmp_path / "finished.pt"
-    save_checkpoint(finished, model, tiny_config.model, stage_params(tiny_config, "B"), 3)  # a finished model leaves Adam's moments out
-    assert "optimizer" not in load_checkpoint(finished)[1]
+    save_checkpoint(finished, model, washer_data.geometry, 0.4, encoder_weights="none",
+                    config=stage_params(tiny_config, "B"), iteration=3)  # a finished model leaves Adam's moments out
+    assert "optimizer" not in load_checkpoint(finished).state
     assert finished.stat().st_size < path.stat().st_size / 2
     finished.unlink()
     model.eval()
@@ -98,7 +105,7 @@ def test_non_finite_loss_names_iteration_and_images(tiny_config, washer_data):
     cfg = make_config({"train": {"image_size": 64, "iterations": 2, "lr": 0.5}, "mlflow": {"enabled": False}})
     broken_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, nbr_weight=float("inf")))
     with pytest.raises(FloatingPointError, match=r"non-finite loss at iteration 1: .*defect images \["):
-        train_segmenter(broken_cfg, Variant("cosine", "none"), bad, seed=0)
+        train(broken_cfg, Variant("cosine", "none"), bad, seed=0)
 
 
 def test_precision_resolution(monkeypatch):
@@ -115,7 +122,7 @@ def test_precision_resolution(monkeypatch):
 def test_channels_last_changes_the_layout_not_the_result(tiny_config, washer_data):
     def train(channels_last):
         tc = dataclasses.replace(tiny_config.train, precision="fp32", channels_last=channels_last)
-        return train_segmenter(dataclasses.replace(tiny_config, train=tc), Variant("cosine", "weighted"), washer_data, seed=3)
+        return train(dataclasses.replace(tiny_config, train=tc), Variant("cosine", "weighted"), washer_data, seed=3)
 
     model, _, nhwc = train(True)
     assert model.encode(torch.zeros(1, 3, 64, 64).contiguous(memory_format=torch.channels_last))[0].is_contiguous(
@@ -148,12 +155,11 @@ def test_fp32_depthwise_resolution():
 
 
 def test_depthwise_convolutions_leave_autocast_and_switch_back():
-    from fsds.config import ModelConfig
     from fsds.engine.device import Fp32DepthwiseConv2d, depthwise_in_fp32
     from fsds.method.networks import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig("lite0_unet", "none", (16, 16, 16, 16, 8))).eval()
+    model = build_model("lite0_unet").eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         fp32 = model(x)
@@ -168,13 +174,12 @@ def test_depthwise_convolutions_leave_autocast_and_switch_back():
     assert (switched.float() - fp32).abs().mean() < (mixed.float() - fp32).abs().mean()
     assert depthwise_in_fp32(model, False) == 16
     assert not any(isinstance(m, Fp32DepthwiseConv2d) for m in model.modules())
-    assert depthwise_in_fp32(build_model(ModelConfig("albunet34", "none", "auto"))) == 0  # ResNet has none
+    assert depthwise_in_fp32(build_model("albunet34")) == 0  # ResNet has none
 
 
 def test_training_under_bf16_switches_depthwise_to_fp32_and_returns_the_model_plain(tiny_config, washer_data,
                                                                                      monkeypatch):
     import fsds.engine.training as training
-    from fsds.config import ModelConfig
     from fsds.engine.device import Fp32DepthwiseConv2d
 
     seen = []
@@ -182,16 +187,17 @@ def test_training_under_bf16_switches_depthwise_to_fp32_and_returns_the_model_pl
     monkeypatch.setattr(training, "train_step", lambda model, *a, **k: seen.append(
         sum(isinstance(m, Fp32DepthwiseConv2d) for m in model.modules())) or real_step(model, *a, **k))
     tc = dataclasses.replace(tiny_config.train, precision="bf16", fp32_depthwise=True, iterations=2)
-    model, _, _ = train_segmenter(dataclasses.replace(tiny_config, train=tc), Variant("none", "none"), washer_data,
-                                  seed=0, model_cfg=ModelConfig("lite0_unet", "none", (16, 16, 16, 16, 8)))
+    cfg = dataclasses.replace(tiny_config, train=tc)
+    runtime = plan.train_runtime(cfg)
+    assert runtime.amp_dtype is torch.bfloat16 and runtime.fp32_depthwise
+    model, _, _ = train_segmenter(recipe_for(Variant("none", "none"), cfg, "lite0_unet"), runtime, washer_data, seed=0)
     assert seen == [16, 16]
     assert not any(isinstance(m, Fp32DepthwiseConv2d) for m in model.modules())
 
 
 def test_auto_layout_trains_fp32_in_nchw(tiny_config, washer_data):
     tc = dataclasses.replace(tiny_config.train, precision="fp32", channels_last="auto", iterations=1)
-    model, _, _ = train_segmenter(dataclasses.replace(tiny_config, train=tc), Variant("cosine", "weighted"),
-                                  washer_data, seed=3)
+    model, _, _ = train(dataclasses.replace(tiny_config, train=tc), Variant("cosine", "weighted"), washer_data, seed=3)
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
     assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -202,15 +208,6 @@ def test_category_seed_is_stable_and_distinct():
     assert category_seed(0, "fabric") != category_seed(1, "fabric")
 
 
-def test_timing_measures_a_step_of_any_method():
-    from fsds.experiments.timing import step_seconds
-
-    cfg = make_config({"profiles": {"t": {"image_size": 64, "iterations": 3, "lr": 1e-4}}, "profile": "t",
-                        "variants": {"UNetPP": {"arch": "unetplusplus", "nbr": "none", "cap": "plain"}}, "mlflow": {"enabled": False}})
-    seconds = step_seconds(cfg, "UNetPP", 5, 3)
-    assert 0 < seconds < 60
-
-
 @pytest.mark.parametrize("flags, unit", [
     ("fpu avx2 avx512f avx512_bf16 amx_bf16", "AMX bf16, AVX-512 bf16"),
     ("fpu avx2 avx512f avx512_bf16", "AVX-512 bf16"),
@@ -219,7 +216,7 @@ def test_timing_measures_a_step_of_any_method():
     ("fpu sse4_2", "no AVX2"),
 ])
 def test_the_cpu_is_named_with_what_decides_its_speed(monkeypatch, flags, unit):
-    """Reports (grid cells, reports/pretrained.md) name the CPU a time was measured on."""
+    """Reports (grid cells, lab/findings/pretrained.md) name the CPU a time was measured on."""
     import os
 
     import fsds.engine.device as device
@@ -230,39 +227,24 @@ def test_the_cpu_is_named_with_what_decides_its_speed(monkeypatch, flags, unit):
     assert device.cpu_model() == f"AMD EPYC (family 25 model 17), {cores} cores, {unit}"
 
 
-def _encoder_and_decoder_norms(model):
-    norms = lambda part: [m for m in part.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # noqa: E731
-    return norms(model.encoder), norms(model.decoder)
-
-
-@pytest.mark.parametrize("kind", ["train", "frozen"])
-def test_frozen_encoder_norms_keep_their_statistics_and_the_decoders_learn(tiny_config, tiny_split, washer_data, kind):
-    """The random encoder's norms start at mean 0 / variance 1: frozen, they stay there through
-    training (and the probe evaluation's switch back to train mode); not frozen, they move."""
-    cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, encoder_norm=kind, eval_every=1))
-    probe = load_probe(tiny_split, "washer", 64, 2, 0)
-    model, _, _ = train_segmenter(cfg, Variant("cosine", "weighted"), washer_data, seed=0, probe=probe)
-    encoder_norms, decoder_norms = _encoder_and_decoder_norms(model)
-    assert encoder_norms and decoder_norms
-    untouched = [bool((n.running_mean == 0).all() and (n.running_var == 1).all()) for n in encoder_norms]
-    assert all(untouched) if kind == "frozen" else not any(untouched)
-    assert not any((n.running_mean == 0).all() for n in decoder_norms)  # the decoder's still follow its batches
-    assert model.encoder.training == model.decoder.training  # only the norms are held, not the module
-
-
 @pytest.mark.parametrize("arch", ["albunet34", "lite0_unet"])
-def test_frozen_encoder_stages_stay_as_loaded_and_the_rest_learns(tiny_config, washer_data, arch):
+def test_frozen_encoder_stages_stay_as_loaded_and_the_rest_learns(tiny_config, tiny_split, washer_data, arch):
     """Two frozen stages: their weights and batch-norm statistics end as they started and get no
     gradient at all (autograd skips them), while the next stage and the decoder train, and a
     probe evaluation's switch back to train mode keeps the frozen norms at their statistics."""
-    from fsds.method.networks import build_model, encoder_stages
+    from fsds.method.networks import build_model
+    from fsds.method.registry import network
 
-    cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, arch=arch),
-                              train=dataclasses.replace(tiny_config.train, frozen_encoder_stages=2))
+    cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, frozen_encoder_stages=2,
+                                                                     eval_every=1))
+    recipe = recipe_for(Variant("cosine", "weighted"), cfg, arch)
+    assert recipe.frozen_stages == 2 and recipe.arch == arch
+    probe = load_probe(tiny_split, "washer", 64, 2, 0)
     torch.manual_seed(0)
-    start = build_model(cfg.model).state_dict()
-    model, _, _ = train_segmenter(cfg, Variant("cosine", "weighted"), washer_data, seed=0)
-    stages = encoder_stages(model.encoder)
+    start = build_model(arch).state_dict()
+    model, _, history = train_segmenter(recipe, plan.train_runtime(cfg), washer_data, seed=0, probe=probe)
+    assert history["probe_iou"].notna().all()  # the probe ran after every step
+    stages = network(arch).stages(model.encoder)
     names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
 
     def moved(stage):
@@ -275,28 +257,3 @@ def test_frozen_encoder_stages_stay_as_loaded_and_the_rest_learns(tiny_config, w
     assert any(moved(stages[2])) and any(moved([model.decoder]))
     assert all(not m.training for stage in stages[:2] for module in stage for m in module.modules())
     assert model.encoder.training and all(m.training for module in stages[2] for m in module.modules())
-
-
-def test_cosine_schedule_decays_the_rate_to_zero_and_resumes_where_it_left_off(tiny_config, washer_data):
-    cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(
-        tiny_config.train, lr_schedule="cosine", iterations=4, checkpoint_every=2, eval_every=0))
-    snapshots = {}
-
-    def keep(state):  # through torch.save/load like the real snapshot file (the state holds live tensors)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        snapshots[state["iteration"]] = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
-
-    model, optimizer, history = train_segmenter(cfg, Variant("none", "none"), washer_data, seed=3, on_checkpoint=keep)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
-    assert snapshots[2]["schedule"]["last_epoch"] == 2
-    resumed, resumed_optimizer, resumed_history = train_segmenter(cfg, Variant("none", "none"), washer_data, seed=3,
-                                                                  resume_state=snapshots[2])
-    assert resumed_history.equals(history)
-    for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
-        assert torch.equal(a, b), name
-    constant = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr_schedule="constant"))
-    _, constant_optimizer, constant_history = train_segmenter(constant, Variant("none", "none"), washer_data, seed=3)
-    assert constant_optimizer.param_groups[0]["lr"] == cfg.train.lr
-    assert constant_history["loss"].iloc[0] == history["loss"].iloc[0]  # the first step is the same
-    assert not constant_history["loss"].equals(history["loss"])

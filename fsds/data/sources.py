@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from fsds.config import Config
 from fsds.data.datasets import SOURCE_FILE, list_categories
-from fsds.data.download import ARCHIVES, MVTEC_CATEGORIES, extract, fetch
+from fsds.data.archives import ARCHIVES, MVTEC_CATEGORIES
+from fsds.data.download import fetch
+from fsds.data.extract import extract
 from fsds.data.synthetic import generate_synthetic
 from fsds.errors import InputError
 from fsds.io import atomic_dir, read_mask, write_json

@@ -6,16 +6,21 @@ Two categories: a woven texture ("fabric") and a keyed metal washer on a conveyo
 does not depend on generation order or on which categories are requested.
 Defects are painted only inside a boolean mask and every mask pixel is changed, so
 the ground-truth masks are pixel-exact.
+
+This module renders the defect-free parts and writes the dataset; the defects are drawn by
+:mod:`fsds.data.defects`, both with the primitives of :mod:`fsds.data.drawing`.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from fsds.data.defects import DEFECTS
+from fsds.data.drawing import Rng, pixel_grid, smooth_noise
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "fabric": ("scratch", "hole", "stain"),
@@ -28,77 +33,6 @@ _MAX_TRIES = 200
 _SHIFT = 0.025  # max washer centre shift, as a fraction of the image size
 _R_OUT, _R_IN = 0.36, 0.16  # nominal washer radii, fractions of the image size
 
-Rng = np.random.Generator
-DefectFn = Callable[[Rng, np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
-
-
-@lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates (yy, xx); cached because every renderer needs them."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    yy.flags.writeable = xx.flags.writeable = False
-    return yy, xx
-
-
-def _smooth_noise(rng: Rng, size: int, cells_y: int, cells_x: int) -> np.ndarray:
-    """Value noise: a coarse random grid upsampled with smoothstep-bilinear weights."""
-    grid = rng.standard_normal((cells_y + 1, cells_x + 1))
-
-    def axis(cells: int) -> tuple[np.ndarray, np.ndarray]:
-        t = (np.arange(size) + 0.5) * (cells / size)
-        i = t.astype(np.intp)
-        f = t - i
-        return i, f * f * (3 - 2 * f)
-
-    iy, fy = axis(cells_y)
-    ix, fx = axis(cells_x)
-    rows = grid[iy] * (1 - fy)[:, None] + grid[iy + 1] * fy[:, None]
-    return rows[:, ix] * (1 - fx) + rows[:, ix + 1] * fx
-
-
-def _loguniform(rng: Rng, lo: float, hi: float) -> float:
-    """Log-uniform draw, so small/subtle values are as common as large/obvious ones."""
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-
-
-def _pick_point(rng: Rng, region: np.ndarray) -> np.ndarray:
-    """A random pixel centre (x, y) inside a boolean region."""
-    flat = np.flatnonzero(region)
-    k = int(flat[rng.integers(flat.size)])
-    return np.array([k % region.shape[1], k // region.shape[1]], dtype=np.float64)
-
-
-def _blob(rng: Rng, size: int, centre: np.ndarray, radius: float, rough: float,
-          aspect: float = 1.0, angle: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Blob with a wobbly outline: returns (edge - rho, rho / edge); first is > 0 inside."""
-    yy, xx = _grid(size)
-    dx, dy = xx - centre[0], yy - centre[1]
-    u = dx * np.cos(angle) + dy * np.sin(angle)
-    v = (dy * np.cos(angle) - dx * np.sin(angle)) / aspect
-    rho, th = np.hypot(u, v), np.arctan2(v, u)
-    k = np.arange(2, 6)
-    wobble = np.cos(th[..., None] * k + rng.uniform(0, 2 * np.pi, k.size)) @ (rng.normal(0, rough, k.size) / k)
-    edge = radius * (1 + np.clip(wobble, -0.5, 0.5))
-    return edge - rho, rho / edge
-
-
-def _polyline_distance(pts: np.ndarray, size: int) -> np.ndarray:
-    """Euclidean distance from every pixel to a polyline given as an (N, 2) array of x, y."""
-    yy, xx = _grid(size)
-    dist = np.full((size, size), np.inf)
-    for a, b in zip(pts[:-1], pts[1:]):  # loop over segments only; pixels are vectorised
-        ab = b - a
-        t = np.clip(((xx - a[0]) * ab[0] + (yy - a[1]) * ab[1]) / max(ab @ ab, 1e-9), 0, 1)
-        dist = np.minimum(dist, np.hypot(xx - a[0] - t * ab[0], yy - a[1] - t * ab[1]))
-    return dist
-
-
-def _random_walk(rng: Rng, start: np.ndarray, angle: float, steps: int, step: float, wiggle: float) -> np.ndarray:
-    """Jagged polyline: a heading that performs a random walk (crack-like)."""
-    heading = angle + np.cumsum(rng.normal(0, wiggle, steps))
-    moves = step * np.stack([np.cos(heading), np.sin(heading)], axis=1)
-    return np.vstack([start, start + np.cumsum(moves, axis=0)])
-
 
 # --------------------------------------------------------------------------- normals
 
@@ -106,10 +40,10 @@ def _random_walk(rng: Rng, start: np.ndarray, angle: float, steps: int, step: fl
 def _finish(rng: Rng, img: np.ndarray) -> np.ndarray:
     """Global illumination, white balance and sensor noise, then quantise to uint8."""
     size = img.shape[0]
-    yy, xx = _grid(size)
+    yy, xx = pixel_grid(size)
     ang = rng.uniform(0, 2 * np.pi)
     ramp = 1 + rng.uniform(0, 0.12) * ((xx * np.cos(ang) + yy * np.sin(ang)) / size - 0.5)
-    light = rng.normal(1.0, 0.05) * ramp * (1 + 0.03 * _smooth_noise(rng, size, 3, 3))
+    light = rng.normal(1.0, 0.05) * ramp * (1 + 0.03 * smooth_noise(rng, size, 3, 3))
     img = img * light[..., None] * (1 + rng.normal(0, 0.008, 3))  # white balance
     img = img + rng.normal(0, rng.uniform(0.006, 0.016), img.shape)
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
@@ -117,14 +51,14 @@ def _finish(rng: Rng, img: np.ndarray) -> np.ndarray:
 
 def _fabric(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Plain-weave cloth with yarn irregularity; the whole frame is 'part'."""
-    yy, xx = _grid(size)
+    yy, xx = pixel_grid(size)
     period = max(9.0 * size / 256, 4.0) * rng.uniform(0.96, 1.04)
     a = np.deg2rad(rng.normal(0, 1.5))
     u = (xx * np.cos(a) + yy * np.sin(a)) / period + rng.uniform(0, 2)
     v = (yy * np.cos(a) - xx * np.sin(a)) / period + rng.uniform(0, 2)
     # yarns are never perfectly straight: slow waviness along each yarn direction
-    u = u + 0.12 * _smooth_noise(rng, size, 6, 2)
-    v = v + 0.12 * _smooth_noise(rng, size, 2, 6)
+    u = u + 0.12 * smooth_noise(rng, size, 6, 2)
+    v = v + 0.12 * smooth_noise(rng, size, 2, 6)
     iu, iv = np.floor(u), np.floor(v)
     fu, fv = u - iu, v - iv
     warp_top = (iu + iv) % 2 == 0
@@ -133,8 +67,8 @@ def _fabric(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     warp = np.sin(np.pi * fu) ** 0.7 * (0.8 + 0.2 * np.sin(np.pi * fv)) * (1 + tone_u[iu.astype(np.intp) % 64])
     weft = np.sin(np.pi * fv) ** 0.7 * (0.8 + 0.2 * np.sin(np.pi * fu)) * (1 + tone_v[iv.astype(np.intp) % 64])
     fine, coarse = max(size // 2, 2), max(size // 16, 2)  # fibre streaks run along each yarn
-    warp = warp + 0.06 * _smooth_noise(rng, size, coarse, fine)
-    weft = weft + 0.06 * _smooth_noise(rng, size, fine, coarse)
+    warp = warp + 0.06 * smooth_noise(rng, size, coarse, fine)
+    weft = weft + 0.06 * smooth_noise(rng, size, fine, coarse)
     c_warp = np.array([0.62, 0.55, 0.45]) * (1 + rng.normal(0, 0.012, 3))  # dye-lot jitter
     c_weft = c_warp * np.array([0.93, 0.95, 1.0])
     shade = np.where(warp_top, warp, weft)
@@ -145,7 +79,7 @@ def _fabric(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
 def _washer(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Keyed metal washer on a dark conveyor; returns (image, interior region of the ring)."""
     s = size / 256
-    yy, xx = _grid(size)
+    yy, xx = pixel_grid(size)
     cx, cy = size / 2 + rng.uniform(-_SHIFT, _SHIFT, 2) * size
     rot = np.deg2rad(-90 + rng.normal(0, 6))  # key points up, with small rotation jitter
     R = _R_OUT * size * rng.uniform(0.985, 1.015)
@@ -154,7 +88,7 @@ def _washer(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     dx, dy = xx - cx, yy - cy
     rho, phi = np.hypot(dx, dy), np.arctan2(dy, dx)
     # conveyor with blotchy grime and a soft contact shadow cast away from the light
-    bg = 0.2 + 0.02 * _smooth_noise(rng, size, 4, 4) + 0.012 * _smooth_noise(rng, size, size // 8, size // 8)
+    bg = 0.2 + 0.02 * smooth_noise(rng, size, 4, 4) + 0.012 * smooth_noise(rng, size, size // 8, size // 8)
     rho_s = np.hypot(dx + 3 * s * np.cos(light), dy + 3 * s * np.sin(light))
     shadow = np.clip((R + 2 * s - rho_s) / (5 * s), 0, 1) * np.clip((rho_s - r + 2 * s) / (5 * s), 0, 1)
     bg = bg * (1 - 0.45 * shadow)
@@ -168,7 +102,7 @@ def _washer(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     ring_r = np.arange(0, size, max(0.8 * s, 0.5))
     marks = np.interp(rho, ring_r, np.convolve(rng.normal(0, 1, ring_r.size), np.ones(3) / 3, "same"))
     lit = np.cos(phi - light)
-    metal = 0.6 + 0.1 * np.cos(2 * (phi - light)) + 0.025 * marks + 0.03 * _smooth_noise(rng, size, 5, 5)
+    metal = 0.6 + 0.1 * np.cos(2 * (phi - light)) + 0.025 * marks + 0.03 * smooth_noise(rng, size, 5, 5)
     bevel = 2.0 * s + 0.5
     metal = metal + 0.2 * lit * (np.exp(-(((R - rho) / bevel) ** 2)) - np.exp(-(((rho - r) / bevel) ** 2)))
     tint = np.array([0.8, 0.82, 0.86]) * (1 + rng.normal(0, 0.008, 3))
@@ -177,106 +111,10 @@ def _washer(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     return img, (rho > r + margin) & (rho < R - margin)
 
 
-# --------------------------------------------------------------------------- defects
-# Each defect returns (alpha, new): alpha > 0 marks the pixels it touches; new is the
-# full float image with the defect (only pixels with alpha > 0 are ever used).
-
-
-def _scratch(rng: Rng, base: np.ndarray, region: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Thin curved line of abraded yarn: weave flattened towards a lighter/darker mean."""
-    size = base.shape[0]
-    p0 = _pick_point(rng, region)
-    length, ang = max(rng.uniform(0.08, 0.35) * size, 12.0), rng.uniform(0, 2 * np.pi)
-    d = np.array([np.cos(ang), np.sin(ang)])
-    ctrl = p0 + 0.5 * length * d + rng.normal(0, 0.25) * length * np.array([-d[1], d[0]])
-    t = np.linspace(0, 1, 32)[:, None]
-    pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * ctrl + t**2 * (p0 + length * d)
-    half = max(rng.uniform(0.6, 2.2) * s, 0.5)
-    alpha = np.clip(half + 0.5 - _polyline_distance(pts, size), 0, 1)
-    flat = base.mean(axis=(0, 1)) * (1 + rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.4))
-    w = _loguniform(rng, 0.4, 1.0) * alpha[..., None]  # how much of the weave is worn away
-    return alpha, base * (1 - w) + flat * w
-
-
-def _hole(rng: Rng, base: np.ndarray, region: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Dark hole with a ragged edge; partial 'thin spots' (low depth) are the subtle cases."""
-    radius = max(_loguniform(rng, 3.75, 18.0) * s, 2.6)
-    inside, _ = _blob(rng, base.shape[0], _pick_point(rng, region), radius, 0.35,
-                      rng.uniform(0.6, 1.0), rng.uniform(0, np.pi))
-    alpha = np.clip(inside + 0.5, 0, 1) * _loguniform(rng, 0.2, 1.0)
-    backing = rng.uniform(0.03, 0.12)
-    return alpha, base * (1 - alpha[..., None]) + backing * alpha[..., None]
-
-
-def _stain(rng: Rng, base: np.ndarray, region: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Soft, low-contrast discoloration (coffee, grease, yellowing) with a blurry rim."""
-    radius = max(_loguniform(rng, 8.0, 40.0) * s, 4.0)
-    _, q = _blob(rng, base.shape[0], _pick_point(rng, region), radius, 0.25,
-                 rng.uniform(0.5, 1.0), rng.uniform(0, np.pi))
-    # soft body plus an optional darker "coffee ring" where the liquid dried at the rim
-    ring = rng.uniform(0, 0.5) * np.exp(-(((1 - q) / 0.12) ** 2)) * (q < 1)
-    alpha = np.clip(0.6 * np.sqrt(np.clip(1 - q**2, 0, 1)) + ring, 0, 1)
-    alpha = np.where(alpha > 0.1, alpha, 0.0)  # the faint fringe below this is not labelled or painted
-    tint = np.array([[0.7, 0.55, 0.38], [0.55, 0.55, 0.57], [0.95, 0.85, 0.5]])[rng.integers(3)]
-    k = _loguniform(rng, 0.4, 1.0) * alpha[..., None]
-    return alpha, base * (1 - k + k * tint)
-
-
-def _crack(rng: Rng, base: np.ndarray, region: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Thin dark jagged crack, sometimes with a side branch."""
-    size = base.shape[0]
-    step, ang = max(2.0 * s, 1.0), rng.uniform(0, 2 * np.pi)
-    steps = max(int(rng.uniform(0.06, 0.25) * size / step), 14)
-    main = _random_walk(rng, _pick_point(rng, region), ang, steps, step, 0.35)
-    dist = _polyline_distance(main, size)
-    if rng.random() < 0.6:
-        root = main[rng.integers(2, len(main) - 2)]
-        turn = rng.choice([-1, 1]) * rng.uniform(0.5, 1.1)
-        branch = _random_walk(rng, root, ang + turn, steps // 2, step, 0.35)
-        dist = np.minimum(dist, _polyline_distance(branch, size))
-    half = max(rng.uniform(0.5, 1.2) * s, 0.45)
-    alpha = np.clip(half + 0.5 - dist, 0, 1)
-    return alpha, base * (1 - _loguniform(rng, 0.15, 0.7) * alpha[..., None])
-
-
-def _dent(rng: Rng, base: np.ndarray, region: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Shallow depression: shaded dark on the lit side and bright on the far side."""
-    size = base.shape[0]
-    yy, xx = _grid(size)
-    c = _pick_point(rng, region)
-    radius = max(_loguniform(rng, 5.0, 18.0) * s, 2.8)
-    _, q = _blob(rng, size, c, radius, 0.1, rng.uniform(0.6, 1.0), rng.uniform(0, np.pi))
-    bowl = np.clip(1 - q**2, 0, 1)
-    light = np.deg2rad(225)
-    facing = ((xx - c[0]) * np.cos(light) + (yy - c[1]) * np.sin(light)) / radius
-    shade = _loguniform(rng, 0.06, 0.45) * (facing - 0.3) * bowl
-    return (q < 1).astype(np.float64), base + shade[..., None]
-
-
-def _contamination(rng: Rng, base: np.ndarray, region: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
-    """A cluster of small oil/dust/rust spots, optionally with a smear."""
-    size = base.shape[0]
-    centre = _pick_point(rng, region)
-    spread = max(rng.uniform(6, 20) * s, 3.0)
-    alpha = np.zeros((size, size))
-    for _ in range(int(rng.integers(1, 6))):
-        radius = max(rng.uniform(1.8, 6.8) * s, 1.3)
-        inside, _ = _blob(rng, size, centre + rng.normal(0, spread, 2), radius, 0.3)
-        alpha = np.maximum(alpha, np.clip(inside + 0.5, 0, 1))
-    if rng.random() < 0.4:
-        length = max(rng.uniform(8, 25) * s, 4.0)
-        _, q = _blob(rng, size, centre, length, 0.1, rng.uniform(0.1, 0.3), rng.uniform(0, np.pi))
-        alpha = np.maximum(alpha, 0.6 * np.clip(1 - q**2, 0, 1))
-    colour = np.array([[0.3, 0.24, 0.14], [0.28, 0.28, 0.28], [0.5, 0.28, 0.14]])[rng.integers(3)]
-    a = _loguniform(rng, 0.12, 0.8) * alpha[..., None]
-    return alpha, base * (1 - a) + colour * a
+# ---------------------------------------------------------------------------- images
 
 
 _NORMALS: dict[str, Callable[[Rng, int], tuple[np.ndarray, np.ndarray]]] = {"fabric": _fabric, "washer": _washer}
-_DEFECTS: dict[str, DefectFn] = {
-    "scratch": _scratch, "hole": _hole, "stain": _stain,
-    "crack": _crack, "dent": _dent, "contamination": _contamination,
-}
 
 
 def _paint(base: np.ndarray, mask: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -317,7 +155,7 @@ def _render_sample(seed: int, category: str, group: str, index: int, size: int, 
     for attempt in range(_MAX_TRIES):
         # redraw a defect that fell (mostly) off the part; grow it a little each time so that
         # tiny images (where the washer ring is only a few pixels wide) still get >= 20 pixels
-        alpha, new = _DEFECTS[group](drng, base_f, region, size / 256 * 1.06**attempt)
+        alpha, new = DEFECTS[group](drng, base_f, region, size / 256 * 1.06**attempt)
         mask = (alpha > 0) & region
         if mask.sum() >= _MIN_PIXELS:
             break

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from fsds.data.images import resize_image, resize_probabilities
 from fsds.deploy.model import DeployedModel
-from fsds.engine.prediction import predict_probabilities
+from fsds.engine.device import Runtime
+from fsds.engine.prediction import CPU, Tiling, predict_probabilities
 from fsds.errors import InputError, MissingFileError
 from fsds.evaluation.metrics import defect_area
 from fsds.io import atomic_path, read_rgb, write_text
@@ -65,7 +66,7 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray
 
 def _png_bytes(array: np.ndarray) -> bytes:
     """Lossless PNG at zlib level 1: a 512 px overlay encodes in about 20 ms against 116 ms at PIL's
-    default level 6, for files about 12% larger (measured on a 2-core EPYC, reports/speed.md)."""
+    default level 6, for files about 12% larger (measured on a 2-core EPYC, lab/findings/speed.md)."""
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
@@ -77,10 +78,9 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, threshold: float | None = None,
-                  min_area: float = 0.0, batch_size: int = 4, device: torch.device | str = "cpu",
-                  tile_size: int = 0, tile_overlap: int = 64, amp_dtype: torch.dtype | None = None,
-                  channels_last: bool = False) -> list[Prediction]:
+def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, runtime: Runtime = CPU,
+                  threshold: float | None = None, min_area: float = 0.0, batch_size: int = 4,
+                  tiling: Tiling = Tiling()) -> list[Prediction]:
     """Masks (``masks/<stem>.png``, white = defect), overlays (``overlays/<stem>.png``) at each image's
     own size, and ``predictions.csv`` with each image's score and decision: defective when the
     predicted defect area exceeds ``min_area`` (default 0: any pixel, the paper's rule). A pixel is
@@ -88,18 +88,18 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
     ``metrics.threshold`` of its training).
 
     Images are sized as the model was trained (squashed, or at its working scale, any aspect
-    ratio) and predicted as the predict stage predicts (:func:`fsds.engine.prediction.predict_probabilities`,
-    under ``amp_dtype`` autocast if given, in NHWC with ``channels_last``; in tiles with a ``tile_size``)."""
+    ratio) and predicted as the predict stage predicts (:func:`fsds.engine.prediction.predict_probabilities`
+    on the ``runtime``; in tiles with a ``tiling``)."""
     threshold = model.threshold if threshold is None else threshold
     if not 0.0 < threshold < 1.0:
         raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
     if not 0.0 <= min_area < 1.0:
         raise InputError(f"--min-area is a fraction of the image in [0, 1), got {min_area}")
-    if tile_size and (tile_size < 64 or tile_size % 32 or not 0 <= 2 * tile_overlap < tile_size):
+    if tiling.size and (tiling.size < 64 or tiling.size % 32 or not 0 <= 2 * tiling.overlap < tiling.size):
         raise InputError(f"--tile-size must be 0 or a multiple of 32 of at least 64, with --tile-overlap under half "
-                         f"of it; got {tile_size} and {tile_overlap}")
+                         f"of it; got {tiling.size} and {tiling.overlap}")
     out = Path(out)
-    geometry, device = model.geometry, torch.device(device)
+    geometry = model.geometry
 
     def read(chunk: Sequence[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         rgbs = [read_rgb(p) for p in chunk]
@@ -115,7 +115,7 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
         return Prediction(str(path), rgb.shape[0], rgb.shape[1], area, float(full.max()), area > min_area)
 
     # Decoding the next batch and writing the last one's PNGs run in two threads while the network
-    # runs (PIL and zlib leave the GIL): on a 2-core CPU 5-15% faster end to end (reports/speed.md). Results come back in input order; a failure in either thread stops the run.
+    # runs (PIL and zlib leave the GIL): on a 2-core CPU 5-15% faster end to end (lab/findings/speed.md). Results come back in input order; a failure in either thread stops the run.
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     bar = tqdm(total=len(files), desc="predict", unit="img")
     with ThreadPoolExecutor(1, thread_name_prefix="fsds-read") as reader, \
@@ -126,9 +126,8 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
             rgbs, images = next_read.result()
             if i + 1 < len(chunks):
                 next_read = reader.submit(read, chunks[i + 1])
-            probs = predict_probabilities(model.net, images, batch_size=batch_size, device=device, progress=False,
-                                          tile_size=tile_size, tile_overlap=tile_overlap, amp_dtype=amp_dtype,
-                                          channels_last=channels_last)
+            probs = predict_probabilities(model.net, images, runtime, batch_size=batch_size, tiling=tiling,
+                                          progress=False)
             pending += [writer.submit(write, path, rgb, prob) for path, rgb, prob in zip(chunk, rgbs, probs)]
         results = [f.result() for f in pending]
     bar.close()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fsds.data.images import InputGeometry, as_geometry
-from fsds.engine.checkpoint import checkpoint_geometry, load_checkpoint
+from fsds.engine.checkpoint import load_checkpoint
 from fsds.engine.prediction import inference_model
 from fsds.errors import InputError, MissingFileError
 from fsds.method.networks import Segmenter
@@ -44,7 +44,7 @@ class DeployedModel(nn.Module):
 
     @property
     def geometry(self) -> InputGeometry:
-        return InputGeometry(self.image_size, getattr(self, "scale", 0.0))  # MLflow models from before scale: 0
+        return InputGeometry(self.image_size, self.scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net((images - self.mean) / self.std))
@@ -57,16 +57,9 @@ def deployable(net: Segmenter, geometry: InputGeometry, threshold: float) -> Dep
 
 
 def deployed_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> DeployedModel:
-    """The deployable model of an fsds checkpoint, batch norms folded, in eval mode."""
-    net, state = load_checkpoint(path, device)
-    return DeployedModel(inference_model(net), checkpoint_geometry(state), model_threshold(state)).to(device).eval()
-
-
-def model_threshold(state: dict) -> float:
-    """A checkpoint's threshold: the one calibrated on its normal images (:mod:`fsds.evaluation.threshold`)
-    if the split held some out, else the ``metrics.threshold`` it was trained with."""
-    calibration = state.get("calibration")
-    return float(calibration["threshold"]) if calibration else float(state["config"]["metrics"]["threshold"])
+    """The deployable model of an fsds checkpoint (its geometry and threshold), batch norms folded, in eval mode."""
+    checkpoint = load_checkpoint(path, device)
+    return DeployedModel(inference_model(checkpoint.model), checkpoint.geometry, checkpoint.threshold).to(device).eval()
 
 
 def load_deployed(spec: str, device: torch.device | str = "cpu") -> DeployedModel:

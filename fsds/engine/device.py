@@ -1,12 +1,15 @@
 """Where and how fast the network runs: device, autocast precision, memory layout.
 
-The settings are ``train.device``, ``train.precision`` and ``train.channels_last``; training and
-prediction resolve them here the same way.
+:func:`set_up_runtime` is the one place that turns the settings (``train.device``,
+``train.precision``, ``train.channels_last``, ``train.fp32_depthwise``, ``train.num_threads``,
+or ``fsds predict``'s flags) into a :class:`Runtime`; training, the predict stage, calibration and
+``fsds predict`` all take theirs from it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,7 +101,7 @@ def resolve_channels_last(setting: bool | str, amp_dtype: torch.dtype | None, *,
 def resolve_fp32_depthwise(setting: bool | str, amp_dtype: torch.dtype | None, device: torch.device) -> bool:
     """Whether training runs depthwise convolutions in fp32 under autocast. ``auto``: under bf16 on a
     CPU, where oneDNN's bf16 depthwise backward took 4-6x the time of fp32's on an AVX-512 bf16 EPYC
-    (the 5x5 ones of EfficientNet-Lite most; reports/benchmark.md)."""
+    (the 5x5 ones of EfficientNet-Lite most; lab/findings/benchmark.md)."""
     if amp_dtype is None:
         return False
     if setting == "auto":
@@ -126,3 +129,31 @@ def depthwise_in_fp32(model: nn.Module, on: bool = True) -> int:
             module.__class__ = target
             count += 1
     return count
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the network runs, every setting resolved."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # bf16 autocast, or None for plain fp32
+    channels_last: bool  # NHWC memory for the network and its inputs
+    fp32_depthwise: bool = False  # training under bf16: depthwise convolutions in fp32
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.amp_dtype is None else "bf16"
+
+
+def set_up_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
+                   fp32_depthwise: bool | str = "auto", num_threads: int = 0, *, training: bool) -> Runtime:
+    """Resolve the settings into a :class:`Runtime` for training or for prediction (``training``):
+    ``auto`` device is CUDA where there is one, ``auto`` precision bf16 where the hardware runs it
+    natively, ``auto`` layout NHWC for prediction and for bf16 training, ``auto`` fp32 depthwise under
+    bf16 training on a CPU. ``num_threads`` (0: torch's default) is set for the process here."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    where = resolve_device(device)
+    amp_dtype = resolve_precision(precision, where)
+    return Runtime(where, amp_dtype, resolve_channels_last(channels_last, amp_dtype, training=training),
+                   training and resolve_fp32_depthwise(fp32_depthwise, amp_dtype, where))

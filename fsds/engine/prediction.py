@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -13,19 +14,10 @@ from tqdm import tqdm
 
 from fsds.data.crops import pad_to
 from fsds.data.images import Images, InputGeometry, load_images, normalize, resize_probabilities
+from fsds.engine.device import Runtime
 from fsds.evaluation.metrics import defect_area
 from fsds.method.networks import Segmenter
-
-
-# Convolution -> batch norm pairs by attribute name, where a module's forward runs the one straight
-# into the other: torchvision's ResNet blocks and stem (conv<i>/bn<i>), and timm's EfficientNet
-# (smp's timm-tf_efficientnet_lite encoders), whose norms are BatchNormAct2d (norm, then its activation).
-_NAMED_PAIRS = {
-    "EfficientNetLiteEncoder": (("conv_stem", "bn1"), ("conv_head", "bn2")),
-    "DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
-    "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
-}
-_TORCHVISION_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+from fsds.method.registry import FoldPairs, network
 
 
 def _what_remains(norm: nn.BatchNorm2d) -> nn.Module:
@@ -35,15 +27,15 @@ def _what_remains(norm: nn.BatchNorm2d) -> nn.Module:
     return nn.Identity()
 
 
-def fold_batch_norms(module: nn.Module) -> int:
+def fold_batch_norms(module: nn.Module, pairs: FoldPairs) -> int:
     """Fold each BatchNorm2d that directly follows a Conv2d into that convolution, in place; returns
     how many were folded. For inference only (eval mode: running statistics). The patterns are
     those certain to run the convolution straight into its batch norm: consecutive children of an
     ``nn.Sequential`` (smp's Conv2dReLU, ResNet's downsample, fsds' double_conv) and the named
-    pairs of torchvision's ResNet and timm's EfficientNet blocks."""
+    ``pairs`` of the network's registry entry (``folds``: class name -> (conv, norm) attributes)."""
     folded = 0
     for child in module.children():
-        folded += fold_batch_norms(child)
+        folded += fold_batch_norms(child, pairs)
     if isinstance(module, nn.Sequential):
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
@@ -52,7 +44,7 @@ def fold_batch_norms(module: nn.Module) -> int:
                 module._modules[a] = fuse_conv_bn_eval(conv, norm)
                 module._modules[b] = _what_remains(norm)
                 folded += 1
-    for conv_name, norm_name in _NAMED_PAIRS.get(type(module).__name__, _TORCHVISION_PAIRS):
+    for conv_name, norm_name in pairs.get(type(module).__name__, ()):
         conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
             setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
@@ -63,9 +55,9 @@ def fold_batch_norms(module: nn.Module) -> int:
 
 def inference_model(model: Segmenter, channels_last: bool = False) -> Segmenter:
     """The trained model made fast for prediction, in place: eval mode, batch norms folded into
-    their convolutions, channels-last if asked (reports/benchmark.md measures both)."""
+    their convolutions, channels-last if asked (lab/findings/benchmark.md measures both)."""
     model.eval()
-    fold_batch_norms(model)
+    fold_batch_norms(model, network(model.arch).folds)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -117,26 +109,29 @@ def _same_shape_batches(shapes: list[tuple[int, int]], batch_size: int) -> list[
     return batches
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """Images larger than ``size`` (a multiple of 32) are predicted in tiles of that side that overlap
+    by ``overlap`` pixels (:func:`tiled`); ``size`` 0: each image whole, in one pass."""
+
+    size: int = 0
+    overlap: int = 0
+
+
+CPU = Runtime(torch.device("cpu"), None, False)  # plain fp32 on the CPU
+
+
 @torch.no_grad()
-def predict_probabilities(
-    model: Segmenter,
-    images: Images,
-    *,
-    batch_size: int = 8,
-    device: torch.device | str = "cpu",
-    amp_dtype: torch.dtype | None = None,
-    desc: str = "predict",
-    channels_last: bool = False,
-    tile_size: int = 0,
-    tile_overlap: int = 0,
-    progress: bool = True,
-) -> np.ndarray | list[np.ndarray]:
+def predict_probabilities(model: Segmenter, images: Images, runtime: Runtime = CPU, *, batch_size: int = 8,
+                          tiling: Tiling = Tiling(), desc: str = "predict",
+                          progress: bool = True) -> np.ndarray | list[np.ndarray]:
     """uint8 images -> uint8 probabilities (round(255 * p)) at their size: ``(N, S, S)`` for a
     stacked ``(N, 3, S, S)``, a list of ``(h_i, w_i)`` for a list of ``(3, h_i, w_i)`` (images at a
-    working scale, any aspect ratio). Each image is padded to a multiple of 32 by repeating its
-    edge (as training crops are, :func:`fsds.data.crops.pad_to`) and the padding cut off again;
-    with a ``tile_size``, images larger than it are predicted in overlapping tiles (:func:`tiled`)."""
-    device = torch.device(device)
+    working scale, any aspect ratio), on the ``runtime``'s device, precision and layout. Each image
+    is padded to a multiple of 32 by repeating its edge (as training crops are,
+    :func:`fsds.data.crops.pad_to`) and the padding cut off again; images larger than the
+    ``tiling`` size are predicted in overlapping tiles (:func:`tiled`)."""
+    device, amp_dtype = runtime.device, runtime.amp_dtype
     model.eval()
     shapes = [tuple(int(d) for d in image.shape[-2:]) for image in images]
     out: list[np.ndarray] = [None] * len(shapes)  # type: ignore[list-item]
@@ -151,8 +146,8 @@ def predict_probabilities(
         height, width = shapes[start]
         batch = images[start:stop] if isinstance(images, torch.Tensor) else torch.stack(images[start:stop])
         batch = pad_to(batch, -(-height // 32) * 32, -(-width // 32) * 32)
-        x = normalize(batch.to(device), model.input_stats, channels_last)
-        prob = tiled(probabilities, x, tile_size, tile_overlap) if tile_size else probabilities(x)
+        x = normalize(batch.to(device), model.input_stats, runtime.channels_last)
+        prob = tiled(probabilities, x, tiling.size, tiling.overlap) if tiling.size else probabilities(x)
         levels = (prob[:, :height, :width] * 255.0).round().to(torch.uint8).cpu().numpy()
         out[start:stop] = list(levels)
     if isinstance(images, torch.Tensor):
@@ -160,30 +155,18 @@ def predict_probabilities(
     return out
 
 
-def predict_category(
-    model: Segmenter,
-    test: pd.DataFrame,
-    geometry: InputGeometry | int,
-    threshold: float,
-    *,
-    batch_size: int = 8,
-    device: torch.device | str = "cpu",
-    amp_dtype: torch.dtype | None = None,
-    desc: str = "predict",
-    channels_last: bool = False,
-    tile_size: int = 0,
-    tile_overlap: int = 0,
-) -> tuple[np.ndarray | list[np.ndarray], pd.DataFrame]:
+def predict_category(model: Segmenter, test: pd.DataFrame, geometry: InputGeometry | int, threshold: float,
+                     runtime: Runtime = CPU, **options: Any) -> tuple[np.ndarray | list[np.ndarray], pd.DataFrame]:
     """Predict one category's test images as the network sees them (``geometry``: an
-    :class:`~fsds.data.images.InputGeometry`, or the side images are squashed to); returns the maps
-    and a per-image score table.
+    :class:`~fsds.data.images.InputGeometry`, or the side images are squashed to) with
+    :func:`predict_probabilities` (``options``: its keyword arguments); returns the maps and a
+    per-image score table.
 
     The score is the paper's anomaly score: the predicted defect area, as a fraction of the
     image, measured at the image's original size.
     """
-    images = load_images(test["image"].tolist(), geometry, desc=f"{desc} load")
-    probs = predict_probabilities(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype, desc=desc,
-                                  channels_last=channels_last, tile_size=tile_size, tile_overlap=tile_overlap)
+    images = load_images(test["image"].tolist(), geometry, desc=f"{options.get('desc', 'predict')} load")
+    probs = predict_probabilities(model, images, runtime, **options)
     scores = [defect_area(resize_probabilities(p, int(h), int(w)), threshold)
               for p, h, w in zip(probs, test["height"], test["width"])]
     table = test[["category", "defect_type", "image", "mask", "label", "height", "width"]].copy()

@@ -15,6 +15,7 @@ temporary workspace at one folder, which the fingerprint keeps apart per cell.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from fsds.engine.recipe import Recipe
 from fsds.imports import module_closure, module_file
 from fsds.io import atomic_path
 
@@ -33,13 +35,13 @@ IRRELEVANT = ("mlflow", "predict", "variants", "methods", "profiles")
 IRRELEVANT_TRAIN = ("checkpoint_every", "log_every")
 
 
-def fingerprint(config: dict[str, Any], variant: dict[str, Any], model: dict[str, Any], category: str,
-                tensors: list[torch.Tensor | list[torch.Tensor]], weights: str) -> str:
+def fingerprint(config: dict[str, Any], recipe: Recipe, category: str, tensors: list[torch.Tensor | list[torch.Tensor]],
+                weights: str) -> str:
     """A short hash of everything that decides a category's training result."""
     config = {k: v for k, v in config.items() if k not in IRRELEVANT}
     config["train"] = {k: v for k, v in config.get("train", {}).items() if k not in IRRELEVANT_TRAIN}
     h = hashlib.blake2b(digest_size=12)
-    h.update(json.dumps({"config": config, "variant": variant, "model": model, "category": category,
+    h.update(json.dumps({"config": config, "recipe": dataclasses.asdict(recipe), "category": category,
                          "weights": weights, "torch": torch.__version__}, sort_keys=True, default=str).encode())
     for item in tensors:  # a stacked tensor, or a list of images of their own sizes
         for tensor in item if isinstance(item, list) else [item]:

@@ -188,6 +188,10 @@ ABLATIONS = {
     }
     for table, block in _ABLATION_TABLES.items()
 }
+# The rows of Tables V-VII, in the paper's order.
+ABLATION_ROWS = {table: tuple(rows) for table, rows in ABLATIONS.items()}
+# Every method id of Tables II-VII, each once: what a variant's ``paper`` may name.
+ALL_METHODS = tuple(dict.fromkeys([*METHODS, *(m for rows in ABLATIONS.values() for m in rows)]))
 
 
 def paper_column(metric: str, shot: int, method: str) -> dict[str, tuple[float, float] | None]:

@@ -5,6 +5,11 @@ the metrics of :data:`fsds.evaluation.metrics.METRIC_NAMES`. A single run is the
 an experiment grid concatenates the frames of its runs. Means over categories are taken per
 seed first, then summarised over seeds, as the paper does. With ``paper=True`` (MVTec AD) the
 published numbers of :mod:`fsds.evaluation.paper` stand beside ours.
+
+Which table shows a method is the method's own metadata (params.yaml ``variants``): ``paper``, the
+paper's method it reproduces, and ``family``, the network family whose ablation tables hold it.
+The paper's own networks (no family) with a method of Tables II-IV fill those tables; each family
+gets its Tables V-VII from its variants whose ``paper`` is a row there.
 """
 
 from __future__ import annotations
@@ -15,20 +20,12 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from fsds.config import Variant, variant_label
 from fsds.evaluation import paper as published
 from fsds.evaluation.metrics import CALIBRATED_NAMES, METRIC_NAMES
 
 RESULT_KEYS = ["method", "shot", "seed", "category"]
-NETWORKS = published.METHODS  # Tables II-IV, in the paper's column order
-ABLATIONS = {  # table -> its rows, in the paper's order
-    "V": ("B", "B_NBR", "B_NBR_CaP"),
-    "VI": ("B_NBR_CaP1", "B_NBR_CaP"),
-    "VII": ("B_NBReuc_CaP", "B_NBR_CaP"),
-}
-# The ablations run on more than one network: the paper's B (``model.arch``) and, under a prefix,
-# the pretrained networks of params.yaml (``L0_B_NBR_CaP`` is B+NBR+CaP on the Lite0 U-Net).
-ABLATION_FAMILIES = {"": "", "L0_": " (EfficientNet-Lite0 U-Net, ImageNet weights)",
-                     "L2_": " (EfficientNet-Lite2 U-Net, ImageNet weights)"}
+NETWORK_TABLES = published.METHODS  # the paper methods of Tables II-IV, in the paper's column order
 ABLATION_TITLES = {
     "V": "Table V: the proposed regularizations",
     "VI": "Table VI: lambda of eq. 6 against lambda = 1",
@@ -64,9 +61,15 @@ def category_means(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby(["method", "shot", "seed"], sort=False)[list(METRIC_NAMES)].mean().reset_index()
 
 
-def _present(frame: pd.DataFrame, methods: Sequence[str]) -> list[str]:
-    have = set(frame["method"])
-    return [m for m in methods if m in have]
+def _rows(frame: pd.DataFrame, variants: Mapping[str, Variant], paper_ids: Sequence[str],
+          family: str = "") -> list[str]:
+    """The methods of ``frame`` in ``family`` whose ``paper`` id is one of ``paper_ids``, in that order."""
+    present = [m for m in dict.fromkeys(frame["method"]) if m in variants and variants[m].family == family]
+    return [m for pid in paper_ids for m in present if variants[m].paper == pid]
+
+
+def _labeller(variants: Mapping[str, Variant]) -> Callable[[str], str]:
+    return lambda m: variant_label(m, variants.get(m))
 
 
 HEADERS = {"iou": "IoU", "dice": "Dice", "iou_pooled": "pooled IoU", "dice_pooled": "pooled Dice", "image_acc": "image ACC",
@@ -86,10 +89,11 @@ def _fmt(value: float | None, scale: float = 1.0) -> str:
 
 
 def per_category_table(
-    frame: pd.DataFrame, metric: str, shot: int, label: Callable[[str], str], paper: bool = False
+    frame: pd.DataFrame, metric: str, shot: int, variants: Mapping[str, Variant], paper: bool = False
 ) -> str:
     """Tables II (IoU) / III (Dice): categories down, networks across, a Mean row at the bottom."""
-    methods = _present(frame[frame["shot"] == shot], NETWORKS)
+    label = _labeller(variants)
+    methods = _rows(frame[frame["shot"] == shot], variants, NETWORK_TABLES)
     part = frame[(frame["shot"] == shot) & frame["method"].isin(methods)]
     header = ["category"]
     for m in methods:
@@ -100,7 +104,7 @@ def per_category_table(
         for m in methods:
             row.append(mean_std(part[(part["method"] == m) & (part["category"] == category)][metric].tolist()))
             if paper:
-                cell = published.PER_CATEGORY[metric][shot][m].get(category) if shot in (1, 5) else None
+                cell = published.PER_CATEGORY[metric][shot][variants[m].paper].get(category) if shot in (1, 5) else None
                 row.append("-" if cell is None else f"{cell[0]:.4f} ({cell[1]:.4f})")
         rows.append(row)
     means = category_means(part)
@@ -108,16 +112,17 @@ def per_category_table(
     for m in methods:
         row.append(mean_std(means[means["method"] == m][metric].tolist()))
         if paper:
-            row.append(_fmt(published.PRINTED_MEANS[metric].get(shot, {}).get(m)))
+            row.append(_fmt(published.PRINTED_MEANS[metric].get(shot, {}).get(variants[m].paper)))
     rows.append(row)
     return markdown_table(header, rows)
 
 
-def detection_table(frame: pd.DataFrame, label: Callable[[str], str], paper: bool = False) -> str:
+def detection_table(frame: pd.DataFrame, variants: Mapping[str, Variant], paper: bool = False) -> str:
     """Table IV: image-level accuracy and ROC AUC (mean over categories) per network and shot."""
+    label = _labeller(variants)
     means = category_means(frame)
     shots = sorted(means["shot"].unique())
-    methods = _present(frame, NETWORKS)
+    methods = _rows(frame, variants, NETWORK_TABLES)
     header = ["method"]
     for k in shots:
         header += [f"{k}-shot ACC", f"{k}-shot AUC"] + ([f"{k}-shot ACC (paper)", f"{k}-shot AUC (paper)"] if paper else [])
@@ -128,26 +133,25 @@ def detection_table(frame: pd.DataFrame, label: Callable[[str], str], paper: boo
             sel = means[(means["method"] == m) & (means["shot"] == k)]
             row += [mean_std(sel["image_acc"].tolist()), mean_std(sel["image_auroc"].tolist())]
             if paper:
-                ref = published.DETECTION.get(k, {}).get(m)
+                ref = published.DETECTION.get(k, {}).get(variants[m].paper)
                 row += [_fmt(ref["acc"]) if ref else "-", _fmt(ref["auc"]) if ref else "-"]
         rows.append(row)
     return markdown_table(header, rows)
 
 
-def ablation_table(frame: pd.DataFrame, table: str, label: Callable[[str], str], paper: bool = False,
+def ablation_table(frame: pd.DataFrame, table: str, variants: Mapping[str, Variant], paper: bool = False,
                    family: str = "") -> str:
-    """Tables V-VII: mean IoU and Dice over categories per method and shot; ``family`` is the prefix
-    of the network's variants (see :data:`ABLATION_FAMILIES`); the paper's rows stand beside them."""
+    """Tables V-VII: mean IoU and Dice over categories per method of ``family`` and shot; the paper's
+    rows stand beside them."""
+    label = _labeller(variants)
     means = category_means(frame)
     shots = sorted(means["shot"].unique())
     header = ["method"]
     for k in shots:
         header += [f"{k}-shot IoU", f"{k}-shot DC"] + ([f"{k}-shot IoU (paper)", f"{k}-shot DC (paper)"] if paper else [])
     rows = []
-    for base in ABLATIONS[table]:
-        m = family + base
-        if m not in set(frame["method"]):
-            continue
+    for m in _rows(frame, variants, published.ABLATION_ROWS[table], family):
+        base = variants[m].paper
         row = [label(m)]
         for k in shots:
             sel = means[(means["method"] == m) & (means["shot"] == k)]
@@ -176,22 +180,25 @@ def present_metrics(means: pd.DataFrame) -> list[str]:
 
 
 def paper_tables(
-    frame: pd.DataFrame, label: Callable[[str], str], *, paper: bool = False,
+    frame: pd.DataFrame, variants: Mapping[str, Variant], *, paper: bool = False,
     parameters: Mapping[str, int] | None = None,
 ) -> str:
-    """Every table the results can fill, in the paper's order (a table with no method is left out)."""
+    """Every table the results can fill, in the paper's order (a table with fewer than two methods
+    is left out). ``variants`` (params.yaml's) say which table holds each method."""
+    label = _labeller(variants)
     parts = ["## All methods (mean over categories)", "", all_methods_table(frame, label), ""]
-    networks = _present(frame, NETWORKS)
-    if len(networks) > 1:
+    if len(_rows(frame, variants, NETWORK_TABLES)) > 1:
         for metric, number, name in (("iou", "II", "IoU"), ("dice", "III", "Dice")):
             for shot in sorted(frame["shot"].unique()):
                 parts += [f"## Table {number}: mean {name}, {shot}-shot", "",
-                          per_category_table(frame, metric, shot, label, paper), ""]
-        parts += ["## Table IV: image-level detection (ACC, ROC AUC)", "", detection_table(frame, label, paper), ""]
-    for family, network in ABLATION_FAMILIES.items():
+                          per_category_table(frame, metric, shot, variants, paper), ""]
+        parts += ["## Table IV: image-level detection (ACC, ROC AUC)", "", detection_table(frame, variants, paper), ""]
+    families = dict.fromkeys(variants[m].family for m in dict.fromkeys(frame["method"]) if m in variants)
+    for family in families:
         for table, title in ABLATION_TITLES.items():
-            if len(_present(frame, [family + m for m in ABLATIONS[table]])) > 1:
-                parts += [f"## {title}{network}", "", ablation_table(frame, table, label, paper, family), ""]
+            if len(_rows(frame, variants, published.ABLATION_ROWS[table], family)) > 1:
+                suffix = f" ({family})" if family else ""
+                parts += [f"## {title}{suffix}", "", ablation_table(frame, table, variants, paper, family), ""]
     if parameters:
         parts += ["## Networks: trainable parameters", "",
                   markdown_table(["method", "parameters"], [[label(m), f"{n:,}"] for m, n in parameters.items()]), ""]

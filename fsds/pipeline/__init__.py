@@ -1,4 +1,5 @@
-"""The work of each DVC stage, one module per stage (train, predict, evaluate, report), and the
-MLflow tracking they share. ``stages/*.py`` are thin ``main()``s over these. Imports everything
-below (data, method, evaluation, engine, deploy).
+"""The work of each DVC stage, one module per stage (train, predict, evaluate, report), the
+MLflow tracking they share, and experiment grids: many runs of the whole pipeline through DVC's
+queue (grid, grid_queue, grid_report; ``stages/grid.py``). ``stages/*.py`` are thin ``main()``s
+over these. Imports everything below (data, method, evaluation, engine, deploy).
 """

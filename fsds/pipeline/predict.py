@@ -11,11 +11,11 @@ import pandas as pd
 from fsds.config import Config
 from fsds.data.split import category_split
 from fsds.data.images import InputGeometry
-from fsds.engine.checkpoint import checkpoint_geometry, load_checkpoint
-from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
+from fsds.engine.checkpoint import load_checkpoint
 from fsds.engine.prediction import inference_model, predict_category
 from fsds.evaluation.threshold import THRESHOLDS_FILE
 from fsds.io import atomic_dir, save_probabilities, write_json
+from fsds.pipeline import plan
 
 
 def typical_side(geometry: InputGeometry, images: pd.DataFrame) -> int:
@@ -30,25 +30,22 @@ def typical_side(geometry: InputGeometry, images: pd.DataFrame) -> int:
 def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, out_dir: str | Path) -> None:
     """Predict every test image with each category's model; writes ``<category>.npz`` and ``scores.csv``."""
     models_dir = Path(models_dir)
-    device = resolve_device(cfg.train.device)
-    amp_dtype = resolve_precision(cfg.train.precision, device)
-    channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
+    runtime = plan.predict_runtime(cfg)
     tables = []
     thresholds: dict[str, float | None] = {}
     with atomic_dir(out_dir) as tmp:
         for category in sorted(table["category"].unique()):
-            model, state = load_checkpoint(models_dir / f"{category}.pt", device)
-            model = inference_model(model, channels_last)
-            geometry = checkpoint_geometry(state)
+            checkpoint = load_checkpoint(models_dir / f"{category}.pt", runtime.device)
+            model = inference_model(checkpoint.model, runtime.channels_last)
+            geometry = checkpoint.geometry
             test = category_split(table, category)["test"]
             probs, scores = predict_category(
-                model, test, geometry, cfg.metrics.threshold,
-                batch_size=cfg.predict.resolved_batch_size(typical_side(geometry, test)),
-                device=device, amp_dtype=amp_dtype, desc=f"{models_dir.name}/{category}",
-                channels_last=channels_last, tile_size=cfg.predict.tile_size, tile_overlap=cfg.predict.tile_overlap,
+                model, test, geometry, cfg.metrics.threshold, runtime,
+                batch_size=plan.predict_batch_size(cfg, typical_side(geometry, test)), tiling=plan.tiling(cfg),
+                desc=f"{models_dir.name}/{category}",
             )
             save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())
             tables.append(scores)
-            thresholds[category] = (state.get("calibration") or {}).get("threshold")
+            thresholds[category] = (checkpoint.state.get("calibration") or {}).get("threshold")
         pd.concat(tables, ignore_index=True).to_csv(tmp / "scores.csv", index=False)
         write_json(tmp / THRESHOLDS_FILE, thresholds)

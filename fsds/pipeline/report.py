@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import roc_curve
 
 from fsds.config import Config
-from fsds.data.images import load_images, load_masks, normalize
+from fsds.data.images import Images, InputGeometry, load_images, load_masks, normalize, resize_image
 from fsds.engine.checkpoint import load_checkpoint
 from fsds.evaluation.figures import (
     cap_examples,
@@ -26,6 +26,7 @@ from fsds.io import atomic_path, load_probabilities, write_text
 from fsds.method.augmentation import crop_and_paste
 from fsds.method.losses import cap_lambda
 from fsds.method.networks import Segmenter, build_model, count_parameters
+from fsds.pipeline import plan
 
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -34,8 +35,8 @@ def settings_line(cfg: Config) -> str:
     """The settings a reader needs to compare a report with the paper's."""
     tc = cfg.train
     return (
-        f"Dataset `{cfg.dataset}`, K per {cfg.split.unit}; profile `{cfg.profile}`: {tc.input_description()}, "
-        f"{tc.iterations} iterations, batch {tc.resolved_batch_size(1)} (1-shot) / {tc.resolved_batch_size(5)} (more shots), "
+        f"Dataset `{cfg.dataset}`, K per {cfg.split.unit}; profile `{cfg.profile}`: {plan.input_description(cfg)}, "
+        f"{tc.iterations} iterations, batch {plan.batch_size(cfg)}, "
         f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, flip/rotate augmentation {'on' if tc.augment else 'off'}, "
         f"precision {tc.precision}, threshold {cfg.metrics.threshold:g}"
         + (f" and calibrated (the lowest keeping at most {cfg.metrics.calibration_fpr:g} of the pixels of "
@@ -52,14 +53,14 @@ def networks_line(cfg: Config) -> str:
     """Each network the run's methods train, with its encoder weights and the methods on it."""
     groups: dict[tuple[str, str], list[str]] = {}
     for m in cfg.methods:
-        model = cfg.model_for(m)
+        model = plan.model_of(cfg, m)
         groups.setdefault((model.arch, model.encoder_weights), []).append(m)
     return "; ".join(f"`{arch}` (`{weights}`): {', '.join(ms)}" for (arch, weights), ms in groups.items())
 
 
 def parameter_counts(cfg: Config, methods: Iterable[str]) -> dict[str, int]:
     """Trainable parameters of each method's network (NBR and CaP add none)."""
-    return {m: count_parameters(build_model(cfg.model_for(m))) for m in methods}
+    return {m: count_parameters(build_model(plan.model_of(cfg, m).arch)) for m in methods}
 
 
 def run_report(
@@ -76,7 +77,7 @@ def run_report(
         "",
         settings_line(cfg),
         "",
-        paper_tables(frame, cfg.label, paper=cfg.dataset == "mvtec", parameters=parameter_counts(cfg, metrics)),
+        paper_tables(frame, cfg.variants, paper=cfg.dataset == "mvtec", parameters=parameter_counts(cfg, metrics)),
     ]
     for name in present_metrics(category_means(frame)):
         parts += [
@@ -223,36 +224,45 @@ def write_figures(cfg: Config, table: pd.DataFrame, curves: Mapping[str, pd.Data
         return
     shots = example_rows(shots, categories, n_examples)
     rng = np.random.default_rng(cfg.seed)
-    rows, size = [], cfg.train.image_size
+    rows = []
     for category, group in shots.groupby("category", sort=True):
-        model, state = load_checkpoint(models_dir / cap_methods[0] / f"{category}.pt")
-        size = state["config"]["train"]["image_size"]
+        checkpoint = load_checkpoint(models_dir / cap_methods[0] / f"{category}.pt")
         normals = table[(table["split"] == "train_normal") & (table["category"] == category)]["image"].tolist()
         picks = rng.choice(len(normals), size=len(group), replace=len(normals) < len(group))
-        rows += [(model, image, mask, normals[i]) for image, mask, i in zip(group["image"], group["mask"], picks)]
-    save_figure(cap_examples(crop_and_paste_examples(rows, size)), out_dir / "cap_examples.png")
+        rows += [(checkpoint.model, checkpoint.geometry, image, mask, normals[i])
+                 for image, mask, i in zip(group["image"], group["mask"], picks)]
+    save_figure(cap_examples(crop_and_paste_examples(rows)), out_dir / "cap_examples.png")
 
 
 @torch.no_grad()
-def crop_and_paste_examples(rows: Sequence[tuple[Segmenter, str, str, str]], size: int
+def crop_and_paste_examples(rows: Sequence[tuple[Segmenter, InputGeometry, str, str, str]]
                             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
-    """Fig. 10's panels: rows of (trained model, defect image, its mask, normal image) -> (defect
-    image, mask, normal image, their crop-and-paste (eq. 4), lambda (eq. 6) under that row's model).
+    """Fig. 10's panels: rows of (trained model, its input geometry, defect image, its mask, normal
+    image) -> (defect image, mask, normal image, their crop-and-paste (eq. 4), lambda (eq. 6) under
+    that row's model), each image as the model sees it (at a working scale, the normal image is
+    resized to the defect image's shape, as the paste needs one).
 
     Lambda is ``|cos|`` of the pooled deepest features of the original and the pasted image.
     """
     out = []
-    for model, defect, mask_path, normal_path in rows:
+    for model, geometry, defect, mask_path, normal_path in rows:
         model.eval()
         device = next(model.parameters()).device
-        image, normal = load_images([defect], size, desc="figure"), load_images([normal_path], size, desc="figure")
-        mask = load_masks([mask_path], size)
+        image, mask = _stacked(load_images([defect], geometry, desc="figure")), _stacked(load_masks([mask_path], geometry))
+        normal = _stacked(load_images([normal_path], geometry, desc="figure"))
+        if normal.shape[-2:] != image.shape[-2:]:
+            normal = resize_image(normal[0].permute(1, 2, 0).numpy(), tuple(image.shape[-2:]))[None]
         pasted = (crop_and_paste(image.float(), normal.float(), mask) + 0.5).clamp(0, 255).to(torch.uint8)
         feats = model.encode(normalize(torch.cat([image, pasted]).to(device), model.input_stats))[-1].float()
         lam = float(cap_lambda(feats[:1], feats[1:])[0])
         hwc = [t[0].permute(1, 2, 0).numpy() for t in (image, normal, pasted)]
         out.append((hwc[0], mask[0, 0].numpy(), hwc[1], hwc[2], lam))
     return out
+
+
+def _stacked(images: Images) -> torch.Tensor:
+    """One image as a ``(1, C, H, W)`` tensor, whether loaded squashed (stacked) or at a working scale (a list)."""
+    return images if isinstance(images, torch.Tensor) else torch.stack(list(images))
 
 
 def write_report(cfg: Config, table: pd.DataFrame, metrics: Mapping[str, Any], per_image: pd.DataFrame,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 import zlib
 from pathlib import Path
@@ -18,15 +17,16 @@ from fsds.config import Config
 from fsds.data.images import InputGeometry, load_images
 from fsds.data.split import category_split
 from fsds.deploy.model import deployable, signature
+from fsds.engine.batches import category_geometry, load_probe, load_train_data
 from fsds.engine.checkpoint import save_checkpoint
-from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
 from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.engine.resume import ResumeStore, fingerprint
-from fsds.engine.training import category_geometry, load_probe, load_train_data, train_segmenter
+from fsds.engine.training import train_segmenter
 from fsds.evaluation.threshold import Calibration, calibrate_threshold
 from fsds.io import atomic_dir, write_json
 from fsds.method.networks import Segmenter
 from fsds.method.weights import encoder_weights
+from fsds.pipeline import plan
 from fsds.pipeline.tracking import Tracker, git_commit
 
 
@@ -47,31 +47,17 @@ def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str,
     held = category_split(table, category)["calibration"]
     if held.empty:
         return None
-    device = resolve_device(cfg.train.device)
-    amp_dtype = resolve_precision(cfg.train.precision, device)
-    channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
-    net = inference_model(copy.deepcopy(model).to(memory_format=torch.contiguous_format), channels_last)
+    runtime = plan.predict_runtime(cfg)
+    net = inference_model(copy.deepcopy(model).to(memory_format=torch.contiguous_format), runtime.channels_last)
     images = load_images(held["image"].tolist(), geometry, desc=f"{category} calibration")
-    probs = predict_probabilities(net, images, batch_size=CALIBRATION_BATCH, device=device, amp_dtype=amp_dtype,
-                                  desc=f"{category} calibration", channels_last=channels_last,
-                                  tile_size=cfg.predict.tile_size, tile_overlap=cfg.predict.tile_overlap)
+    probs = predict_probabilities(net, images, runtime, batch_size=CALIBRATION_BATCH, tiling=plan.tiling(cfg),
+                                  desc=f"{category} calibration")
     found = calibrate_threshold(probs, cfg.metrics.calibration_fpr)
     if not found.reached:
         tqdm.write(f"{category}: warning: even the highest threshold leaves {found.fpr:.2%} of the calibration "
                    f"normals' pixels defective (metrics.calibration_fpr is {cfg.metrics.calibration_fpr}); "
                    f"using {found.threshold:.4f}")
     return found
-
-
-def stage_params(cfg: Config, variant_name: str) -> dict[str, Any]:
-    """The params the train stage reads, and no others (``dvc.yaml`` declares these for it): logged
-    to MLflow, kept in each checkpoint, and keyed into the resume snapshots."""
-    variant = cfg.variant(variant_name)
-    return {
-        "dataset": cfg.dataset, "shot": cfg.shot, "seed": cfg.seed, "profile": cfg.profile,
-        "train": dataclasses.asdict(cfg.train), "model": dataclasses.asdict(cfg.model_for(variant_name)),
-        "metrics": {"threshold": cfg.metrics.threshold, "calibration_fpr": cfg.metrics.calibration_fpr}, "variant": {"name": variant_name, **dataclasses.asdict(variant)},
-    }
 
 
 def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: str | Path, tracker: Tracker,
@@ -84,10 +70,12 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     """
 
     variant = cfg.variant(variant_name)
-    model_cfg = cfg.model_for(variant_name)
-    config = stage_params(cfg, variant_name)
+    model_cfg = plan.model_of(cfg, variant_name)
+    config = plan.stage_params(cfg, variant_name)
     tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
-    encoder_state, weights_source = encoder_weights(model_cfg)  # a missing weights file fails now too
+    encoder_state, weights_source = encoder_weights(model_cfg.arch, model_cfg.encoder_weights)  # a missing file fails now too
+    recipe = plan.recipe(cfg, variant_name, pretrained=encoder_state is not None)
+    runtime = plan.train_runtime(cfg)
     categories = sorted(table["category"].unique())
     runs: dict[str, str | None] = {}
     seconds: dict[str, float] = {}  # wall time of each category's training
@@ -97,11 +85,11 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     with atomic_dir(out_dir) as tmp:
         for category in categories:
             geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
-            data = load_train_data(table, category, geometry, shots_required=cfg.shot > 0)
+            data = load_train_data(table, category, geometry)
             snapshot, resumed = None, None
             if store is not None:
-                key = fingerprint(config, dataclasses.asdict(variant), dataclasses.asdict(model_cfg), category,
-                                  [data.defect_images, data.defect_masks, data.normal_images], weights_source)
+                key = fingerprint(config, recipe, category, [data.defect_images, data.defect_masks, data.normal_images],
+                                  weights_source)
                 snapshot = store.path(variant_name, category, key)
                 snapshots.append(snapshot)
                 resumed = store.load(snapshot)
@@ -112,10 +100,12 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
             if cfg.train.eval_every:
                 probe = load_probe(table, category, geometry, cfg.train.eval_images, cfg.seed)
             tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
-                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "seg_loss": cfg.seg_loss_for(variant_name), "arch": model_cfg.arch,
+                    "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "seg_loss": recipe.seg_loss,
+                    "arch": recipe.arch,
                     "dataset": cfg.dataset, "encoder_weights": weights_source, "profile": cfg.profile}
             params = {**config,
-                      "resolved": {"batch_size": cfg.train.resolved_batch_size(cfg.shot), "category": category,
+                      "resolved": {"batch_size": recipe.batch_size, "frozen_stages": recipe.frozen_stages,
+                                   "precision": runtime.precision, "category": category,
                                    "n_shots": len(data.defect_images), "n_normals": len(data.normal_images)}}
             run_id = tracker.start_run(f"{variant_name}/{category}", tags, params,
                                        resume_run_id=(resumed or {}).get("mlflow_run_id"))
@@ -136,26 +126,25 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
 
             try:
                 model, _, history = train_segmenter(
-                    cfg, variant, data, seed=category_seed(cfg.seed, category), on_log=log,
-                    progress_desc=f"{variant_name}/{category}", encoder_state=encoder_state,
-                    model_cfg=model_cfg, probe=probe, resume_state=resumed,
+                    recipe, runtime, data, seed=category_seed(cfg.seed, category), encoder_state=encoder_state,
+                    on_log=log, progress_desc=f"{variant_name}/{category}", probe=probe, resume_state=resumed,
                     on_checkpoint=keep if snapshot is not None else None,
                 )
                 calibration = calibrate(cfg, model, table, category, geometry)
                 threshold = calibration.threshold if calibration else cfg.metrics.threshold
                 ckpt = tmp / f"{category}.pt"
-                save_checkpoint(ckpt, model, model_cfg, config, cfg.train.iterations,
-                                {"variant": variant_name, "category": category, "seed": cfg.seed, "mlflow_run_id": run_id,
-                                 "encoder_weights": weights_source, "input": geometry.to_dict(),
-                                 "calibration": calibration.to_dict() if calibration else None})
+                save_checkpoint(ckpt, model, geometry, threshold, encoder_weights=weights_source, config=config,
+                                iteration=cfg.train.iterations,
+                                extra={"variant": variant_name, "category": category, "seed": cfg.seed,
+                                       "mlflow_run_id": run_id,
+                                       "calibration": calibration.to_dict() if calibration else None})
                 history.to_csv(tmp / f"{category}_history.csv", index=False)
                 seconds[category] = round(earlier + time.perf_counter() - start, 1)
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category],
                                              **({"calibrated_threshold": calibration.threshold,
                                                  "calibration_fpr": calibration.fpr} if calibration else {})})
                 tracker.log_model(run_id, deployable(model, geometry, threshold), signature(geometry),
-                                  {"variant": variant_name, "category": category, "arch": model_cfg.arch,
-                                   "image_size": geometry.size, "scale": geometry.scale, "threshold": threshold,
+                                  {"variant": variant_name, "category": category, "arch": recipe.arch,
                                    "encoder_weights": weights_source})
                 status = "FINISHED"
             finally:

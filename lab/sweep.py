@@ -1,0 +1,230 @@
+"""A quick in-process comparison: train each variant per (profile, shot, seed) on one category of
+data on disk and score it on the category's test images, without DVC or MLflow.
+
+    python -m lab.sweep ../shared/datasets/mvtec_transistor_512 transistor \\
+        --variant L0_B --profiles cpu fast --shots 1 5 --seeds 0 1 2 -S split.unit=category
+    python -m lab.sweep <root> <category> --variant L0_B L0_B_Dice --profiles fast
+
+Each run is what the pipeline's split, train, predict and metrics stages do for that category
+(the same functions, the same per-category seed), at ``metrics.threshold`` and at the calibrated
+threshold (``*_cal``). Every run appends one JSON line to ``--out`` as it finishes (so a long sweep
+can be read while it runs) and the end prints mean (std) over the seeds of each setting (variant
+and profile) and the paired per-seed differences from the first setting as markdown
+(``--summarize FILE`` prints them for lines already written, e.g. several sweeps appended to one file;
+``--base SETTING`` takes the differences from another setting, ``--pair-overrides`` pairs runs
+made with and without ``-S`` overrides, ``--metrics`` picks the columns,
+``--by-type`` prints per defect type whether the shots showed it or not). For results to commit, run a grid (``stages.grid``): it
+versions every cell; this is for deciding what is worth a grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+from fsds.config import Config, parse_config
+from fsds.data.datasets import index_dataset
+from fsds.data.split import category_split, k_shot_split
+from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
+from fsds.errors import InputError
+from fsds.engine.prediction import inference_model, predict_category
+from fsds.engine.training import category_geometry, load_train_data, train_segmenter
+from fsds.evaluation.metrics import by_defect_type, evaluate_category
+from fsds.evaluation.tables import markdown_table
+from fsds.method.weights import encoder_weights
+from fsds.pipeline.grid import apply_overrides
+from fsds.pipeline.predict import typical_side
+from fsds.pipeline.train import calibrate, category_seed
+
+SUMMARY = ("iou", "iou_pooled", "dice", "aupro", "pixel_auroc", "image_auroc_max", "iou_cal", "train_seconds")
+
+
+def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> dict[str, Any]:
+    """Train ``variant`` on ``category`` of a split ``table`` and return its test metrics."""
+    model_cfg = cfg.model_for(variant)
+    encoder_state, _ = encoder_weights(model_cfg)
+    geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
+    data = load_train_data(table, category, geometry, shots_required=cfg.shot > 0)
+    start = time.perf_counter()
+    model, _, _ = train_segmenter(cfg, cfg.variant(variant), data, seed=category_seed(cfg.seed, category),
+                                  encoder_state=encoder_state, model_cfg=model_cfg,
+                                  progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
+    seconds = time.perf_counter() - start
+    calibration = calibrate(cfg, model, table, category, geometry)  # as the train stage does, before folding
+    test = category_split(table, category)["test"]  # predicted as the predict stage does
+    device = resolve_device(cfg.train.device)
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
+    probs, _ = predict_category(inference_model(model, channels_last), test, geometry, cfg.metrics.threshold,
+                                batch_size=cfg.predict.resolved_batch_size(typical_side(geometry, test)),
+                                device=device, amp_dtype=amp_dtype, channels_last=channels_last,
+                                tile_size=cfg.predict.tile_size, tile_overlap=cfg.predict.tile_overlap)
+    metrics, per_image = evaluate_category(probs, test, cfg.metrics.threshold,
+                                           calibration.threshold if calibration else None)
+    seen = set(category_split(table, category)["train_defect"]["defect_type"])
+    types = by_defect_type(probs, test, per_image, seen)
+    flat = {f"{group}_{m}": types[group][m] for group in ("seen", "unseen") if group in types
+            for m in ("iou", "pixel_auroc", "aupro")}
+    return {**metrics, **flat, "by_type": types, "train_seconds": seconds, "n_shots": len(data.defect_images),
+            "scale": geometry.scale}
+
+
+def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Sequence[str], profiles: Sequence[str],
+          shots: Sequence[int], seeds: Sequence[int], out: Path, overrides: Sequence[str] = ()) -> pd.DataFrame:
+    index = index_dataset(root, [category])
+    rows = []
+    for shot in shots:
+        for seed in seeds:
+            for profile in profiles:
+                cfg = parse_config(apply_overrides(base, {"profile": profile, "shot": shot, "seed": seed,
+                                                          "methods": list(variants), "train.eval_every": 0}))
+                table = k_shot_split(index, shot, seed, cfg.split.unit, cfg.split.calibration_normals)
+                for variant in variants:
+                    row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
+                           "shot": shot, "seed": seed, "overrides": " ".join(overrides),
+                           "calibration_normals": cfg.split.calibration_normals,
+                           **run_one(cfg, table, category, variant)}
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series | None, signed: bool = False) -> str:
+    if values is None or values.isna().all():  # a metric lines from before it existed lack
+        return "-"
+    text = f"{values.mean():+.4f}" if signed else f"{values.mean():.4f}"
+    return f"{text} ({values.std(ddof=1):.4f})" if len(values) > 1 else text
+
+
+def summary(results: pd.DataFrame, metrics: Sequence[str] = SUMMARY, base: str | None = None,
+            overrides_in_setting: bool = False) -> str:
+    """Mean (std) over seeds per (category, overrides, shot) and setting (variant, profile) of each of
+    ``metrics``, then each setting's paired difference (per seed) from the group's ``base`` setting
+    (e.g. ``"L0_B_NBR_CaP fast"``; the first setting of the group if None or not in it).
+    ``overrides_in_setting``: a line's ``-S`` overrides name part of its setting instead of its group,
+    so that runs with and without an override are paired (e.g. ``"L0_B fast train.encoder_norm=frozen"``)."""
+    compared = [m for m in metrics if m != "train_seconds"]
+    results = results.assign(overrides=results["overrides"].fillna("")) if "overrides" in results else \
+        results.assign(overrides="")
+    results = results.assign(setting=results["variant"] + " " + results["profile"])
+    if overrides_in_setting:
+        results = results.assign(setting=(results["setting"] + " " + results["overrides"]).str.strip(), overrides="")
+    # lines from before calibration trained on every normal; runs that held some out are another group
+    held = results["calibration_normals"].fillna(0) if "calibration_normals" in results else 0
+    results = results.assign(calibration_normals=held)
+    keys = ["category", "overrides", "calibration_normals", "shot"]
+    twice = results[results.duplicated([*keys, "setting", "seed"])]
+    if not twice.empty:
+        row = twice.iloc[0]
+        raise InputError(f"{row['category']} {row['variant']} {row['shot']}-shot, profile {row['profile']}, seed "
+                         f"{row['seed']} was run twice; keep one of its lines")
+    rows, diffs = [], []
+    for (category, overrides, held, shot), runs in results.groupby(keys, sort=False):
+        category = " ".join(filter(None, [category, overrides, f"{int(held)} normals held out" if held else ""]))
+        settings = list(dict.fromkeys(runs["setting"]))
+        if base in settings:
+            settings = [base, *(x for x in settings if x != base)]
+        reference = runs[runs["setting"] == settings[0]].set_index("seed")
+        for setting in settings:
+            group = runs[runs["setting"] == setting]
+            rows.append([category, str(shot), setting, "/".join(f"{lr:g}" for lr in group["lr"].unique()), str(len(group)),
+                         *(_mean_std(group.get(m)) for m in metrics)])
+            if setting != settings[0]:
+                paired = group.set_index("seed")
+                seeds = paired.index.intersection(reference.index)
+                diffs.append([category, str(shot), f"{setting} - {settings[0]}", str(len(seeds)),
+                              *(_mean_std(paired.loc[seeds, m] - reference.loc[seeds, m] if m in paired else None,
+                                          signed=True)
+                                for m in compared)])
+    out = markdown_table(["run", "shot", "variant, profile", "lr", "seeds", *metrics], rows)
+    if diffs:
+        out += "\n\n" + markdown_table(["run", "shot", "difference", "seeds", *compared], diffs)
+    return out
+
+
+def type_summary(results: pd.DataFrame) -> str:
+    """Per defect type, for each (category, overrides, shot) and setting: mean (std) over the seeds of
+    IoU, pixel AUROC and AUPRO, split by whether the seed's shots showed that type (runs with
+    ``by_type``, written since issue 20)."""
+    rows = []
+    for line in results.itertuples():
+        types = getattr(line, "by_type", None)
+        if not isinstance(types, dict):  # a line from before per-type results
+            continue
+        overrides = line.overrides if isinstance(getattr(line, "overrides", None), str) else ""
+        held = getattr(line, "calibration_normals", 0)
+        held = int(held) if held == held else 0  # NaN on lines from before held-out normals
+        run = " ".join(filter(None, [line.category, overrides, f"{held} normals held out" if held else ""]))
+        for name, m in types.items():
+            if name in ("seen", "unseen"):
+                continue
+            rows.append({"run": run, "shot": line.shot, "setting": f"{line.variant} {line.profile}", "type": name,
+                         "shown": "seen" if m["seen"] else "unseen", "seed": line.seed, **m})
+    if not rows:
+        raise InputError("no per-type results (by_type) in these lines; they come from sweeps since issue 20")
+    frame = pd.DataFrame(rows)
+    rank = {setting: i for i, setting in enumerate(dict.fromkeys(frame["setting"]))}
+    frame = frame.assign(rank=frame["setting"].map(rank)).sort_values(["run", "shot", "rank", "type", "shown"],
+                                                                      kind="stable")
+    out = []
+    for (run, shot, _, setting, name, shown), group in frame.groupby(
+            ["run", "shot", "rank", "setting", "type", "shown"], sort=False):
+        out.append([run, str(shot), setting, name, shown, str(len(group)),
+                    *(_mean_std(group[m]) for m in ("iou", "pixel_auroc", "aupro"))])
+    return markdown_table(["run", "shot", "variant, profile", "defect type", "in the shots", "seeds", "iou",
+                           "pixel_auroc", "aupro"], out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", help="a dataset in MVTec layout (a folder of category folders)")
+    parser.add_argument("category", nargs="?")
+    parser.add_argument("--summarize", type=Path, metavar="JSONL",
+                        help="print the summary of runs already written (no training)")
+    parser.add_argument("--variant", nargs="+", help="params.yaml variants (each trained on the same splits)")
+    parser.add_argument("--profiles", nargs="+")
+    parser.add_argument("--shots", nargs="+", type=int, default=[1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("-S", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params override as for dvc exp run, e.g. split.unit=category (YAML value)")
+    parser.add_argument("--metrics", nargs="+", default=list(SUMMARY),
+                        help="the columns of the summary, e.g. unseen_iou unseen_pixel_auroc unseen_aupro "
+                             "(per defect type: seen_* / unseen_* for the types the shots showed or not)")
+    parser.add_argument("--base", metavar="SETTING",
+                        help='the setting the differences are from, e.g. "L0_B_NBR_CaP fast" (default: the first)')
+    parser.add_argument("--pair-overrides", action="store_true",
+                        help="with --summarize: a line's -S overrides are part of its setting, so runs with and "
+                             "without them are paired (e.g. the base \"L0_B fast\" against \"L0_B fast train.lr_schedule=cosine\")")
+    parser.add_argument("--by-type", action="store_true",
+                        help="with --summarize: per defect type, split by whether the shots showed it")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"), help="JSON lines, appended")
+    args = parser.parse_args(argv)
+    if args.summarize:
+        results = pd.read_json(args.summarize, lines=True)
+        print(type_summary(results) if args.by_type else
+              summary(results, args.metrics, args.base, overrides_in_setting=args.pair_overrides))
+        return
+    if not (args.root and args.category and args.variant and args.profiles):
+        parser.error("give ROOT CATEGORY --variant V --profiles P [P ...], or --summarize JSONL")
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"-S {item}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    base = apply_overrides(yaml.safe_load(Path(args.params).read_text()), overrides)
+    results = sweep(base, args.root, args.category, args.variant, args.profiles, args.shots, args.seeds, args.out,
+                    args.set)
+    print(summary(results, args.metrics, args.base))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Tests of the measurement lab (run by `pytest` with the rest)."""

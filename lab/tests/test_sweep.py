@@ -1,0 +1,112 @@
+"""lab.sweep: one training per (profile, shot, seed), scored like the pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fsds.errors import InputError
+from lab.sweep import main
+from tests.params import params_with
+
+
+def test_a_sweep_trains_each_profile_and_seed_and_summarises_them(tiny_root, tmp_path, capsys):
+    raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-4},
+                                    "b": {"image_size": 32, "iterations": 2, "lr": 1e-3}}})
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(raw))  # JSON is YAML
+    out = tmp_path / "sweep.jsonl"
+    main([str(tiny_root), "fabric", "--variant", "B", "--profiles", "a", "b", "--seeds", "0", "1",
+          "--params", str(params), "--out", str(out), "-S", "split.unit=category", "-S", "split.calibration_normals=2"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["profile"], r["lr"], r["seed"]) for r in rows] == [("a", 1e-4, 0), ("b", 1e-3, 0), ("a", 1e-4, 1),
+                                                                 ("b", 1e-3, 1)]
+    assert all(r["n_shots"] == 1 for r in rows)  # split.unit=category: one shot for the whole category
+    assert all(0 <= r["iou"] <= 1 and 0 <= r["pixel_auroc"] <= 1 for r in rows)
+    assert all(0 < r["threshold_cal"] < 1 and 0 <= r["iou_cal"] <= 1 for r in rows)  # calibrated on 2 held-out normals
+    printed = capsys.readouterr().out
+    run = "fabric split.unit=category split.calibration_normals=2 2 normals held out"  # category, overrides, held-out normals
+    assert f"| {run} | 1 | B a | 0.0001 | 2 |" in printed and f"| {run} | 1 | B b | 0.001 | 2 |" in printed
+    difference = [line for line in printed.splitlines() if "| B b - B a |" in line]
+    assert len(difference) == 1
+    iou_gap = (rows[1]["iou"] - rows[0]["iou"] + rows[3]["iou"] - rows[2]["iou"]) / 2  # per seed, then mean
+    assert difference[0].split("|")[5].strip().startswith(f"{iou_gap:+.4f}")
+    main(["--summarize", str(out)])
+    assert capsys.readouterr().out.strip() == printed.strip()
+    for r in rows:  # one shot for the category: one defect type seen, the others not
+        types = {name: m for name, m in r["by_type"].items() if name not in ("seen", "unseen")}
+        assert sorted(m["seen"] for m in types.values()) == [0] * (len(types) - 1) + [1]
+        assert r["unseen_iou"] == r["by_type"]["unseen"]["iou"] and 0 <= r["unseen_aupro"] <= 1
+    main(["--summarize", str(out), "--by-type"])
+    per_type = [line for line in capsys.readouterr().out.splitlines() if "| B a |" in line]
+    shown = {(name, "seen" if m["seen"] else "unseen") for r in rows if r["profile"] == "a"
+             for name, m in r["by_type"].items() if name not in ("seen", "unseen")}
+    assert {(cells[4].strip(), cells[5].strip()) for cells in (line.split("|") for line in per_type)} == shown
+    out.write_text(out.read_text() + out.read_text().splitlines()[0] + "\n")  # one run listed twice
+    with pytest.raises(InputError, match="profile a, seed 0 was run twice"):
+        main(["--summarize", str(out)])
+
+
+def test_variants_are_trained_on_the_same_splits_and_paired(tiny_root, tmp_path, capsys):
+    raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-3}},
+                       "split": {"calibration_normals": 1}})
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(raw))
+    out = tmp_path / "sweep.jsonl"
+    main([str(tiny_root), "washer", "--variant", "B", "B_NBR", "--profiles", "a", "--seeds", "0", "1",
+          "--params", str(params), "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("B", 0), ("B_NBR", 0), ("B", 1), ("B_NBR", 1)]
+    difference = [line for line in capsys.readouterr().out.splitlines() if "| B_NBR a - B a |" in line]
+    iou_gap = (rows[1]["iou"] - rows[0]["iou"] + rows[3]["iou"] - rows[2]["iou"]) / 2
+    assert len(difference) == 1 and difference[0].split("|")[5].strip().startswith(f"{iou_gap:+.4f}")
+    main(["--summarize", str(out), "--base", "B_NBR a"])  # the differences from another setting
+    difference = [line for line in capsys.readouterr().out.splitlines() if "| B a - B_NBR a |" in line]
+    assert len(difference) == 1 and difference[0].split("|")[5].strip().startswith(f"{-iou_gap:+.4f}")
+
+
+def test_a_bad_override_or_missing_argument_stops_with_usage(tiny_root, capsys):
+    with pytest.raises(SystemExit):
+        main([str(tiny_root), "fabric", "--variant", "B", "--profiles", "fast", "-S", "split.unit"])
+    assert "-S split.unit: expected KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tiny_root), "fabric", "--profiles", "fast"])
+    assert "--variant" in capsys.readouterr().err
+
+
+def test_a_sweep_with_zero_shots_trains_on_pseudo_defects_alone(tiny_root, tmp_path, capsys):
+    raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-3}},
+                       "variants": {"S": {"nbr": "cosine", "cap": "weighted", "synthetic": True},
+                                    "B": {"nbr": "none", "cap": "none"}},
+                       "split": {"calibration_normals": 1}})
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(raw))
+    out = tmp_path / "sweep.jsonl"
+    main([str(tiny_root), "washer", "--variant", "S", "--profiles", "a", "--shots", "0", "--seeds", "0",
+          "--params", str(params), "--out", str(out), "--metrics", "iou", "unseen_iou", "unseen_pixel_auroc"])
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["n_shots"] == 0 and "seen" not in row["by_type"] and 0 <= row["unseen_pixel_auroc"] <= 1
+    assert "| unseen_iou | unseen_pixel_auroc |" in capsys.readouterr().out
+    with pytest.raises(Exception, match="shot: 0 trains on pseudo-defects alone"):
+        main([str(tiny_root), "washer", "--variant", "B", "--profiles", "a", "--shots", "0", "--seeds", "0",
+              "--params", str(params), "--out", str(out)])
+
+
+def test_pair_overrides_pairs_runs_made_with_and_without_an_override(tmp_path, capsys):
+    """Hand-made lines: without --pair-overrides an override is its own group (nothing to pair);
+    with it, the override names the setting and its per-seed difference from the base is printed."""
+    line = {"category": "fabric", "variant": "B", "profile": "fast", "lr": 1e-3, "shot": 1, "calibration_normals": 0,
+            "iou": 0.0, "train_seconds": 1.0}
+    lines = [{**line, "seed": 0, "overrides": "", "iou": 0.10}, {**line, "seed": 1, "overrides": "", "iou": 0.20},
+             {**line, "seed": 0, "overrides": "train.lr_schedule=cosine", "iou": 0.25},
+             {**line, "seed": 1, "overrides": "train.lr_schedule=cosine", "iou": 0.30}]
+    out = tmp_path / "sweep.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    main(["--summarize", str(out), "--metrics", "iou"])
+    assert " - " not in capsys.readouterr().out  # two groups of one setting each
+    main(["--summarize", str(out), "--metrics", "iou", "--pair-overrides"])
+    printed = capsys.readouterr().out
+    assert "| fabric | 1 | B fast train.lr_schedule=cosine | 0.001 | 2 | 0.2750 (0.0354) |" in printed
+    difference = [x for x in printed.splitlines() if "| B fast train.lr_schedule=cosine - B fast |" in x]
+    assert len(difference) == 1 and difference[0].split("|")[5].strip() == "+0.1250 (0.0354)"  # 0.15 and 0.10
