@@ -8,8 +8,6 @@ key (``train.image_size``) and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -17,6 +15,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from fsds.errors import ConfigError
+from fsds.typed import build, check, check_choice, coerce
 
 __all__ = ["ConfigError", "Config", "load_config", "parse_config"]
 
@@ -41,11 +40,11 @@ class SyntheticConfig:
     size: int
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, "data.synthetic.seed", "must be >= 0")
-        _check(self.n_train_good >= 1, "data.synthetic.n_train_good", "must be >= 1")
-        _check(self.n_test_good >= 1, "data.synthetic.n_test_good", "must be >= 1")
-        _check(self.n_per_defect >= 2, "data.synthetic.n_per_defect", "must be >= 2")
-        _check(self.size >= 32, "data.synthetic.size", "must be >= 32")
+        check(self.seed >= 0, "data.synthetic.seed", "must be >= 0")
+        check(self.n_train_good >= 1, "data.synthetic.n_train_good", "must be >= 1")
+        check(self.n_test_good >= 1, "data.synthetic.n_test_good", "must be >= 1")
+        check(self.n_per_defect >= 2, "data.synthetic.n_per_defect", "must be >= 2")
+        check(self.size >= 32, "data.synthetic.size", "must be >= 32")
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,8 @@ class DataConfig:
     synthetic: SyntheticConfig
 
     def __post_init__(self) -> None:
-        _check_choice(self.mvtec_download, MVTEC_DOWNLOADS, "data.mvtec_download")
-        _check(0 < self.test_normal_fraction < 1, "data.test_normal_fraction", "must be in (0, 1)")
+        check_choice(self.mvtec_download, MVTEC_DOWNLOADS, "data.mvtec_download")
+        check(0 < self.test_normal_fraction < 1, "data.test_normal_fraction", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ class SplitConfig:
     calibration_normals: int  # normal training images per category held out to pick the threshold
 
     def __post_init__(self) -> None:
-        _check_choice(self.unit, SPLIT_UNITS, "split.unit")
-        _check(self.calibration_normals >= 0, "split.calibration_normals", "must be >= 0 (0 = no calibrated threshold)")
+        check_choice(self.unit, SPLIT_UNITS, "split.unit")
+        check(self.calibration_normals >= 0, "split.calibration_normals", "must be >= 0 (0 = no calibrated threshold)")
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class Profile:
 
     def __post_init__(self) -> None:
         _check_size_and_iterations(self.image_size, self.iterations, "profiles.*")
-        _check(0 < self.lr < 1, "profiles.*.lr", "must be in (0, 1)")
+        check(0 < self.lr < 1, "profiles.*.lr", "must be in (0, 1)")
         _check_working_size(self.working_size, self.image_size, "profiles.*")
 
 
@@ -123,24 +122,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_size_and_iterations(self.image_size, self.iterations, "train")
         _check_working_size(self.working_size, self.image_size, "train")
-        _check(0 <= self.defect_crop_fraction <= 1, "train.defect_crop_fraction", "must be in [0, 1]")
-        _check(0 < self.synthetic_fraction <= 1, "train.synthetic_fraction",
+        check(0 <= self.defect_crop_fraction <= 1, "train.defect_crop_fraction", "must be in [0, 1]")
+        check(0 < self.synthetic_fraction <= 1, "train.synthetic_fraction",
                "must be in (0, 1]: the share of defect samples that are pseudo-defects (variants with synthetic: true)")
-        _check(self.batch_size == "auto" or self.batch_size >= 1, "train.batch_size", "must be 'auto' or >= 1")
-        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
-        _check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
-        _check(self.nbr_weight >= 0, "train.nbr_weight", "must be >= 0")
-        _check_choice(self.seg_loss, SEG_LOSSES, "train.seg_loss")
-        _check(self.frozen_encoder_stages == "auto" or 0 <= self.frozen_encoder_stages <= ENCODER_STAGES,
+        check(self.batch_size == "auto" or self.batch_size >= 1, "train.batch_size", "must be 'auto' or >= 1")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
+        check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
+        check(self.nbr_weight >= 0, "train.nbr_weight", "must be >= 0")
+        check_choice(self.seg_loss, SEG_LOSSES, "train.seg_loss")
+        check(self.frozen_encoder_stages == "auto" or 0 <= self.frozen_encoder_stages <= ENCODER_STAGES,
                "train.frozen_encoder_stages",
                f"must be 'auto' or 0 to {ENCODER_STAGES} (the encoder stages, from the input, that stay as loaded)")
-        _check_choice(self.device, DEVICES, "train.device")
-        _check_choice(self.precision, PRECISIONS, "train.precision")
-        _check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = all cores)")
-        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
-        _check(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no test IoU during training)")
-        _check(self.eval_images >= 1, "train.eval_images", "must be >= 1")
-        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = no snapshots)")
+        check_choice(self.device, DEVICES, "train.device")
+        check_choice(self.precision, PRECISIONS, "train.precision")
+        check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = all cores)")
+        check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        check(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no test IoU during training)")
+        check(self.eval_images >= 1, "train.eval_images", "must be >= 1")
+        check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = no snapshots)")
 
 
 @dataclass(frozen=True)
@@ -149,8 +148,8 @@ class ModelConfig:
     encoder_weights: str
 
     def __post_init__(self) -> None:
-        _check(bool(self.arch), "model.arch", "name a network, e.g. albunet34 (the paper's B) or lite0_unet")
-        _check(bool(self.encoder_weights), "model.encoder_weights", "use none, imagenet or the path of a state dict")
+        check(bool(self.arch), "model.arch", "name a network, e.g. albunet34 (the paper's B) or lite0_unet")
+        check(bool(self.encoder_weights), "model.encoder_weights", "use none, imagenet or the path of a state dict")
 
 
 @dataclass(frozen=True)
@@ -176,10 +175,10 @@ class Variant:
     family: str = ""
 
     def __post_init__(self) -> None:
-        _check_choice(self.nbr, NBR_KINDS, "variants.*.nbr")
-        _check_choice(self.cap, CAP_KINDS, "variants.*.cap")
+        check_choice(self.nbr, NBR_KINDS, "variants.*.nbr")
+        check_choice(self.cap, CAP_KINDS, "variants.*.cap")
         if self.seg_loss:
-            _check_choice(self.seg_loss, SEG_LOSSES, "variants.*.seg_loss")
+            check_choice(self.seg_loss, SEG_LOSSES, "variants.*.seg_loss")
 
 
 @dataclass(frozen=True)
@@ -188,8 +187,8 @@ class MetricsConfig:
     calibration_fpr: float  # the calibrated threshold keeps at most this share of calibration pixels defective
 
     def __post_init__(self) -> None:
-        _check(0 < self.threshold < 1, "metrics.threshold", "must be in (0, 1)")
-        _check(0 < self.calibration_fpr < 1, "metrics.calibration_fpr", "must be in (0, 1)")
+        check(0 < self.threshold < 1, "metrics.threshold", "must be in (0, 1)")
+        check(0 < self.calibration_fpr < 1, "metrics.calibration_fpr", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -199,10 +198,10 @@ class PredictConfig:
     tile_overlap: int  # pixels shared by neighbouring tiles
 
     def __post_init__(self) -> None:
-        _check(self.batch_size == "auto" or self.batch_size >= 1, "predict.batch_size", "must be 'auto' or >= 1")
-        _check(self.tile_size == 0 or (self.tile_size >= 64 and self.tile_size % 32 == 0), "predict.tile_size",
+        check(self.batch_size == "auto" or self.batch_size >= 1, "predict.batch_size", "must be 'auto' or >= 1")
+        check(self.tile_size == 0 or (self.tile_size >= 64 and self.tile_size % 32 == 0), "predict.tile_size",
                f"must be 0 (whole images) or a multiple of 32 of at least 64, got {self.tile_size}")
-        _check(0 <= self.tile_overlap and (self.tile_size == 0 or 2 * self.tile_overlap < self.tile_size),
+        check(0 <= self.tile_overlap and (self.tile_size == 0 or 2 * self.tile_overlap < self.tile_size),
                "predict.tile_overlap", f"must be >= 0 and under half of predict.tile_size, got {self.tile_overlap}")
 
 
@@ -231,30 +230,20 @@ class Config:
     mlflow: MlflowConfig
 
     def __post_init__(self) -> None:
-        _check_choice(self.dataset, DATASETS, "dataset")
-        _check(
-            self.dataset != "folder" or bool(self.data.root),
-            "data.root",
-            "dataset 'folder' needs data.root: the folder in MVTec AD layout (see the README)",
-        )
-        _check(self.shot >= 0, "shot", f"must be >= 0, got {self.shot}")
+        check_choice(self.dataset, DATASETS, "dataset")
+        check(self.dataset != "folder" or bool(self.data.root), "data.root",
+              "dataset 'folder' needs data.root: the folder in MVTec AD layout (see the README)")
+        check(self.shot >= 0, "shot", f"must be >= 0, got {self.shot}")
         if self.shot == 0:
             real_only = [name for name in self.methods if name in self.variants and not self.variants[name].synthetic]
-            _check(not real_only, "shot", f"0 trains on pseudo-defects alone, which only variants with synthetic: true "
+            check(not real_only, "shot", f"0 trains on pseudo-defects alone, which only variants with synthetic: true "
                                           f"do; methods has {', '.join(real_only)}: set shot >= 1 or pick such variants")
-        _check(self.seed >= 0, "seed", "must be >= 0")
+        check(self.seed >= 0, "seed", "must be >= 0")
         for name in self.variants:
-            _check(
-                name.replace("_", "").isalnum(),
-                f"variants.{name}",
-                "variant ids must be file-safe (letters, digits, '_')",
-            )
+            check(name.replace("_", "").isalnum(), f"variants.{name}", "variant ids must be file-safe (letters, digits, '_')")
         for name in self.methods:
-            _check(
-                name in self.variants,
-                "methods",
-                f"{name!r} is not a variant; params.yaml `variants` defines: {', '.join(self.variants)}",
-            )
+            check(name in self.variants, "methods",
+                  f"{name!r} is not a variant; params.yaml `variants` defines: {', '.join(self.variants)}")
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -300,11 +289,11 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     variants = raw.pop("variants") or {}
     if not isinstance(variants, Mapping) or not variants:
         raise ConfigError("variants: must be a non-empty mapping of variant id -> {nbr, cap}")
-    parsed_variants = {str(k): _build(Variant, v, f"variants.{k}") for k, v in variants.items()}
+    parsed_variants = {str(k): build(Variant, v, f"variants.{k}") for k, v in variants.items()}
     profiles = raw.pop("profiles") or {}
     if not isinstance(profiles, Mapping) or not profiles:
         raise ConfigError("profiles: must be a non-empty mapping of profile name -> {image_size, iterations, lr}")
-    parsed_profiles = {str(k): _build(Profile, v, f"profiles.{k}") for k, v in profiles.items()}
+    parsed_profiles = {str(k): build(Profile, v, f"profiles.{k}") for k, v in profiles.items()}
     profile = raw["profile"]
     train = raw["train"]
     if not isinstance(train, Mapping):
@@ -316,116 +305,19 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         raise ConfigError(f"profile: expected one of {', '.join(parsed_profiles)}, got {profile!r}")
     chosen = parsed_profiles[profile]
     raw["train"] = {**train, **{key: getattr(chosen, key) for key in PROFILE_KEYS}}
-    raw["methods"] = _coerce(raw["methods"], tuple[str, ...], "methods")
+    raw["methods"] = coerce(raw["methods"], tuple[str, ...], "methods")
     # Built with the parsed mappings in place, so Config's cross-checks (methods against variants) run.
-    return _build(Config, {**raw, "variants": parsed_variants, "profiles": parsed_profiles}, "")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    """Recursively turn a mapping into dataclass ``cls``, checking keys and types; every field
-    without a declared default must be present."""
-    where = prefix or "params.yaml"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{_key(prefix, unknown[0])}: unknown key; allowed keys: {', '.join(sorted(fields))}")
-    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in raw]
-    if missing:
-        raise ConfigError(f"{_key(prefix, missing[0])}: missing from params.yaml; add it "
-                          "(the repository's params.yaml has every key, with what it means)")
-    kwargs = {}
-    for name, value in raw.items():
-        key = _key(prefix, name)
-        hint = hints[name]
-        if name in ("variants", "profiles") and cls is Config:
-            kwargs[name] = value  # parsed by parse_config
-        elif dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
-        else:
-            kwargs[name] = _coerce(value, hint, key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against a simple type hint (int, float, str, bool, Literal, tuple, unions)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc).split(": ", 1)[-1])
-        raise ConfigError(f"{key}: {' or '.join(errors)}")
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
-        return value
-    if origin is tuple and typing.get_args(hint)[0] is int:
-        if not isinstance(value, (list, tuple)) or not value or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{key}: expected a non-empty list of integers, got {value!r}")
-        return tuple(value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value) or not value:
-            raise ConfigError(f"{key}: expected a non-empty list of names, got {value!r}")
-        return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {hint!r}")  # pragma: no cover
-
-
-def _key(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
+    return build(Config, {**raw, "variants": parsed_variants, "profiles": parsed_profiles}, "",
+                 raw_fields=("variants", "profiles"))
 
 
 def _check_size_and_iterations(image_size: int, iterations: int, prefix: str) -> None:
-    _check(
-        image_size >= 32 and image_size % 32 == 0,
-        f"{prefix}.image_size",
-        f"must be a positive multiple of 32 (the encoders downsample 5 times), got {image_size}",
-    )
-    _check(iterations >= 1, f"{prefix}.iterations", "must be >= 1")
+    check(image_size >= 32 and image_size % 32 == 0, f"{prefix}.image_size",
+          f"must be a positive multiple of 32 (the encoders downsample 5 times), got {image_size}")
+    check(iterations >= 1, f"{prefix}.iterations", "must be >= 1")
 
 
 def _check_working_size(working_size: int, image_size: int, prefix: str) -> None:
-    _check(working_size == 0 or working_size >= image_size, f"{prefix}.working_size",
+    check(working_size == 0 or working_size >= image_size, f"{prefix}.working_size",
            f"must be 0 (squash whole images to image_size) or at least image_size ({image_size}), the crop size; "
            f"got {working_size}")
-
-
-def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")

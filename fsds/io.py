@@ -31,13 +31,19 @@ def _sweep(path: Path) -> None:
     shutil.rmtree(path.with_name(f".{path.name}.old"), ignore_errors=True)
 
 
+def _prepare(path: str | Path) -> Path:
+    """``path``'s folder made, and what an earlier writer killed there left removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(path)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
     Temporary copies left by an earlier writer that was killed are removed first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(path)
+    path = _prepare(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -52,9 +58,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder; it replaces ``path`` only if the block succeeds.
     Temporary folders left by an earlier writer that was killed are removed first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(path)
+    path = _prepare(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

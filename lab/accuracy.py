@@ -80,7 +80,8 @@ def report(reference: pd.DataFrame, fast: pd.DataFrame, table: pd.DataFrame, ok:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lab.accuracy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reference", help="grid file of the fp32 reference path")
     parser.add_argument("fast", help="grid file of the fast path (same shots, seeds and methods)")
     parser.add_argument("out", help="markdown report to write")

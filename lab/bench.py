@@ -5,13 +5,15 @@
 
 The reference is Algorithm 1 written the obvious way: fp32, NCHW, images and masks decoded
 from disk and resized every iteration, and separate encoder passes for the defect, normal
-and pasted images. Ours is the code the pipeline trains with (:func:`fsds.engine.training.sample_batch`
+and pasted images. Ours is the code the pipeline trains with (:func:`fsds.engine.batches.sample_batch`
 and :func:`fsds.engine.training.train_step` over images decoded once) with the ``train.precision`` and
-``train.channels_last`` and ``train.fp32_depthwise`` of params.yaml as they resolve on this CPU. Both
-train the same network (B+NBR+CaP on the network of the last of ``methods``, the default run's, or of
-``--variant``) from the same weights on the same draws. At one size and batch each lever
-is also added in turn, to show what each pays. The reference is a thin variation of the real
-code: the same ``sample_batch`` and ``train_step``, fed by :class:`DiskImages` instead of the cache.
+``train.channels_last`` and ``train.fp32_depthwise`` of params.yaml as they resolve on this CPU
+(:func:`fsds.engine.device.set_up_runtime`). Both train the same network (B+NBR+CaP on the network of
+the last of ``methods``, the default run's, or of ``--variant``, with its encoder weights and the
+encoder stages the pipeline leaves as loaded: :func:`fsds.pipeline.plan.make_recipe`) from the same
+weights on the same draws. At one size and batch each lever is also added in turn, to show what each
+pays. The reference is a thin variation of the real code: the same ``sample_batch`` and
+``train_step``, fed by :class:`DiskImages` instead of the cache.
 
 Reported: medians over the timed steps after warm-up (the setups take their steps in turn, so
 drifts in the machine's speed weigh on all alike), the ratios, the share of the step spent
@@ -37,15 +39,20 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from fsds.config import Config, ModelConfig, Variant, load_config
+from fsds.config import Config, Variant, parse_config
 from fsds.data.images import load_images, load_masks, normalize
 from fsds.data.synthetic import generate_synthetic
-from fsds.engine.device import (cpu_flags, cpu_name, depthwise_in_fp32, resolve_channels_last, resolve_fp32_depthwise,
-                                resolve_precision)
+from fsds.engine.batches import Batch, TrainData, sample_batch
+from fsds.engine.device import Runtime, cpu_flags, cpu_name, set_up_runtime
 from fsds.engine.prediction import inference_model, predict_probabilities
-from fsds.engine.training import Batch, TrainData, sample_batch, train_step
+from fsds.engine.recipe import Recipe
+from fsds.engine.training import train_step, trainable_model
 from fsds.io import write_json, write_text
-from fsds.method.networks import Segmenter, build_model, decoder_channels
+from fsds.method.networks import Segmenter, build_model
+from fsds.method.registry import network
+from fsds.method.weights import encoder_weights
+from fsds.pipeline import plan
+from lab.variants import lab_params
 
 VARIANT = Variant(nbr="cosine", cap="weighted", seg_loss="bce")  # B+NBR+CaP: the step that needs all three encoder passes
 
@@ -125,7 +132,7 @@ def make_files(root: Path, source_size: int, seed: int = 0) -> Files:
 
 class DiskImages:
     """Images (or masks) decoded and resized from disk each time they are indexed: what the naive
-    reference feeds :func:`fsds.engine.training.sample_batch` in place of the uint8 cache."""
+    reference feeds :func:`fsds.engine.batches.sample_batch` in place of the uint8 cache."""
 
     def __init__(self, paths: list[str], size: int, masks: bool = False) -> None:
         self.paths, self.size, self.masks = paths, size, masks
@@ -152,6 +159,11 @@ class Setup:
     def describe(self) -> str:
         return " + ".join(name for name in LEVERS if getattr(self, name)) or "reference"
 
+    def runtime(self) -> Runtime:
+        """Where and how the network runs under these levers: always this CPU."""
+        return Runtime(torch.device("cpu"), torch.bfloat16 if self.bf16 else None, self.channels_last,
+                       self.fp32_depthwise)
+
 
 LEVERS = ("cache", "bf16", "channels_last", "fp32_depthwise")  # in the order the lever table adds them
 
@@ -160,12 +172,13 @@ REFERENCE = Setup()
 
 
 def pipeline_setup(cfg: Config, training: bool = True) -> Setup:
-    """The levers the pipeline uses with these params on this machine's CPU, to train or to predict."""
-    cpu = torch.device("cpu")
-    amp = resolve_precision(cfg.train.precision, cpu)
-    return Setup(cache=True, bf16=amp is not None,
-                 channels_last=resolve_channels_last(cfg.train.channels_last, amp, training=training),
-                 fp32_depthwise=training and resolve_fp32_depthwise(cfg.train.fp32_depthwise, amp, cpu))
+    """The levers the pipeline uses with these params on this machine's CPU, to train or to predict
+    (the runtime :func:`fsds.engine.device.set_up_runtime` resolves, on the CPU whatever ``train.device``)."""
+    tc = cfg.train
+    runtime = set_up_runtime("cpu", tc.precision, tc.channels_last, tc.fp32_depthwise, tc.num_threads,
+                             training=training)
+    return Setup(cache=True, bf16=runtime.amp_dtype is not None, channels_last=runtime.channels_last,
+                 fp32_depthwise=runtime.fp32_depthwise)
 
 
 def lever_setups(ours: Setup) -> list[Setup]:
@@ -188,42 +201,39 @@ def train_data(setup: Setup, files: Files, size: int) -> TrainData:
                      DiskImages(files.normals, size))
 
 
-def frozen_stages(cfg: Config, net: ModelConfig) -> int:
-    """The encoder stages the pipeline's training leaves as loaded for this network."""
-    return cfg.train.resolved_frozen_stages(pretrained=net.encoder_weights != "none")
+def pipeline_network(cfg: Config, variant: str) -> tuple[str, dict[str, torch.Tensor] | None]:
+    """The network of ``variant`` and its encoder weights as the train stage loads them (None: random)."""
+    net = plan.model_of(cfg, variant)
+    state, _ = encoder_weights(net.arch, net.encoder_weights)
+    return net.arch, state
+
+
+def bench_recipe(cfg: Config, arch: str, pretrained: bool, batch: int) -> Recipe:
+    """B+NBR+CaP (:data:`VARIANT`) on ``arch`` as the pipeline would train it (``pretrained``: its
+    encoder loaded, so the stages ``train.frozen_encoder_stages`` names stay as loaded), at ``batch``."""
+    return dataclasses.replace(plan.make_recipe(cfg, VARIANT, arch, pretrained), batch_size=batch)
 
 
 class Runner:
     """One setup's model, optimizer and data, stepping on the shared draws."""
 
-    def __init__(self, cfg: Config, net: ModelConfig, setup: Setup, base: Segmenter, files: Files, size: int,
-                 m: int) -> None:
-        self.cfg, self.setup, self.m = cfg, setup, m
-        model = build_model(net)
-        model.load_state_dict(base.state_dict())
-        if setup.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        depthwise_in_fp32(model, setup.fp32_depthwise)
+    def __init__(self, recipe: Recipe, setup: Setup, base: Segmenter, files: Files, size: int) -> None:
+        self.recipe, self.setup, self.runtime = recipe, setup, setup.runtime()
         # The same network trains the same parameters under every setup: the stages the pipeline
         # leaves as loaded (train.frozen_encoder_stages) stay so in the reference too.
-        model.freeze_encoder_stages(frozen_stages(cfg, net))
-        self.model = model.train()
-        tc = cfg.train
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
-        self.amp = torch.bfloat16 if setup.bf16 else None
+        self.model, self.optimizer = trainable_model(recipe, self.runtime)
+        self.model.load_state_dict(base.state_dict())
         self.data = train_data(setup, files, size)  # the cache is filled here, before the timed steps
         self.totals: list[float] = []
         self.datas: list[float] = []
 
     def draw(self, i: int) -> Batch:
         """Draw ``i`` of Algorithm 1 (the same for every setup: the rng is seeded with ``i``)."""
-        tc = self.cfg.train
-        return sample_batch(self.data, np.random.default_rng(i), self.m, VARIANT, tc.cap_probability, tc.augment,
-                            self.model.input_stats,
-                            torch.device("cpu"), self.setup.channels_last)
+        return sample_batch(self.data, np.random.default_rng(i), self.recipe, self.model.input_stats,
+                            self.runtime.device, self.runtime.channels_last)
 
     def train_step(self, batch: Batch) -> None:
-        train_step(self.model, self.optimizer, batch, VARIANT, self.cfg.train.nbr_weight, self.amp)
+        train_step(self.model, self.optimizer, batch, self.recipe, self.runtime.amp_dtype)
 
     def step(self, i: int, timed: bool = True) -> None:
         start = time.perf_counter()
@@ -246,12 +256,11 @@ class Runner:
         }
 
 
-def peak_step_memory(cfg: Config, net: ModelConfig, setup: Setup, base: Segmenter, files: Files, size: int,
-                     m: int) -> float:
+def peak_step_memory(recipe: Recipe, setup: Setup, base: Segmenter, files: Files, size: int) -> float:
     """Peak resident memory (MiB) of the process while one setup, alone, is built and takes a step."""
     gc.collect()
     with peak_rss() as mem:
-        runner = Runner(cfg, net, setup, base, files, size, m)
+        runner = Runner(recipe, setup, base, files, size)
         runner.step(0, timed=False)
         del runner
     gc.collect()
@@ -278,35 +287,35 @@ def count_flops(step: Callable[[], Any]) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_training(cfg: Config, net: ModelConfig, files: Files, size: int, m: int, ours: Setup, steps: int,
-                   warmup: int, info: dict[str, Any], levers: bool = False) -> dict[str, Any]:
-    """Reference against ours at one size and batch; with ``levers``, also each lever added in turn."""
+def bench_training(recipe: Recipe, encoder_state: dict[str, torch.Tensor] | None, files: Files, size: int,
+                   ours: Setup, steps: int, warmup: int, info: dict[str, Any], levers: bool = False) -> dict[str, Any]:
+    """Reference against ours at one size and ``recipe.batch_size``; with ``levers``, also each lever
+    added in turn. Every setup starts from one network: ``recipe.arch`` with ``encoder_state`` loaded."""
     torch.manual_seed(0)
-    base = build_model(net)
+    base = build_model(recipe.arch, encoder_state)
     setups = lever_setups(ours) if levers else [REFERENCE, ours]
     # Interleaved: step i of every setup runs before step i + 1 of any, so a machine that slows
     # down or speeds up during the run (other tenants, turbo) weighs on all setups alike.
-    runners = [Runner(cfg, net, s, base, files, size, m) for s in setups]
+    runners = [Runner(recipe, s, base, files, size) for s in setups]
     for i in range(warmup + steps):
         for runner in runners:
             runner.step(i, timed=i >= warmup)
     rows = [runner.result(info) for runner in runners]
     del runners
     for row, setup in zip(rows, setups):
-        row["peak_rss_mib"] = peak_step_memory(cfg, net, setup, base, files, size, m)
+        row["peak_rss_mib"] = peak_step_memory(recipe, setup, base, files, size)
     mine = rows[setups.index(ours)]
-    return {"size": size, "batch": m, "reference": rows[0], "ours": mine, "steps": rows,
+    return {"size": size, "batch": recipe.batch_size, "reference": rows[0], "ours": mine, "steps": rows,
             "speedup": rows[0]["step_s"] / mine["step_s"]}
 
 
-def bench_prediction(net: ModelConfig, files: Files, size: int, n: int, ours: Setup, batch_size: int, repeats: int,
+def bench_prediction(arch: str, files: Files, size: int, n: int, ours: Setup, batch_size: int, repeats: int,
                      info: dict[str, Any]) -> dict[str, Any]:
     """Images per second: one image at a time, decoded from disk, fp32 NCHW (reference) against the
     pipeline's prediction (decode once, batch norms folded, ours' batch size, precision and layout)."""
     torch.manual_seed(0)
-    model = build_model(net).eval()
+    model = build_model(arch).eval()
     paths = ((files.defects + files.normals) * n)[:n]
-    amp = torch.bfloat16 if ours.bf16 else None
     with torch.no_grad():
         forward_flops = count_flops(lambda: model(normalize(load_images(paths[:1], size, desc="decode"), model.input_stats)))
 
@@ -315,13 +324,13 @@ def bench_prediction(net: ModelConfig, files: Files, size: int, n: int, ours: Se
             for path in paths:
                 torch.sigmoid(model(normalize(load_images([path], size, desc="decode"), model.input_stats)))
 
-    fast = build_model(net)
+    fast = build_model(arch)
     fast.load_state_dict(model.state_dict())
     fast = inference_model(fast, ours.channels_last)  # what the predict stage does after loading
 
     def pipeline() -> None:
         images = load_images(paths, size, desc="predict load")
-        predict_probabilities(fast, images, batch_size=batch_size, amp_dtype=amp, channels_last=ours.channels_last)
+        predict_probabilities(fast, images, ours.runtime(), batch_size=batch_size, progress=False)
 
     out = {"size": size, "images": len(paths), "repeats": repeats, "batch": batch_size}
     runs = (("reference", reference, False), ("ours", pipeline, ours.bf16))
@@ -406,32 +415,34 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = load_config(args.params)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    ours, ours_predict = pipeline_setup(cfg), pipeline_setup(cfg, training=False)
+    cfg = parse_config(lab_params(args.params))
     variant = args.variant or cfg.methods[-1]
-    net = cfg.model_for(variant)
+    plan.check(cfg, [variant])
+    ours, ours_predict = pipeline_setup(cfg), pipeline_setup(cfg, training=False)  # sets train.num_threads
+    arch, encoder_state = pipeline_network(cfg, variant)
+    pretrained = encoder_state is not None
     info = machine()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         files = make_files(Path(tmp), args.source_size)
         training = [
-            bench_training(cfg, net, files, size, m, ours, args.steps, args.warmup, info,
-                           levers=(size, m) == tuple(args.levers_at))
+            bench_training(bench_recipe(cfg, arch, pretrained, m), encoder_state, files, size, ours, args.steps,
+                           args.warmup, info, levers=(size, m) == tuple(args.levers_at))
             for size in args.sizes for m in args.batches
         ]
-        prediction = [bench_prediction(net, files, args.predict_size, args.predict_images, ours_predict,
-                                       cfg.predict.resolved_batch_size(args.predict_size), args.repeats, info)]
+        prediction = [bench_prediction(arch, files, args.predict_size, args.predict_images, ours_predict,
+                                       plan.predict_batch_size(cfg, args.predict_size), args.repeats, info)]
     return {"machine": info, "command": "python -m lab.bench " + " ".join(sys.argv[1:]), "params": args.params,
-            "network": f"{net.arch} (variant {variant}'s network, decoder widths {list(decoder_channels(net) or [])}, "
-                       f"{frozen_stages(cfg, net)} encoder stages left as loaded: train.frozen_encoder_stages)",
+            "network": f"{arch} ({network(arch).label}; variant {variant}'s network, "
+                       f"{plan.frozen_stages(cfg, pretrained)} encoder stages left as loaded: "
+                       "train.frozen_encoder_stages)",
             "ours": ours.describe(), "ours_predict": ours_predict.describe(), "steps": args.steps, "warmup": args.warmup,
             "seconds": time.perf_counter() - start, "training": training, "prediction": prediction}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lab.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--batches", nargs="+", type=int, default=[2, 4], help="the paper's 1-shot / 5-shot batches")
     parser.add_argument("--levers-at", nargs=2, type=int, default=[512, 2], metavar=("SIZE", "BATCH"),
@@ -442,7 +453,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per setup (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--source-size", type=int, default=512, help="size of the images on disk")
-    parser.add_argument("--params", default="params.yaml", help="whose train.precision/channels_last are ours")
+    parser.add_argument("--params", default="params.yaml",
+                        help="whose train.precision/channels_last/fp32_depthwise are ours (with lab/variants.yaml)")
     parser.add_argument("--variant", default="", help="whose network to time (default: the last of methods)")
     parser.add_argument("--out", default="lab/findings/benchmark", help="writes <out>.json and <out>.md")
     args = parser.parse_args(argv)

@@ -22,21 +22,23 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from fsds.config import Config, parse_config
 from fsds.errors import ConfigError, RunError, run_stage
 from fsds.evaluation import paper as published
 from fsds.evaluation.tables import HEADERS, category_means, markdown_table, mean_std, present_metrics
 from fsds.io import write_text
+from fsds.pipeline import plan
 from fsds.pipeline.grid import Grid, apply_overrides, load_grid
 from fsds.pipeline.grid_report import collect_results
+from lab.variants import lab_params
 
-# (reference, method): the paired differences the report shows, where both were run
+# (reference, method): the paired differences the report shows, where both were run (grids run
+# params.yaml's variants only: the Lite2 ones of lab/variants.yaml have no grid since 2026-12-06)
 PAIRS = (
     ("B", "B_NBR"), ("B", "B_NBR_CaP"),
-    ("L0_B", "L0_B_NBR"), ("L0_B", "L0_B_NBR_CaP"), ("L2_B", "L2_B_NBR_CaP"),
-    ("B", "L0_B"), ("B_NBR_CaP", "L0_B_NBR_CaP"), ("L0_B", "L2_B"),
+    ("L0_B", "L0_B_NBR"), ("L0_B", "L0_B_NBR_CaP"),
+    ("B", "L0_B"), ("B_NBR_CaP", "L0_B_NBR_CaP"),
 )
 GAIN_METRICS = ("iou", "iou_pooled", "aupro", "pixel_auroc", "image_auroc_max")
 PAPER_METHODS = {"AlbuNet": "paper: B (AlbuNet-34, ImageNet)", "B_NBR_CaP": "paper: B+NBR+CaP (ImageNet)"}
@@ -65,12 +67,12 @@ def setting(cfg: Config) -> str:
     if cfg.dataset == "mvtec":
         name += f" {categories}"
     rule = {"defect_type": "K per defect type (the paper's text)", "category": "K per category (the paper's Table I)"}
-    return (f"{name}, {rule[cfg.split.unit]}; profile `{cfg.profile}` ({cfg.train.input_description()}, "
+    return (f"{name}, {rule[cfg.split.unit]}; profile `{cfg.profile}` ({plan.input_description(cfg)}, "
             f"{cfg.train.iterations} iterations, Adam {cfg.train.lr:g}), precision {cfg.train.precision}")
 
 
 def load_results(paths: Sequence[str | Path], repo: str | Path = ".", params: str | Path = "params.yaml") -> list[Results]:
-    base = yaml.safe_load(Path(params).read_text()) or {}
+    base = lab_params(params)
     out = []
     for path in paths:
         grid = load_grid(path, params)
@@ -225,10 +227,11 @@ def compare_report(paths: Sequence[str | Path], report: str | Path, repo: str | 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lab.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("report", help="markdown file to write")
     parser.add_argument("grids", nargs="+", help="grid files (YAML)")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="the grids' params (their labels with lab/variants.yaml)")
     parser.add_argument("--preamble", default=None, help="a markdown file whose text opens the report")
     args = parser.parse_args()
     preamble = Path(args.preamble).read_text() if args.preamble else ""

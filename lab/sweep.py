@@ -3,18 +3,20 @@ data on disk and score it on the category's test images, without DVC or MLflow.
 
     python -m lab.sweep ../shared/datasets/mvtec_transistor_512 transistor \\
         --variant L0_B --profiles cpu fast --shots 1 5 --seeds 0 1 2 -S split.unit=category
-    python -m lab.sweep <root> <category> --variant L0_B L0_B_Dice --profiles fast
+    python -m lab.sweep <root> <category> --variant L0_B L0_B_Dice --profiles fast fast256
 
-Each run is what the pipeline's split, train, predict and metrics stages do for that category
-(the same functions, the same per-category seed), at ``metrics.threshold`` and at the calibrated
-threshold (``*_cal``). Every run appends one JSON line to ``--out`` as it finishes (so a long sweep
-can be read while it runs) and the end prints mean (std) over the seeds of each setting (variant
-and profile) and the paired per-seed differences from the first setting as markdown
-(``--summarize FILE`` prints them for lines already written, e.g. several sweeps appended to one file;
-``--base SETTING`` takes the differences from another setting, ``--pair-overrides`` pairs runs
-made with and without ``-S`` overrides, ``--metrics`` picks the columns,
-``--by-type`` prints per defect type whether the shots showed it or not). For results to commit, run a grid (``stages.grid``): it
-versions every cell; this is for deciding what is worth a grid.
+Variants and profiles are params.yaml's and the lab's own (``lab/variants.yaml``: e.g. ``L0_B_Dice``,
+``fast256``, ``cpu``). Each run is what the pipeline's split, train, predict and metrics stages do for
+that category (the same functions, the same recipe and runtime from :mod:`fsds.pipeline.plan`, the
+same per-category seed), at ``metrics.threshold`` and at the calibrated threshold (``*_cal``). Every
+run appends one JSON line to ``--out`` as it finishes (so a long sweep can be read while it runs) and
+the end prints mean (std) over the seeds of each setting (variant and profile) and the paired
+per-seed differences from the first setting as markdown (``--summarize FILE`` prints them for lines
+already written, e.g. several sweeps appended to one file; ``--base SETTING`` takes the differences
+from another setting, ``--pair-overrides`` pairs runs made with and without ``-S`` overrides,
+``--metrics`` picks the columns, ``--by-type`` prints per defect type whether the shots showed it or
+not). For results to commit, run a grid (``python -m stages.grid run``): it versions every cell;
+this is for deciding what is worth a grid.
 """
 
 from __future__ import annotations
@@ -31,40 +33,40 @@ import yaml
 from fsds.config import Config, parse_config
 from fsds.data.datasets import index_dataset
 from fsds.data.split import category_split, k_shot_split
-from fsds.engine.device import resolve_channels_last, resolve_device, resolve_precision
-from fsds.errors import InputError
+from fsds.engine.batches import category_geometry, load_train_data
 from fsds.engine.prediction import inference_model, predict_category
-from fsds.engine.training import category_geometry, load_train_data, train_segmenter
+from fsds.engine.training import train_segmenter
+from fsds.errors import InputError
 from fsds.evaluation.metrics import by_defect_type, evaluate_category
 from fsds.evaluation.tables import markdown_table
 from fsds.method.weights import encoder_weights
+from fsds.pipeline import plan
 from fsds.pipeline.grid import apply_overrides
 from fsds.pipeline.predict import typical_side
 from fsds.pipeline.train import calibrate, category_seed
+from lab.variants import lab_params
 
 SUMMARY = ("iou", "iou_pooled", "dice", "aupro", "pixel_auroc", "image_auroc_max", "iou_cal", "train_seconds")
 
 
 def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> dict[str, Any]:
     """Train ``variant`` on ``category`` of a split ``table`` and return its test metrics."""
-    model_cfg = cfg.model_for(variant)
-    encoder_state, _ = encoder_weights(model_cfg)
+    net = plan.model_of(cfg, variant)
+    encoder_state, _ = encoder_weights(net.arch, net.encoder_weights)
+    recipe = plan.recipe(cfg, variant, pretrained=encoder_state is not None)
     geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
-    data = load_train_data(table, category, geometry, shots_required=cfg.shot > 0)
+    data = load_train_data(table, category, geometry)
     start = time.perf_counter()
-    model, _, _ = train_segmenter(cfg, cfg.variant(variant), data, seed=category_seed(cfg.seed, category),
-                                  encoder_state=encoder_state, model_cfg=model_cfg,
+    model, _, _ = train_segmenter(recipe, plan.train_runtime(cfg), data, seed=category_seed(cfg.seed, category),
+                                  encoder_state=encoder_state,
                                   progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
     seconds = time.perf_counter() - start
     calibration = calibrate(cfg, model, table, category, geometry)  # as the train stage does, before folding
     test = category_split(table, category)["test"]  # predicted as the predict stage does
-    device = resolve_device(cfg.train.device)
-    amp_dtype = resolve_precision(cfg.train.precision, device)
-    channels_last = resolve_channels_last(cfg.train.channels_last, amp_dtype, training=False)
-    probs, _ = predict_category(inference_model(model, channels_last), test, geometry, cfg.metrics.threshold,
-                                batch_size=cfg.predict.resolved_batch_size(typical_side(geometry, test)),
-                                device=device, amp_dtype=amp_dtype, channels_last=channels_last,
-                                tile_size=cfg.predict.tile_size, tile_overlap=cfg.predict.tile_overlap)
+    runtime = plan.predict_runtime(cfg)
+    probs, _ = predict_category(inference_model(model, runtime.channels_last), test, geometry, cfg.metrics.threshold,
+                                runtime, batch_size=plan.predict_batch_size(cfg, typical_side(geometry, test)),
+                                tiling=plan.tiling(cfg))
     metrics, per_image = evaluate_category(probs, test, cfg.metrics.threshold,
                                            calibration.threshold if calibration else None)
     seen = set(category_split(table, category)["train_defect"]["defect_type"])
@@ -84,6 +86,7 @@ def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Seque
             for profile in profiles:
                 cfg = parse_config(apply_overrides(base, {"profile": profile, "shot": shot, "seed": seed,
                                                           "methods": list(variants), "train.eval_every": 0}))
+                plan.check(cfg, variants)
                 table = k_shot_split(index, shot, seed, cfg.split.unit, cfg.split.calibration_normals)
                 for variant in variants:
                     row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
@@ -109,7 +112,7 @@ def summary(results: pd.DataFrame, metrics: Sequence[str] = SUMMARY, base: str |
     ``metrics``, then each setting's paired difference (per seed) from the group's ``base`` setting
     (e.g. ``"L0_B_NBR_CaP fast"``; the first setting of the group if None or not in it).
     ``overrides_in_setting``: a line's ``-S`` overrides name part of its setting instead of its group,
-    so that runs with and without an override are paired (e.g. ``"L0_B fast train.encoder_norm=frozen"``)."""
+    so that runs with and without an override are paired (e.g. ``"L0_B fast train.augment=false"``)."""
     compared = [m for m in metrics if m != "train_seconds"]
     results = results.assign(overrides=results["overrides"].fillna("")) if "overrides" in results else \
         results.assign(overrides="")
@@ -183,12 +186,14 @@ def type_summary(results: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lab.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", nargs="?", help="a dataset in MVTec layout (a folder of category folders)")
     parser.add_argument("category", nargs="?")
     parser.add_argument("--summarize", type=Path, metavar="JSONL",
                         help="print the summary of runs already written (no training)")
-    parser.add_argument("--variant", nargs="+", help="params.yaml variants (each trained on the same splits)")
+    parser.add_argument("--variant", nargs="+",
+                        help="variants of params.yaml or lab/variants.yaml (each trained on the same splits)")
     parser.add_argument("--profiles", nargs="+")
     parser.add_argument("--shots", nargs="+", type=int, default=[1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -201,10 +206,10 @@ def main(argv: list[str] | None = None) -> None:
                         help='the setting the differences are from, e.g. "L0_B_NBR_CaP fast" (default: the first)')
     parser.add_argument("--pair-overrides", action="store_true",
                         help="with --summarize: a line's -S overrides are part of its setting, so runs with and "
-                             "without them are paired (e.g. the base \"L0_B fast\" against \"L0_B fast train.lr_schedule=cosine\")")
+                             "without them are paired (e.g. the base \"L0_B fast\" against \"L0_B fast train.augment=false\")")
     parser.add_argument("--by-type", action="store_true",
                         help="with --summarize: per defect type, split by whether the shots showed it")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="read with lab/variants.yaml added")
     parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"), help="JSON lines, appended")
     args = parser.parse_args(argv)
     if args.summarize:
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         if not sep:
             parser.error(f"-S {item}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
-    base = apply_overrides(yaml.safe_load(Path(args.params).read_text()), overrides)
+    base = apply_overrides(lab_params(args.params), overrides)
     results = sweep(base, args.root, args.category, args.variant, args.profiles, args.shots, args.seeds, args.out,
                     args.set)
     print(summary(results, args.metrics, args.base))

@@ -2,10 +2,12 @@
 
     python -m lab.timing --profile paper --shots 1 5 --iterations 4
 
-For every method of ``params.yaml`` (or ``--methods``), trains ``--iterations`` steps of
-Algorithm 1 at the profile's image size and the paper's batch size on random images (timing
-does not depend on the pixels), drops the first step (warm-up), and extrapolates the median
-step to the profile's iteration count. Prints a markdown table; nothing is written.
+For every variant (params.yaml's and lab/variants.yaml's, or ``--methods``), trains ``--iterations``
+steps of Algorithm 1 as the train stage would (:func:`fsds.pipeline.plan.recipe` on
+:func:`fsds.pipeline.plan.train_runtime`, with the variant's encoder weights) at the profile's image
+size and the paper's batch size on random images (timing does not depend on the pixels), drops the
+first step (warm-up), and extrapolates the median step to the profile's iteration count. Prints a
+markdown table; nothing is written.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import time
 import numpy as np
 import torch
 
-from fsds.config import load_config
-from fsds.engine.training import TrainData, train_segmenter
+from fsds.config import Config, parse_config
+from fsds.engine.batches import TrainData
+from fsds.engine.training import train_segmenter
 from fsds.method.weights import encoder_weights
+from fsds.pipeline import plan
+from fsds.pipeline.grid import apply_overrides
+from lab.variants import lab_params
 
 
 def random_data(size: int, n_defect: int = 5, n_normal: int = 20, seed: int = 0) -> TrainData:
@@ -34,35 +40,37 @@ def random_data(size: int, n_defect: int = 5, n_normal: int = 20, seed: int = 0)
     )
 
 
-def step_seconds(cfg, method: str, shot: int, iterations: int) -> float:
+def step_seconds(cfg: Config, method: str, shot: int, iterations: int) -> float:
     """Median wall time of one training iteration (after the first) of ``method``."""
-    cfg = dataclasses.replace(cfg, shot=shot, train=dataclasses.replace(cfg.train, iterations=iterations, eval_every=0))
+    cfg = dataclasses.replace(cfg, shot=shot)  # the batch size follows the shots
+    net = plan.model_of(cfg, method)
+    encoder_state, _ = encoder_weights(net.arch, net.encoder_weights)  # a pretrained encoder trains fewer stages
+    recipe = dataclasses.replace(plan.recipe(cfg, method, pretrained=encoder_state is not None), iterations=iterations)
     stamps: list[float] = []
-    model_cfg = cfg.model_for(method)
-    encoder_state, _ = encoder_weights(model_cfg)  # as the train stage: a pretrained encoder trains fewer stages
-    train_segmenter(cfg, cfg.variant(method), random_data(cfg.train.image_size), seed=0,
-                    on_log=lambda it, row: stamps.append(time.perf_counter()), model_cfg=model_cfg,
-                    progress_desc=f"{method} {shot}-shot", encoder_state=encoder_state)
+    train_segmenter(recipe, plan.train_runtime(cfg), random_data(cfg.train.image_size), seed=0,
+                    encoder_state=encoder_state, on_log=lambda it, row: stamps.append(time.perf_counter()),
+                    progress_desc=f"{method} {shot}-shot")
     return float(np.median(np.diff(stamps)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lab.timing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None, help="profile to time (default: params.yaml's)")
-    parser.add_argument("--methods", nargs="*", default=None, help="default: every variant of params.yaml")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="default: every variant of params.yaml and lab/variants.yaml")
     parser.add_argument("--shots", nargs="*", type=int, default=[1, 5])
     parser.add_argument("--iterations", type=int, default=4, help="timed iterations per method (>= 3)")
     parser.add_argument("--precision", default=None, help="override train.precision (fp32 | bf16)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    overrides = {}
-    if args.profile:
-        overrides["profile"] = args.profile
-    cfg = load_config(args.params, overrides)
+    overrides = {"profile": args.profile} if args.profile else {}
     if args.precision:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision))
+        overrides["train.precision"] = args.precision
+    cfg = parse_config(apply_overrides(lab_params(args.params), overrides))
     methods = args.methods or list(cfg.variants)
+    plan.check(cfg, methods)
     total = cfg.train.iterations
     print(f"profile {cfg.profile}: {cfg.train.image_size} px, {total} iterations, precision {cfg.train.precision}, "
           f"{torch.get_num_threads()} threads")

@@ -1,6 +1,5 @@
 """Pseudo-defects from the normal pool (issue 20): the generator and how training mixes them in."""
 
-import dataclasses
 
 import numpy as np
 import pytest

@@ -14,7 +14,8 @@ import torch
 from fsds.config import Variant
 from fsds.engine.batches import load_train_data
 from fsds.engine.resume import ResumeStore, fingerprint
-from tests.params import recipe_for, train
+from fsds.pipeline import plan
+from tests.params import train
 
 from .conftest import run, tiny_repo
 
@@ -50,25 +51,33 @@ def test_training_resumed_from_a_snapshot_ends_where_an_uninterrupted_one_ends(t
 
 def test_a_snapshot_is_used_only_for_the_same_training(tiny_config, washer_data, tmp_path):
     tensors = [washer_data.defect_images, washer_data.defect_masks, washer_data.normal_images]
-    recipe = recipe_for(Variant("cosine", "weighted"), tiny_config)
-    base = dict(config=tiny_config.to_dict(), recipe=recipe, category="washer", tensors=tensors, weights="none")
-    key = fingerprint(**base)
-    assert fingerprint(**base) == key
+
+    def key_of(cfg, variant="B_NBR_CaP", category="washer", tensors=tensors, weights="none", recipe=None):
+        """The snapshot key as the train stage computes it: its params and the variant's recipe."""
+        recipe = recipe or plan.recipe(cfg, variant, pretrained=weights != "none")
+        return fingerprint(plan.stage_params(cfg, variant), recipe, category, tensors, weights)
+
+    def train_with(**values):
+        return dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, **values))
+
+    key = key_of(tiny_config)
+    assert key_of(tiny_config) == key
     # what the variant trains: its network, its losses, any resolved value
-    assert fingerprint(**{**base, "recipe": recipe_for(Variant("cosine", "weighted"), tiny_config, "lite0_unet")}) != key
-    assert fingerprint(**{**base, "recipe": recipe_for(Variant("cosine", "plain"), tiny_config)}) != key
-    assert fingerprint(**{**base, "recipe": dataclasses.replace(recipe, frozen_stages=2)}) != key
-    assert fingerprint(**{**base, "weights": "imagenet (lite0.pth)"}) != key
-    other_lr = {**base, "config": {**base["config"], "train": {**base["config"]["train"], "lr": 0.5}}}
-    assert fingerprint(**other_lr) != key
-    assert fingerprint(**{**base, "category": "fabric"}) != key
+    other_net = dataclasses.replace(tiny_config, model=dataclasses.replace(tiny_config.model, arch="lite0_unet"))
+    assert key_of(other_net) != key
+    assert key_of(tiny_config, variant="B_NBR") != key
+    assert key_of(tiny_config, recipe=dataclasses.replace(plan.recipe(tiny_config, "B_NBR_CaP", False),
+                                                          frozen_stages=2)) != key
+    assert key_of(tiny_config, weights="imagenet (lite0.pth)") != key
+    assert key_of(train_with(lr=0.5)) != key
+    assert key_of(tiny_config, category="fabric") != key
     changed = [t.clone() for t in tensors]
     changed[2][0, 0, 0, 0] ^= 1  # one pixel of one normal image
-    assert fingerprint(**{**base, "tensors": changed}) != key
+    assert key_of(tiny_config, tensors=changed) != key
     # knobs that do not change the model keep the snapshot usable
-    chatty = {**base, "config": {**base["config"], "mlflow": {"enabled": True},
-                                 "train": {**base["config"]["train"], "log_every": 1, "checkpoint_every": 7}}}
-    assert fingerprint(**chatty) == key
+    chatty = dataclasses.replace(train_with(log_every=1, checkpoint_every=7),
+                                 mlflow=dataclasses.replace(tiny_config.mlflow, enabled=True))
+    assert key_of(chatty) == key
 
     store = ResumeStore(tmp_path / "resume")
     path = store.path("B", "washer", key)

@@ -120,14 +120,14 @@ def test_precision_resolution(monkeypatch):
 
 
 def test_channels_last_changes_the_layout_not_the_result(tiny_config, washer_data):
-    def train(channels_last):
+    def train_in(channels_last):
         tc = dataclasses.replace(tiny_config.train, precision="fp32", channels_last=channels_last)
         return train(dataclasses.replace(tiny_config, train=tc), Variant("cosine", "weighted"), washer_data, seed=3)
 
-    model, _, nhwc = train(True)
+    model, _, nhwc = train_in(True)
     assert model.encode(torch.zeros(1, 3, 64, 64).contiguous(memory_format=torch.channels_last))[0].is_contiguous(
         memory_format=torch.channels_last)
-    _, _, nchw = train(False)
+    _, _, nchw = train_in(False)
     # The first loss comes from the same weights on the same batch: only the summation order differs.
     assert nhwc["loss"].iloc[0] == pytest.approx(nchw["loss"].iloc[0], rel=1e-5)
     # After that Adam amplifies rounding: its first steps move every weight by about lr whatever the
@@ -162,16 +162,20 @@ def test_depthwise_convolutions_leave_autocast_and_switch_back():
     model = build_model("lite0_unet").eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        fp32 = model(x)
+        fp32 = model.encode(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = model(x)
+            mixed = model.encode(x)
         assert depthwise_in_fp32(model) == 16
         conv = next(m for m in model.modules() if isinstance(m, Fp32DepthwiseConv2d))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert conv(torch.randn(1, conv.in_channels, 8, 8, dtype=torch.bfloat16)).dtype == torch.float32
-            switched = model(x)
-    # fp32 depthwise is closer to the fp32 network than all-bf16 is
-    assert (switched.float() - fp32).abs().mean() < (mixed.float() - fp32).abs().mean()
+            switched = model.encode(x)
+            assert model(x).shape == (1, 1, 64, 64)
+    # fp32 depthwise brings the encoder (where they are) closer to the fp32 one than all-bf16 does, at
+    # every stride below the stem. (At the output, the bf16 rounding of smp's wide decoder, the same
+    # either way, can outweigh it for a single input.)
+    for a, b, reference in list(zip(switched, mixed, fp32))[2:]:
+        assert (a.float() - reference).abs().mean() < (b.float() - reference).abs().mean()
     assert depthwise_in_fp32(model, False) == 16
     assert not any(isinstance(m, Fp32DepthwiseConv2d) for m in model.modules())
     assert depthwise_in_fp32(build_model("albunet34")) == 0  # ResNet has none

@@ -20,14 +20,12 @@ from fsds.io import read_mask, read_rgb
 
 class InputStats(NamedTuple):
     """The per-channel mean and std an encoder's weights expect of RGB in [0, 1]: a property of the
-    network (:attr:`fsds.method.networks.Segmenter.input_stats`), kept in its checkpoint."""
+    network: each entry of :mod:`fsds.method.registry` says its own."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
 
-IMAGENET = InputStats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's ResNet and VGG weights
-SIGNED = InputStats((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [-1, 1]: TF-trained weights (EfficientNet-Lite)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
 """Which runtime runs the network for ``fsds predict``: PyTorch, or ONNX Runtime where it is faster.
 
-On a CPU with native bf16 (AVX-512 bf16, AMX) PyTorch's bf16 autocast is the fastest (23.5 img/s at
-512 px on a 2-core Zen 5 EPYC, against 15 for ONNX Runtime in fp32); in fp32 ONNX Runtime is faster
-than PyTorch (14.5 against 10.0 img/s there, 7.5 against 6.1 on a Zen 4 EPYC; lab/findings/speed.md). So
-``auto`` takes ONNX Runtime exactly when prediction would run in fp32 on a CPU.
+On a CPU with native bf16 (AVX-512 bf16, AMX) PyTorch's bf16 autocast is the fastest; in fp32 ONNX
+Runtime is faster than PyTorch (lab/findings/speed.md). So ``auto`` takes ONNX Runtime exactly when
+prediction would run in fp32 on a CPU.
 """
 
 from __future__ import annotations

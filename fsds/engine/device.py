@@ -88,9 +88,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 def resolve_channels_last(setting: bool | str, amp_dtype: torch.dtype | None, *, training: bool) -> bool:
     """Whether the network and its inputs use NHWC memory. ``auto``: always for prediction; for
-    training only under bf16 autocast. Measured on 2-core CPUs: NHWC made bf16 training 1.45x
-    faster on an AMX Xeon, fp32 prediction 1.2x faster on an AVX2 EPYC, but fp32 training slower
-    there (0.64 against 0.80 s per step at 128 px; see README, Speed)."""
+    training only under bf16 autocast: NHWC speeds up bf16 training and prediction, but slows fp32
+    training (lab/findings/history.md, Speed)."""
     if setting == "auto":
         return not training or amp_dtype is not None
     return bool(setting)
@@ -100,8 +99,8 @@ def resolve_channels_last(setting: bool | str, amp_dtype: torch.dtype | None, *,
 
 def resolve_fp32_depthwise(setting: bool | str, amp_dtype: torch.dtype | None, device: torch.device) -> bool:
     """Whether training runs depthwise convolutions in fp32 under autocast. ``auto``: under bf16 on a
-    CPU, where oneDNN's bf16 depthwise backward took 4-6x the time of fp32's on an AVX-512 bf16 EPYC
-    (the 5x5 ones of EfficientNet-Lite most; lab/findings/benchmark.md)."""
+    CPU, where oneDNN's bf16 depthwise backward takes several times as long as fp32's (the 5x5 ones of
+    EfficientNet-Lite most; lab/findings/benchmark.md)."""
     if amp_dtype is None:
         return False
     if setting == "auto":

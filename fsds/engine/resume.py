@@ -41,7 +41,8 @@ def fingerprint(config: dict[str, Any], recipe: Recipe, category: str, tensors: 
     config = {k: v for k, v in config.items() if k not in IRRELEVANT}
     config["train"] = {k: v for k, v in config.get("train", {}).items() if k not in IRRELEVANT_TRAIN}
     h = hashlib.blake2b(digest_size=12)
-    h.update(json.dumps({"config": config, "recipe": dataclasses.asdict(recipe), "category": category,
+    recipe_values = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in IRRELEVANT_TRAIN}
+    h.update(json.dumps({"config": config, "recipe": recipe_values, "category": category,
                          "weights": weights, "torch": torch.__version__}, sort_keys=True, default=str).encode())
     for item in tensors:  # a stacked tensor, or a list of images of their own sizes
         for tensor in item if isinstance(item, list) else [item]:

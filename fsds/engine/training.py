@@ -78,13 +78,7 @@ def train_segmenter(
     same seed ends.
     """
     rng = seed_everything(seed)
-    model = build_model(recipe.arch, encoder_state).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    depthwise_in_fp32(model, runtime.fp32_depthwise)
-    model.freeze_encoder_stages(recipe.frozen_stages)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
+    model, optimizer = trainable_model(recipe, runtime, encoder_state)
 
     history: list[dict[str, float]] = []
     first = 1
@@ -113,6 +107,20 @@ def train_segmenter(
             on_checkpoint(loop_state(it, model, optimizer, rng, history))
     depthwise_in_fp32(model, False)  # prediction: bf16 depthwise forward is the faster one
     return model, optimizer, pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+def trainable_model(recipe: Recipe, runtime: Runtime, encoder_state: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[Segmenter, torch.optim.Optimizer]:
+    """The network as Algorithm 1 trains it, in train mode, and its Adam: ``recipe.arch`` with
+    ``encoder_state`` loaded, on the runtime's device and layout (depthwise convolutions in fp32 if
+    it says so), its first ``recipe.frozen_stages`` encoder stages left as loaded."""
+    model = build_model(recipe.arch, encoder_state).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    depthwise_in_fp32(model, runtime.fp32_depthwise)
+    model.freeze_encoder_stages(recipe.frozen_stages)
+    model.train()
+    return model, torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
 
 
 def loop_state(iteration: int, model: Segmenter, optimizer: torch.optim.Optimizer, rng: np.random.Generator,

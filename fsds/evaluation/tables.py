@@ -84,8 +84,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float | None, scale: float = 1.0) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value * scale:.4f}"
+def fmt(value: float | None, scale: float = 1.0, missing: str = "-") -> str:
+    """A metric as every table prints it: four decimals, ``missing`` for None or NaN."""
+    return missing if value is None or math.isnan(value) else f"{value * scale:.4f}"
 
 
 def per_category_table(
@@ -105,14 +106,14 @@ def per_category_table(
             row.append(mean_std(part[(part["method"] == m) & (part["category"] == category)][metric].tolist()))
             if paper:
                 cell = published.PER_CATEGORY[metric][shot][variants[m].paper].get(category) if shot in (1, 5) else None
-                row.append("-" if cell is None else f"{cell[0]:.4f} ({cell[1]:.4f})")
+                row.append("-" if cell is None else f"{fmt(cell[0])} ({fmt(cell[1])})")
         rows.append(row)
     means = category_means(part)
     row = ["**Mean**"]
     for m in methods:
         row.append(mean_std(means[means["method"] == m][metric].tolist()))
         if paper:
-            row.append(_fmt(published.PRINTED_MEANS[metric].get(shot, {}).get(variants[m].paper)))
+            row.append(fmt(published.PRINTED_MEANS[metric].get(shot, {}).get(variants[m].paper)))
     rows.append(row)
     return markdown_table(header, rows)
 
@@ -134,7 +135,7 @@ def detection_table(frame: pd.DataFrame, variants: Mapping[str, Variant], paper:
             row += [mean_std(sel["image_acc"].tolist()), mean_std(sel["image_auroc"].tolist())]
             if paper:
                 ref = published.DETECTION.get(k, {}).get(variants[m].paper)
-                row += [_fmt(ref["acc"]) if ref else "-", _fmt(ref["auc"]) if ref else "-"]
+                row += [fmt(ref["acc"]) if ref else "-", fmt(ref["auc"]) if ref else "-"]
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -158,7 +159,7 @@ def ablation_table(frame: pd.DataFrame, table: str, variants: Mapping[str, Varia
             row += [mean_std(sel["iou"].tolist()), mean_std(sel["dice"].tolist())]
             if paper:
                 ref = published.ABLATIONS[table].get(base, {}).get(k)
-                row += [_fmt(ref["iou"]) if ref else "-", _fmt(ref["dice"]) if ref else "-"]
+                row += [fmt(ref["iou"]) if ref else "-", fmt(ref["dice"]) if ref else "-"]
         rows.append(row)
     return markdown_table(header, rows)
 

@@ -26,6 +26,7 @@ import yaml
 
 from fsds.config import parse_config
 from fsds.errors import ConfigError
+from fsds.pipeline import plan
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -61,7 +62,8 @@ def _hydra(value: Any) -> str:
 
 
 def load_grid(path: str | Path, params: str | Path = "params.yaml") -> Grid:
-    """Read and check a grid file: every cell's params must pass :func:`fsds.config.parse_config`."""
+    """Read and check a grid file: every cell's params must pass :func:`fsds.config.parse_config` and
+    :func:`fsds.pipeline.plan.check`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"grid file {path} not found")
@@ -82,7 +84,8 @@ def load_grid(path: str | Path, params: str | Path = "params.yaml") -> Grid:
     grid = Grid(name, tuple(raw["shots"]), tuple(raw["seeds"]), dict(raw.get("set") or {}), archive)
     base = yaml.safe_load(Path(params).read_text()) or {}
     for _, shot, seed in grid.cells():
-        parse_config(apply_overrides(base, {**grid.set, "shot": shot, "seed": seed}))
+        cfg = parse_config(apply_overrides(base, {**grid.set, "shot": shot, "seed": seed}))
+        plan.check(cfg, cfg.methods)
     return grid
 
 

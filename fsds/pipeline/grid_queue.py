@@ -86,8 +86,8 @@ def _start_workers(repo: Path, n: int, jobs: int) -> None:
     MLflow at this one's store, and keep training snapshots here, where a killed cell's next run finds them.
 
     With ``jobs`` > 1 workers, each one's stages get ``cores // jobs`` threads (``OMP_NUM_THREADS``,
-    unless it is set already): every worker taking all cores oversubscribes the CPU. On 2 cores, two
-    one-thread trainings did 1.3-1.5x the work of one two-thread training (`lab.timing`, 128 px).
+    unless it is set already): every worker taking all cores oversubscribes the CPU, and one-thread
+    workers do more work together than one worker with all threads (lab/findings/history.md).
     """
     store = mlflow_store(repo)
     env = dict(os.environ)

@@ -179,7 +179,7 @@ def grid_report(grid: Grid, repo: str | Path, report: str | Path, figures: str |
         + ", ".join(f"`{k}={_hydra(v)}`" for k, v in grid.set.items())
         + ". Cells are means over categories per seed; mean (sample std) over seeds.",
         "",
-        paper_tables(frame, cfg.label, paper=cfg.dataset == "mvtec", parameters=parameter_counts(cfg, cfg.methods)),
+        paper_tables(frame, cfg.variants, paper=cfg.dataset == "mvtec", parameters=parameter_counts(cfg, cfg.methods)),
         "## Figures",
         "",
     ]

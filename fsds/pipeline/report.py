@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,7 +20,8 @@ from fsds.evaluation.figures import (
     qualitative_grid,
     save_figure,
 )
-from fsds.evaluation.tables import HEADERS, category_means, markdown_table, paper_tables, present_metrics, results_frame
+from fsds.evaluation.tables import (HEADERS, category_means, fmt, markdown_table, paper_tables, present_metrics,
+                                    results_frame)
 from fsds.io import atomic_path, load_probabilities, write_text
 from fsds.method.augmentation import crop_and_paste
 from fsds.method.losses import cap_lambda
@@ -85,8 +85,8 @@ def run_report(
             "",
             markdown_table(
                 ["category"] + [cfg.label(v) for v in metrics],
-                [[c] + [_fmt(metrics[v][c][name]) for v in metrics] for c in categories]
-                + [["**mean**"] + [_fmt(metrics[v]["mean"][name]) for v in metrics]],
+                [[c] + [fmt(metrics[v][c][name], missing="n/a") for v in metrics] for c in categories]
+                + [["**mean**"] + [fmt(metrics[v]["mean"][name], missing="n/a") for v in metrics]],
             ),
             "",
         ]
@@ -105,10 +105,6 @@ def run_report(
             "",
         ]
     return "\n".join(parts)
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def loss_curves(histories: Mapping[str, Mapping[str, pd.DataFrame]], window: int = 10) -> pd.DataFrame:

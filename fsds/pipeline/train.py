@@ -23,6 +23,7 @@ from fsds.engine.prediction import inference_model, predict_probabilities
 from fsds.engine.resume import ResumeStore, fingerprint
 from fsds.engine.training import train_segmenter
 from fsds.evaluation.threshold import Calibration, calibrate_threshold
+from fsds.errors import InputError
 from fsds.io import atomic_dir, write_json
 from fsds.method.networks import Segmenter
 from fsds.method.weights import encoder_weights
@@ -86,6 +87,9 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
         for category in categories:
             geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
             data = load_train_data(table, category, geometry)
+            if not len(data.defect_images) and not recipe.synthetic:
+                raise InputError(f"category {category!r} has no training defect images in the split table; "
+                                 "re-run the split stage (or train a variant with synthetic: true)")
             snapshot, resumed = None, None
             if store is not None:
                 key = fingerprint(config, recipe, category, [data.defect_images, data.defect_masks, data.normal_images],

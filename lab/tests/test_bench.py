@@ -10,12 +10,16 @@ import torch
 import yaml
 
 from fsds.method.networks import build_model
+from fsds.method.registry import network
+from fsds.pipeline.plan import FROZEN_STAGES_PRETRAINED
 from lab.bench import (
     REFERENCE,
     Runner,
     Setup,
+    bench_recipe,
     main,
     make_files,
+    pipeline_network,
     pipeline_setup,
 )
 from tests.params import make_config, params_with
@@ -31,24 +35,34 @@ def cfg():
     return make_config({"train": {"precision": "fp32", "channels_last": False}})
 
 
+@pytest.fixture(scope="module")
+def recipe(cfg):
+    """B+NBR+CaP on params.yaml's model.arch (random weights), batch 2."""
+    return bench_recipe(cfg, cfg.model.arch, pretrained=False, batch=2)
+
+
+def _runner(recipe, setup, files, state=None):
+    return Runner(recipe, setup, build_model(recipe.arch, state), files, 64)
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_reference_and_pipeline_draw_the_same_batch(cfg, files, seed):
+def test_reference_and_pipeline_draw_the_same_batch(recipe, files, seed):
     """The reference decodes from disk at every draw, ours reads the cache: the same batches."""
-    base = build_model(cfg.model)
-    from_disk = Runner(cfg, cfg.model, REFERENCE, base, files, 64, 2).draw(seed)
-    from_cache = Runner(cfg, cfg.model, Setup(cache=True), base, files, 64, 2).draw(seed)
+    base = build_model(recipe.arch)
+    from_disk = Runner(recipe, REFERENCE, base, files, 64).draw(seed)
+    from_cache = Runner(recipe, Setup(cache=True), base, files, 64).draw(seed)
     assert from_disk.use_cap == from_cache.use_cap and from_disk.names == from_cache.names
     for name in ("defect", "mask", "normal"):
         assert torch.equal(getattr(from_disk, name), getattr(from_cache, name)), name
 
 
-def test_the_reference_reads_images_from_disk_at_every_draw(cfg, files, monkeypatch):
+def test_the_reference_reads_images_from_disk_at_every_draw(recipe, files, monkeypatch):
     import lab.bench as bench
 
     decoded = []
     monkeypatch.setattr(bench, "load_images", lambda paths, size, desc="": decoded.append(len(paths)) or
                         torch.zeros((len(paths), 3, size, size), dtype=torch.uint8))
-    runner = Runner(cfg, cfg.model, REFERENCE, build_model(cfg.model), files, 64, 2)
+    runner = _runner(recipe, REFERENCE, files)
     assert decoded == []  # nothing cached up front
     runner.draw(0)
     runner.draw(1)
@@ -56,16 +70,19 @@ def test_the_reference_reads_images_from_disk_at_every_draw(cfg, files, monkeypa
 
 
 @pytest.mark.parametrize("setup", [REFERENCE, Setup(cache=True), Setup(cache=True, channels_last=True)])
-def test_every_setup_takes_the_pipelines_training_step(cfg, files, setup, monkeypatch):
-    """The timed step is fsds.engine.training.train_step itself, with the params' NBR weight."""
+def test_every_setup_takes_the_pipelines_training_step(cfg, recipe, files, setup, monkeypatch):
+    """The timed step is fsds.engine.training.train_step itself, with the recipe the pipeline resolves
+    from the params (B+NBR+CaP, the params' NBR weight and learning rate)."""
     import lab.bench as bench
 
     calls = []
     monkeypatch.setattr(bench, "train_step", lambda *args, **kw: calls.append(args))
-    runner = Runner(cfg, cfg.model, setup, build_model(cfg.model), files, 64, 2)
+    runner = _runner(recipe, setup, files)
     runner.step(0)
-    ((model, optimizer, batch, variant, nbr_weight, amp),) = calls
-    assert model is runner.model and variant == bench.VARIANT and nbr_weight == cfg.train.nbr_weight
+    ((model, optimizer, batch, step_recipe, amp),) = calls
+    assert model is runner.model and step_recipe is recipe and len(batch.names) == 2
+    assert (recipe.nbr, recipe.cap, recipe.seg_loss) == (bench.VARIANT.nbr, bench.VARIANT.cap, "bce")
+    assert recipe.nbr_weight == cfg.train.nbr_weight
     assert amp is None and batch.defect.is_contiguous(memory_format=torch.channels_last) == setup.channels_last
     assert optimizer.param_groups[0]["lr"] == cfg.train.lr
 
@@ -122,8 +139,8 @@ def test_ours_runs_depthwise_convolutions_in_fp32_when_training_under_bf16(files
     assert pipeline_setup(cfg).describe() == "cache + bf16 + channels_last + fp32_depthwise"
     assert pipeline_setup(cfg, training=False).describe() == "cache + bf16 + channels_last"
     assert not pipeline_setup(make_config({"train": {"precision": "bf16", "fp32_depthwise": False}})).fp32_depthwise
-    net = cfg.model_for("L0_B_NBR_CaP")
-    runner = Runner(cfg, net, pipeline_setup(cfg), build_model(net), files, 64, 2)
+    arch, state = pipeline_network(cfg, "L0_B_NBR_CaP")
+    runner = _runner(bench_recipe(cfg, arch, state is not None, 2), pipeline_setup(cfg), files, state)
     switched = [m for m in runner.model.modules() if isinstance(m, Fp32DepthwiseConv2d)]
     assert len(switched) == 16  # one per EfficientNet-Lite0 block
 
@@ -143,15 +160,13 @@ def test_flops_of_a_depthwise_backward_count_its_groups():
 
 @pytest.mark.parametrize("setup", [REFERENCE, Setup(cache=True)])
 def test_every_setup_leaves_the_pipelines_frozen_stages_as_loaded(cfg, files, setup):
-    """Reference and ours train the same parameters: a pretrained encoder's first stages
-    (train.frozen_encoder_stages auto) stay frozen in both, a random encoder's train."""
-    from fsds.config import FROZEN_STAGES_PRETRAINED
-    from fsds.method.networks import encoder_stages
-
+    """Reference and ours train the same network with the same parameters: a pretrained encoder's
+    first stages (train.frozen_encoder_stages auto) stay frozen in both, a random encoder's train."""
     assert FROZEN_STAGES_PRETRAINED >= 1
     for variant, frozen in [("L0_B_NBR_CaP", FROZEN_STAGES_PRETRAINED), ("B_NBR_CaP", 0)]:
-        net = cfg.model_for(variant)
-        runner = Runner(cfg, net, setup, build_model(net), files, 64, 2)
-        stages = encoder_stages(runner.model.encoder)
+        arch, state = pipeline_network(cfg, variant)
+        runner = _runner(bench_recipe(cfg, arch, state is not None, 2), setup, files, state)
+        assert runner.model.arch == arch == (cfg.variant(variant).arch or cfg.model.arch)
+        stages = network(arch).stages(runner.model.encoder)
         trains = [any(p.requires_grad for module in stage for p in module.parameters()) for stage in stages]
         assert trains == [False] * frozen + [True] * (len(stages) - frozen), variant

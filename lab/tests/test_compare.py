@@ -16,7 +16,7 @@ from lab.compare import compare_report, paired_gains
 from tests.conftest import REPO
 
 TRANSISTOR = {"dataset": "mvtec", "data.root": "/nonexistent", "data.categories": ["transistor"],
-              "split.unit": "category", "profile": "cpu"}
+              "split.unit": "category", "profile": "fast", "profiles.fast.lr": 1e-4}
 
 
 def _metrics(iou: float) -> dict:
@@ -92,9 +92,9 @@ def test_a_grid_without_finished_cells_is_listed_and_settings_are_kept_apart(rep
                                                     "set": {**other, "methods": ["L0_B"]}, "archive": "cells"}))
     text = compare_report([done, repo / "todo.yaml"], repo / "report.md", repo, REPO / "params.yaml")
     sections = [line for line in text.splitlines() if line.startswith("## ")]
-    assert sections == ["## MVTec AD transistor, K per category (the paper's Table I); profile `cpu` (128 px, 300 "
+    assert sections == ["## MVTec AD transistor, K per category (the paper's Table I); profile `fast` (128 px, 300 "
                         "iterations, Adam 0.0001), precision auto",
-                        "## MVTec AD transistor, K per defect type (the paper's text); profile `cpu` (128 px, 300 "
+                        "## MVTec AD transistor, K per defect type (the paper's text); profile `fast` (128 px, 300 "
                         "iterations, Adam 0.0001), precision auto"]
     assert "`todo` (0 of 2 cells: L0_B)" in text and "No finished cell yet." in text
 

@@ -99,14 +99,14 @@ def test_pair_overrides_pairs_runs_made_with_and_without_an_override(tmp_path, c
     line = {"category": "fabric", "variant": "B", "profile": "fast", "lr": 1e-3, "shot": 1, "calibration_normals": 0,
             "iou": 0.0, "train_seconds": 1.0}
     lines = [{**line, "seed": 0, "overrides": "", "iou": 0.10}, {**line, "seed": 1, "overrides": "", "iou": 0.20},
-             {**line, "seed": 0, "overrides": "train.lr_schedule=cosine", "iou": 0.25},
-             {**line, "seed": 1, "overrides": "train.lr_schedule=cosine", "iou": 0.30}]
+             {**line, "seed": 0, "overrides": "train.augment=false", "iou": 0.25},
+             {**line, "seed": 1, "overrides": "train.augment=false", "iou": 0.30}]
     out = tmp_path / "sweep.jsonl"
     out.write_text("".join(json.dumps(x) + "\n" for x in lines))
     main(["--summarize", str(out), "--metrics", "iou"])
     assert " - " not in capsys.readouterr().out  # two groups of one setting each
     main(["--summarize", str(out), "--metrics", "iou", "--pair-overrides"])
     printed = capsys.readouterr().out
-    assert "| fabric | 1 | B fast train.lr_schedule=cosine | 0.001 | 2 | 0.2750 (0.0354) |" in printed
-    difference = [x for x in printed.splitlines() if "| B fast train.lr_schedule=cosine - B fast |" in x]
+    assert "| fabric | 1 | B fast train.augment=false | 0.001 | 2 | 0.2750 (0.0354) |" in printed
+    difference = [x for x in printed.splitlines() if "| B fast train.augment=false - B fast |" in x]
     assert len(difference) == 1 and difference[0].split("|")[5].strip() == "+0.1250 (0.0354)"  # 0.15 and 0.10
