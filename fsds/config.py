@@ -28,7 +28,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 ENCODER_STAGES = 5  # every network's encoder: feature maps at strides 2, 4, 8, 16, 32
 SPLIT_UNITS = ("defect_type", "category")
 MVTEC_DOWNLOADS = ("per_category", "full")
-PROFILE_KEYS = ("image_size", "iterations", "lr", "working_size")  # train keys that the chosen profile sets
 
 
 @dataclass(frozen=True)
@@ -90,6 +89,9 @@ class Profile:
         _check_working_size(self.working_size, self.image_size, "profiles.*")
 
 
+PROFILE_KEYS = tuple(f.name for f in dataclasses.fields(Profile))  # train keys that the chosen profile sets
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     image_size: int  # filled in from the selected profile
@@ -98,8 +100,6 @@ class TrainConfig:
     lr: float  # filled in from the selected profile
     working_size: int  # filled in from the selected profile: 0 = squash, else crops at this working scale
     defect_crop_fraction: float  # crops: the share of defect crops drawn to hold defect pixels
-    synthetic_fraction: float  # variants with synthetic: true: the share of defect samples that are pseudo-defects
-    synthetic_confine: bool  # keep pseudo-defects on the part when a plain background can be told from it
     beta1: float
     beta2: float
     cap_probability: float
@@ -123,8 +123,6 @@ class TrainConfig:
         _check_size_and_iterations(self.image_size, self.iterations, "train")
         _check_working_size(self.working_size, self.image_size, "train")
         check(0 <= self.defect_crop_fraction <= 1, "train.defect_crop_fraction", "must be in [0, 1]")
-        check(0 < self.synthetic_fraction <= 1, "train.synthetic_fraction",
-               "must be in (0, 1]: the share of defect samples that are pseudo-defects (variants with synthetic: true)")
         check(self.batch_size == "auto" or self.batch_size >= 1, "train.batch_size", "must be 'auto' or >= 1")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
         check(0 <= self.cap_probability <= 1, "train.cap_probability", "must be in [0, 1]")
@@ -157,8 +155,7 @@ class Variant:
     """One method: a network (``arch``, default ``model.arch``) with its encoder weights
     (``encoder_weights``, default ``model.encoder_weights``), an NBR loss, a CaP flavour, a
     segmentation loss (``seg_loss``, default ``train.seg_loss``: the paper's ``bce``, or
-    ``bce_dice`` / ``focal``, weighted by lambda under weighted CaP as eq. 5 weights the BCE), and
-    whether pseudo-defects from the normal pool join the shots (``synthetic``, beyond the paper)."""
+    ``bce_dice`` / ``focal``, weighted by lambda under weighted CaP as eq. 5 weights the BCE)."""
 
     nbr: str
     cap: str
@@ -166,7 +163,6 @@ class Variant:
     arch: str = ""  # "" = model.arch
     encoder_weights: str = ""  # "" = model.encoder_weights
     seg_loss: str = ""  # "" = train.seg_loss
-    synthetic: bool = False  # mix pseudo-defects drawn from the normal pool into the shots (train.synthetic_fraction)
     label: str = ""  # display name in reports; "" = the id with '_' -> '+'
     # Where the report shows it: the paper's method it reproduces (a row id of fsds.evaluation.paper,
     # e.g. B_NBR_CaP; "" = beyond the paper) and the network family whose ablation tables hold it
@@ -197,12 +193,8 @@ class PredictConfig:
     tile_size: int  # 0 = each image in one pass; else tiles of this side (a multiple of 32), blended where they overlap
     tile_overlap: int  # pixels shared by neighbouring tiles
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # the tile rule is fsds.engine.prediction.Tiling's (fsds.pipeline.plan.tiling)
         check(self.batch_size == "auto" or self.batch_size >= 1, "predict.batch_size", "must be 'auto' or >= 1")
-        check(self.tile_size == 0 or (self.tile_size >= 64 and self.tile_size % 32 == 0), "predict.tile_size",
-               f"must be 0 (whole images) or a multiple of 32 of at least 64, got {self.tile_size}")
-        check(0 <= self.tile_overlap and (self.tile_size == 0 or 2 * self.tile_overlap < self.tile_size),
-               "predict.tile_overlap", f"must be >= 0 and under half of predict.tile_size, got {self.tile_overlap}")
 
 
 @dataclass(frozen=True)
@@ -233,11 +225,7 @@ class Config:
         check_choice(self.dataset, DATASETS, "dataset")
         check(self.dataset != "folder" or bool(self.data.root), "data.root",
               "dataset 'folder' needs data.root: the folder in MVTec AD layout (see the README)")
-        check(self.shot >= 0, "shot", f"must be >= 0, got {self.shot}")
-        if self.shot == 0:
-            real_only = [name for name in self.methods if name in self.variants and not self.variants[name].synthetic]
-            check(not real_only, "shot", f"0 trains on pseudo-defects alone, which only variants with synthetic: true "
-                                          f"do; methods has {', '.join(real_only)}: set shot >= 1 or pick such variants")
+        check(self.shot >= 1, "shot", f"must be >= 1 (K annotated defect images per defect type), got {self.shot}")
         check(self.seed >= 0, "seed", "must be >= 0")
         for name in self.variants:
             check(name.replace("_", "").isalnum(), f"variants.{name}", "variant ids must be file-safe (letters, digits, '_')")

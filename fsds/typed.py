@@ -1,4 +1,4 @@
-"""A plain mapping (params.yaml, a grid file) checked into frozen dataclasses.
+"""A plain mapping (params.yaml) checked into frozen dataclasses.
 
 :func:`build` turns a mapping into a dataclass, field by field after its type hints, and rejects
 an unknown key, a missing one and a value of the wrong type with a message that names the key

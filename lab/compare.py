@@ -26,7 +26,8 @@ import pandas as pd
 from fsds.config import Config, parse_config
 from fsds.errors import ConfigError, RunError, run_stage
 from fsds.evaluation import paper as published
-from fsds.evaluation.tables import HEADERS, category_means, markdown_table, mean_std, present_metrics
+from fsds.evaluation.metrics import HEADERS
+from fsds.evaluation.tables import category_means, markdown_table, mean_std, present_metrics
 from fsds.io import write_text
 from fsds.pipeline import plan
 from fsds.pipeline.grid import Grid, apply_overrides, load_grid
@@ -34,7 +35,7 @@ from fsds.pipeline.grid_report import collect_results
 from lab.variants import lab_params
 
 # (reference, method): the paired differences the report shows, where both were run (grids run
-# params.yaml's variants only: the Lite2 ones of lab/variants.yaml have no grid since 2026-12-06)
+# params.yaml's variants only)
 PAIRS = (
     ("B", "B_NBR"), ("B", "B_NBR_CaP"),
     ("L0_B", "L0_B_NBR"), ("L0_B", "L0_B_NBR_CaP"),

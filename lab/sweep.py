@@ -3,10 +3,10 @@ data on disk and score it on the category's test images, without DVC or MLflow.
 
     python -m lab.sweep ../shared/datasets/mvtec_transistor_512 transistor \\
         --variant L0_B --profiles cpu fast --shots 1 5 --seeds 0 1 2 -S split.unit=category
-    python -m lab.sweep <root> <category> --variant L0_B L0_B_Dice --profiles fast fast256
+    python -m lab.sweep <root> <category> --variant L0_B L0_B_Dice --profiles fast fast_crops
 
 Variants and profiles are params.yaml's and the lab's own (``lab/variants.yaml``: e.g. ``L0_B_Dice``,
-``fast256``, ``cpu``). Each run is what the pipeline's split, train, predict and metrics stages do for
+``fast_crops``, ``cpu``). Each run is what the pipeline's split, train, predict and metrics stages do for
 that category (the same functions, the same recipe and runtime from :mod:`fsds.pipeline.plan`, the
 same per-category seed), at ``metrics.threshold`` and at the calibrated threshold (``*_cal``). Every
 run appends one JSON line to ``--out`` as it finishes (so a long sweep can be read while it runs) and
@@ -61,12 +61,12 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> di
                                   encoder_state=encoder_state,
                                   progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
     seconds = time.perf_counter() - start
-    calibration = calibrate(cfg, model, table, category, geometry)  # as the train stage does, before folding
+    runtime, tiling = plan.predict_runtime(cfg), plan.tiling(cfg)
+    calibration = calibrate(cfg, model, table, category, geometry, runtime, tiling)  # as the train stage, before folding
     test = category_split(table, category)["test"]  # predicted as the predict stage does
-    runtime = plan.predict_runtime(cfg)
     probs, _ = predict_category(inference_model(model, runtime.channels_last), test, geometry, cfg.metrics.threshold,
                                 runtime, batch_size=plan.predict_batch_size(cfg, typical_side(geometry, test)),
-                                tiling=plan.tiling(cfg))
+                                tiling=tiling)
     metrics, per_image = evaluate_category(probs, test, cfg.metrics.threshold,
                                            calibration.threshold if calibration else None)
     seen = set(category_split(table, category)["train_defect"]["defect_type"])

@@ -1,7 +1,7 @@
 """The lab's own variants and profiles (``lab/variants.yaml``), added to params.yaml for the lab's tools.
 
 Every lab tool that builds a :class:`~fsds.config.Config` reads params.yaml through :func:`lab_params`,
-so ``python -m lab.sweep <root> <category> --variant L0_B_Dice --profiles fast256`` still runs after
+so ``python -m lab.sweep <root> <category> --variant L0_B_Dice --profiles fast_crops`` still runs after
 those left params.yaml. Grid files (``lab/grids/``) do not: DVC runs them on params.yaml alone.
 """
 

@@ -5,6 +5,7 @@ import yaml
 
 from fsds.config import ModelConfig, load_config, parse_config, variant_label
 from fsds.errors import ConfigError
+from fsds.evaluation.tables import check_variants
 from fsds.pipeline import plan
 from tests.conftest import REPO
 from tests.params import make_config, params_with
@@ -37,7 +38,7 @@ def test_profiles_select_image_size_and_iterations():
     assert plan.batch_size(paper) == 2 and plan.batch_size(parse_config({**raw, "profile": "paper", "shot": 5})) == 4
     assert paper.train.lr == 1e-4  # the paper's Adam rate; the default profile's is its own
     assert parse_config(raw).train.lr == raw["profiles"][raw["profile"]]["lr"]
-    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, quick, got 'slow'"):
+    with pytest.raises(ConfigError, match=r"^profile: expected one of paper, fast, (\w+, )*quick, got 'slow'"):
         parse_config({**raw, "profile": "slow"})
     with pytest.raises(ConfigError, match=r"^train\.lr: set it in profiles"):
         parse_config({**raw, "train": {**raw["train"], "lr": 0.01}})
@@ -54,8 +55,8 @@ def test_profiles_select_image_size_and_iterations():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"shot": -1}, r"^shot: must be >= 0"),
-        ({"shot": 0}, r"^shot: 0 trains on pseudo-defects alone, which only variants with synthetic: true do"),
+        ({"shot": -1}, r"^shot: must be >= 1 \(K annotated defect images per defect type\), got -1"),
+        ({"shot": 0}, r"^shot: must be >= 1 \(K annotated defect images per defect type\), got 0"),
         ({"shto": 1}, r"^shto: unknown key; allowed keys: .*shot"),
         ({"train": {"image_size": 100}}, r"^profiles\.\*\.image_size: must be a positive multiple of 32"),
         ({"train": {"lr": "fast"}}, r"^profiles\.fast\.lr: expected a number"),
@@ -96,10 +97,10 @@ def test_a_missing_key_is_an_error_that_names_it(key):
 
 
 def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
-    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss``, ``synthetic``, ``label``,
-    ``paper`` and ``family`` may be left out (meaning: model.arch, model.encoder_weights,
-    train.seg_loss, no pseudo-defects as the paper, the id, beyond the paper's methods, the paper's
-    own networks), and a profile's ``working_size`` (meaning: whole images squashed, as the paper)."""
+    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss``, ``label``, ``paper`` and
+    ``family`` may be left out (meaning: model.arch, model.encoder_weights, train.seg_loss, the id,
+    beyond the paper's methods, the paper's own networks), and a profile's ``working_size``
+    (meaning: whole images squashed, as the paper)."""
     import dataclasses
 
     import fsds.config as config
@@ -110,7 +111,7 @@ def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
             optional |= {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
                          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label", "Variant.seg_loss",
-                        "Variant.synthetic", "Variant.paper", "Variant.family", "Profile.working_size"}
+                        "Variant.paper", "Variant.family", "Profile.working_size"}
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_config):
@@ -120,10 +121,11 @@ def test_unknown_variant_lists_the_known_ones(tiny_config):
 
 def test_batch_size_auto_follows_the_paper():
     assert plan.batch_size(make_config({"shot": 1})) == 2
-    synthetic = {"variants": {"S": {"nbr": "none", "cap": "none", "synthetic": True}}}
-    assert plan.batch_size(make_config({"shot": 0, **synthetic})) == 2  # pseudo-defects alone: as 1-shot
     assert plan.batch_size(make_config({"shot": 5})) == 4
     assert plan.batch_size(make_config({"shot": 1, "train": {"batch_size": 3}})) == 3
+    # at a shot count other than the config's (the report names both)
+    assert (plan.batch_size(make_config({"shot": 1}), 5), plan.batch_size(make_config({"shot": 5}), 1)) == (4, 2)
+    assert plan.batch_size(make_config({"shot": 5, "train": {"batch_size": 3}}), 1) == 3
     assert plan.recipe(make_config({"shot": 5}), "B", pretrained=False).batch_size == 4  # what training takes
 
 
@@ -150,15 +152,15 @@ def test_variant_label():
 
 
 def test_a_variant_takes_its_own_network_and_weights_or_models():
-    variants = {"Own": {"nbr": "none", "cap": "none", "arch": "lite2_unet", "encoder_weights": "imagenet"},
+    variants = {"Own": {"nbr": "none", "cap": "none", "arch": "ternausnet11", "encoder_weights": "imagenet"},
                 "ArchOnly": {"nbr": "none", "cap": "none", "arch": "lite0_unet"},
                 "Plain": {"nbr": "none", "cap": "none"}}
     cfg = parse_config(params_with({"variants": variants, "model": {"arch": "unet", "encoder_weights": "none"}}))
-    assert plan.model_of(cfg, "Own") == ModelConfig("lite2_unet", "imagenet")
+    assert plan.model_of(cfg, "Own") == ModelConfig("ternausnet11", "imagenet")
     assert plan.model_of(cfg, "ArchOnly") == ModelConfig("lite0_unet", "none")
     assert plan.model_of(cfg, "Plain") == ModelConfig("unet", "none")
-    assert [plan.recipe(cfg, name, pretrained=False).arch for name in variants] == ["lite2_unet", "lite0_unet", "unet"]
-    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, family, label, nbr, paper, seg_loss, synthetic"):
+    assert [plan.recipe(cfg, name, pretrained=False).arch for name in variants] == ["ternausnet11", "lite0_unet", "unet"]
+    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, family, label, nbr, paper, seg_loss$"):
         parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "weights": "imagenet"}}}))
 
 
@@ -204,16 +206,18 @@ def test_a_network_is_checked_against_the_registry_naming_its_key():
 
 
 def test_a_variants_paper_id_must_be_a_method_of_the_papers_tables():
+    """The report's check (fsds.evaluation.tables.check_variants; plan.check leaves it to the report)."""
     cfg = make_config({"variants": {"Mine": {"nbr": "cosine", "cap": "weighted", "paper": "B_NBR_CaP2"}}})
     with pytest.raises(ConfigError, match=r"^variants\.Mine\.paper: 'B_NBR_CaP2' is no method of the paper's tables"):
-        plan.check(cfg, ["Mine"])
-    assert plan.check(make_config({"variants": {"Mine": {"nbr": "cosine", "cap": "weighted", "paper": "B_NBR_CaP"}}}),
-                      ["Mine"])
+        check_variants(cfg.variants, ["Mine"])
+    check_variants(make_config({"variants": {"Mine": {"nbr": "cosine", "cap": "weighted", "paper": "B_NBR_CaP"}}}).variants,
+                   ["Mine"])
 
 
 def test_the_repositorys_variants_all_pass_the_check():
     cfg = load_config(REPO / "params.yaml")
     plan.check(cfg, list(cfg.variants))
+    check_variants(cfg.variants, cfg.variants)
     assert plan.load(str(REPO / "params.yaml")).methods == cfg.methods
     with pytest.raises(ConfigError, match=r"^unknown variant 'C'"):
         plan.load(str(REPO / "params.yaml"), ["C"])

@@ -49,8 +49,29 @@ def test_profile_working_size_below_the_crop_is_rejected_by_name():
         make_config({"profiles": {"fast": {"image_size": 128, "iterations": 3, "lr": 1e-3, "working_size": 64}}})
     with pytest.raises(ConfigError, match=r"^train\.defect_crop_fraction: must be in \[0, 1\]"):
         make_config({"train": {"defect_crop_fraction": 1.5}})
-    with pytest.raises(ConfigError, match=r"^predict\.tile_size"):
-        make_config({"predict": {"tile_size": 100}})
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(100, 16), (32, 0), (64, 32), (128, 64), (128, -1)])
+def test_a_bad_tiling_is_rejected_by_its_rule_and_through_params_naming_the_keys(size, overlap):
+    """Tiling checks itself (fsds predict builds one); the stages build theirs through plan.tiling,
+    which names predict.tile_size / predict.tile_overlap of params.yaml."""
+    from fsds.errors import InputError
+    from fsds.pipeline import plan
+
+    with pytest.raises(InputError, match=r"^tile (size|overlap) must be"):
+        Tiling(size, overlap)
+    cfg = make_config({"predict": {"tile_size": size, "tile_overlap": overlap}})  # params alone do not check tiles
+    with pytest.raises(ConfigError, match=r"^predict\.tile_size / predict\.tile_overlap: tile (size|overlap) must be"):
+        plan.tiling(cfg)
+
+
+def test_good_tilings_pass_their_rule():
+    from fsds.pipeline import plan
+
+    assert Tiling() == Tiling(0, 0) and Tiling(0, 64).size == 0  # whole images: the overlap is unused
+    assert Tiling(64, 31) == Tiling(64, 31) and Tiling(96, 0).overlap == 0
+    assert plan.tiling(make_config({"predict": {"tile_size": 128, "tile_overlap": 32}})) == Tiling(128, 32)
+    assert plan.tiling(make_config()) == Tiling(0, make_config().predict.tile_overlap)
 
 
 def test_crops_keep_image_mask_and_normal_partner_aligned():

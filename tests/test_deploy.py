@@ -142,6 +142,17 @@ def test_the_threshold_and_min_area_flags_decide(checkpoint, photos, tmp_path):
     assert lo["decision"] == "defect" and hi["decision"] == "good"
 
 
+def test_fsds_predict_and_predict_files_share_one_default_batch_size(capsys):
+    import inspect
+
+    import fsds.deploy.files as files
+
+    assert inspect.signature(files.predict_files).parameters["batch_size"].default == files.BATCH_SIZE
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert f"(default {files.BATCH_SIZE}:" in " ".join(capsys.readouterr().out.split())
+
+
 def test_console_script_and_clear_errors(checkpoint, photos, tmp_path):
     script = Path(sys.executable).with_name("fsds")
     assert script.is_file(), "pip install -e . installs the fsds console script"
@@ -153,6 +164,25 @@ def test_console_script_and_clear_errors(checkpoint, photos, tmp_path):
     assert proc.returncode == 2 and "neither a checkpoint file nor an MLflow model URI" in proc.stderr
     with pytest.raises(SystemExit):
         main(["predict", "--model", str(checkpoint), str(checkpoint), "--out", str(tmp_path / "o"), "--threshold", "1.5"])
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(100, 16), (32, 0), (64, 32), (128, -1)])
+def test_a_bad_tile_size_or_overlap_is_one_plain_error_before_the_model_loads(photos, tmp_path, capsys, size, overlap):
+    """fsds predict builds its Tiling first: the tile rule's message, though the model named is no file."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", str(tmp_path / "nope.pt"), str(photos), "--out", str(tmp_path / "o"),
+              "--tile-size", str(size), "--tile-overlap", str(overlap)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fsds predict: error: tile ") and "\n" not in err, err
+    assert f"size {size}, overlap {overlap}" in err or f"overlap must be >= 0, got {overlap}" in err
+    assert "nope.pt" not in err and not (tmp_path / "o").exists()
+
+
+def test_a_tile_size_of_zero_predicts_whole_images_whatever_the_overlap(checkpoint, photos, tmp_path):
+    main(["predict", "--model", str(checkpoint), str(photos / "wide.png"), "--out", str(tmp_path / "o"),
+          "--threshold", "0.5", "--precision", "fp32", "--tile-size", "0", "--tile-overlap", "64"])
+    assert len(_rows(tmp_path / "o" / "predictions.csv")) == 1
 
 
 def test_onnx_export_matches_pytorch_under_onnxruntime(checkpoint, tmp_path):

@@ -35,7 +35,7 @@ def assert_plain_error(proc: subprocess.CompletedProcess, message: str) -> None:
 
 def test_shot_zero(tmp_path):
     proc = stage(tmp_path, {"shot": 0}, "stages.split", "data/raw", "data/split.csv")
-    assert_plain_error(proc, "shot: 0 trains on pseudo-defects alone, which only variants with synthetic: true do")
+    assert_plain_error(proc, "shot: must be >= 1 (K annotated defect images per defect type), got 0")
 
 
 def test_an_image_size_that_is_no_multiple_of_32(tmp_path):

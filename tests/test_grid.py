@@ -134,6 +134,13 @@ def test_grid_file_is_checked_before_anything_runs(tmp_path):
     path.write_text(yaml.safe_dump({"name": "g", "shots": "1", "seeds": [0]}))
     with pytest.raises(ConfigError, match="shots must be a non-empty list"):
         load_grid(path, REPO / "params.yaml")
+    path.write_text(yaml.safe_dump({"name": "g", "shots": [1, 0], "seeds": [0]}))  # every method needs shots
+    with pytest.raises(ConfigError, match=r"^shot: must be >= 1 \(K annotated defect images per defect type\), got 0"):
+        load_grid(path, REPO / "params.yaml")
+    path.write_text(yaml.safe_dump({"name": "g", "shots": [1], "seeds": [0],  # the report's check, before any cell runs
+                                    "set": {"methods": ["B"], "variants.B.paper": "B_NBR_CaP2"}}))
+    with pytest.raises(ConfigError, match=r"^variants\.B\.paper: 'B_NBR_CaP2' is no method of the paper's tables"):
+        load_grid(path, REPO / "params.yaml")
     grid = load_grid(REPO / "grids" / "magnetic_tile.yaml", REPO / "params.yaml")
     assert len(grid.cells()) == 6 and "profile=quick" in grid.overrides(1, 0)
 
@@ -257,7 +264,7 @@ def test_archived_cells_are_not_run_again_unless_their_params_changed(fake_queue
 
     calls, _ = fake_queue
     grid = Grid("g", (1,), (0, 1, 2), {"profile": "quick"}, archive="reports/g")
-    for seed, params in ((0, grid.overrides(1, 0)), (1, ["profile=cpu", "shot=1", "seed=1"])):
+    for seed, params in ((0, grid.overrides(1, 0)), (1, ["profile=fast", "shot=1", "seed=1"])):
         cell = tmp_path / "reports" / "g" / f"g-k1-s{seed}"
         cell.mkdir(parents=True)
         (cell / "cell.json").write_text(json.dumps({"commit": f"c{seed}", "params": params}))

@@ -82,7 +82,7 @@ def test_bad_encoder_weights_are_named(tmp_path):
         encoder_weights("albunet34", str(tmp_path / "missing.pt"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
     loaded, _ = encoder_weights("albunet34", str(tmp_path / "wrong.pt"))
-    with pytest.raises(ValueError, match="encoder weights do not fit model.arch"):
+    with pytest.raises(ValueError, match="encoder weights do not fit the network"):
         build_model("albunet34", loaded)
 
 
@@ -166,3 +166,12 @@ def test_a_checkpoint_of_another_format_is_refused_naming_its_format(tmp_path, f
     found = format_key.get("format", 1)
     with pytest.raises(InputError, match=rf"old\.pt has format {found}; this fsds reads format {FORMAT}"):
         load_checkpoint(tmp_path / "old.pt")
+
+
+def test_a_file_that_is_no_fsds_checkpoint_is_named_so(tmp_path):
+    from fsds.engine.checkpoint import load_checkpoint
+    from fsds.errors import InputError
+
+    torch.save(build_model("albunet34").encoder.state_dict(), tmp_path / "encoder.pt")  # a bare state dict
+    with pytest.raises(InputError, match=r"encoder\.pt is not an fsds checkpoint"):
+        load_checkpoint(tmp_path / "encoder.pt")

@@ -21,10 +21,6 @@ TINY = {
     "train": {"log_every": 2, "eval_every": 2, "eval_images": 2},
     # Table V, a benchmark network (Table II) and the default's pretrained network (its own arch and weights)
     "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet", "L0_B_NBR_CaP"],
-    # beyond params.yaml's variants (merged into them): pseudo-defects, for the zero-shot experiment
-    "variants": {"L0_B_NBR_CaP_Syn": {"arch": "lite0_unet", "encoder_weights": "imagenet", "nbr": "cosine",
-                                      "cap": "weighted", "synthetic": True,
-                                      "label": "B+NBR+CaP + pseudo-defects (Lite0, ImageNet)"}},
 }
 METHODS = TINY["methods"]
 
@@ -207,17 +203,3 @@ def test_crop_training_and_whole_image_prediction_through_dvc(repo_copy):
         assert maps["probs"].shape[1:] == (48, 48)  # whole images at the working scale, not crops
     metrics = json.loads((dest / "reports" / "metrics.json").read_text())
     assert all(0.0 <= v <= 1.0 for v in metrics["L0_B_NBR_CaP"]["mean"].values())
-
-
-def test_zero_shots_train_on_pseudo_defects_through_dvc(repo_copy):
-    """shot=0 with a pseudo-defect variant: no defect image trains, every one tests, and the
-    pipeline runs to the report (which has no real shot to show crop-and-paste with) (issue 20)."""
-    dest, env = repo_copy
-    run(["dvc", "exp", "run", "-S", "shot=0", "-S", "methods=[L0_B_NBR_CaP_Syn]",
-         "-S", "profiles.fast.iterations=3"], dest, env)
-    split = pd.read_csv(dest / "data" / "split.csv", keep_default_na=False)
-    assert not (split["split"] == "train_defect").any() and (split[split["label"] == 1]["split"] == "test").all()
-    metrics = json.loads((dest / "reports" / "metrics.json").read_text())
-    assert 0.0 <= metrics["L0_B_NBR_CaP_Syn"]["mean"]["pixel_auroc"] <= 1.0
-    report = (dest / "reports" / "ablation.md").read_text()
-    assert report.startswith("# Results: 0-shot") and "B+NBR+CaP + pseudo-defects" in report

@@ -96,8 +96,13 @@ def test_the_mapped_encoder_agrees_with_its_batch_norm_statistics(arch, images):
 
 def test_a_file_of_another_network_is_refused():
     lite0, _ = encoder_weights("lite0_unet", "imagenet")
+    names = list(lite0)
+    shorter = {k: lite0[k] for k in names[:-3]}  # another EfficientNet: other tensor count
     with pytest.raises(InputError, match="not this EfficientNet-Lite"):
-        build_model("lite2_unet", lite0)
+        build_model("lite0_unet", shorter)
+    swapped = {**lite0, names[1]: lite0[names[1]][:1]}  # same count, a tensor of another shape
+    with pytest.raises(InputError, match="not this EfficientNet-Lite"):
+        build_model("lite0_unet", swapped)
 
 
 def test_the_networks_own_normalisation_travels_from_checkpoint_to_predict_and_onnx(tmp_path, tiny_config, tiny_root):

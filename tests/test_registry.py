@@ -114,7 +114,7 @@ def test_an_unknown_network_is_an_error_naming_the_key():
 
 def test_the_lite_networks_name_the_package_of_their_imagenet_weights():
     lites = [a for a, n in NETWORKS.items() if n.imagenet and n.imagenet.package]
-    assert lites == ["lite0_unet", "lite2_unet"]
+    assert lites == ["lite0_unet"]
     assert all(NETWORKS[a].imagenet.holder and not NETWORKS[a].imagenet.url for a in lites)
     assert all(n.imagenet.url.startswith("https://") for n in NETWORKS.values() if n.imagenet and not n.imagenet.package)
     assert NETWORKS["unet"].imagenet is None and NETWORKS["attention_unet"].imagenet is None

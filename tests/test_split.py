@@ -46,8 +46,9 @@ def test_different_seeds_draw_different_shots(tiny_index):
 def test_shot_too_large_names_the_type_and_count(tiny_index):
     with pytest.raises(ValueError, match=r"defect type fabric/\w+ has only 4 defect images"):
         k_shot_split(tiny_index, shot=4, seed=0)
-    with pytest.raises(ValueError, match="shot must be >= 0"):
-        k_shot_split(tiny_index, shot=-1, seed=0)
+    for shot in (0, -1):
+        with pytest.raises(ValueError, match="shot must be >= 1"):
+            k_shot_split(tiny_index, shot=shot, seed=0)
 
 
 def test_empty_masks_are_never_training_shots(tiny_index):

@@ -100,6 +100,30 @@ def test_checkpoint_rebuilds_the_model(tmp_path, tiny_config, washer_data):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_category_without_shots_in_the_split_table_is_refused_by_name(tiny_split, washer_data):
+    """Every method trains on K >= 1 shots: a split table holding none for a category (an old or
+    hand-made one) is refused when the category's training data loads, not trained on normals alone."""
+    import numpy as np
+
+    from fsds.engine.batches import sample_batch
+    from fsds.errors import InputError
+    from fsds.method.registry import IMAGENET
+
+    table = tiny_split.copy()
+    table.loc[(table["category"] == "washer") & (table["split"] == "train_defect"), "split"] = "test"
+    with pytest.raises(InputError, match=r"^category 'washer' has no training defect images in the split table; "
+                                         r"re-run the split stage$"):
+        load_train_data(table, "washer", 64)
+    others = sorted(set(table["category"]) - {"washer"})
+    assert others and len(load_train_data(table, others[0], 64).defect_images) > 0  # only that category is refused
+    # nor does a batch draw from no shots
+    no_shots = dataclasses.replace(washer_data, defect_images=washer_data.defect_images[:0],
+                                   defect_masks=washer_data.defect_masks[:0], defect_names=[])
+    with pytest.raises(InputError, match="no defect shots to train on"):
+        sample_batch(no_shots, np.random.default_rng(0), recipe_for(Variant("none", "none")), IMAGENET,
+                     torch.device("cpu"))
+
+
 def test_non_finite_loss_names_iteration_and_images(tiny_config, washer_data):
     bad = dataclasses.replace(washer_data, defect_masks=washer_data.defect_masks.clone())
     cfg = make_config({"train": {"image_size": 64, "iterations": 2, "lr": 0.5}, "mlflow": {"enabled": False}})
@@ -117,6 +141,17 @@ def test_precision_resolution(monkeypatch):
     assert resolve_precision("auto", torch.device("cpu")) is torch.bfloat16
     monkeypatch.setattr(fsds.engine.device, "cpu_has_fast_bf16", lambda: False)  # bf16 emulated in fp32 is slower
     assert resolve_precision("auto", torch.device("cpu")) is None
+
+
+def test_cuda_requested_without_one_names_both_places_it_comes_from(monkeypatch):
+    from fsds.engine.device import resolve_device
+    from fsds.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^device cuda requested \(train\.device, or fsds predict --device\) but no "
+                                          r"CUDA device is available; use auto or cpu$"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
 
 
 def test_channels_last_changes_the_layout_not_the_result(tiny_config, washer_data):

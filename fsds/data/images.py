@@ -26,8 +26,6 @@ class InputStats(NamedTuple):
     std: tuple[float, float, float]
 
 
-
-
 @dataclass(frozen=True)
 class InputGeometry:
     """How an image becomes network input; kept in each checkpoint (``input``).

@@ -31,8 +31,8 @@ def k_shot_split(index: pd.DataFrame, shot: int, seed: int, unit: str = "defect_
                  calibration_normals: int = 0) -> pd.DataFrame:
     """Assign every indexed image to a split; each unit's draw depends only on (seed, unit name), each
     category's calibration normals only on (seed, category)."""
-    if shot < 0:
-        raise InputError(f"shot must be >= 0 (0: no defect shots, every defect image tests), got {shot}")
+    if shot < 1:
+        raise InputError(f"shot must be >= 1 (K annotated defect images per defect type), got {shot}")
     if unit not in UNITS:
         raise InputError(f"split.unit: unknown unit {unit!r}; allowed: {', '.join(UNITS)}")
     table = index.copy()

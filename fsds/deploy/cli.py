@@ -11,32 +11,35 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
 
-from fsds.deploy.files import image_files, predict_files
+from fsds.deploy.files import BATCH_SIZE, image_files, predict_files
 from fsds.deploy.model import load_deployed
 from fsds.deploy.onnx_export import export_onnx
 from fsds.deploy.runtime import RUNTIMES, OnnxNetwork, resolve_runtime
-from fsds.engine.device import Runtime, set_up_runtime
+from fsds.engine.device import set_up_runtime
 from fsds.engine.prediction import Tiling
 from fsds.errors import FsdsError, InputError
 
 
 def predict(args: argparse.Namespace) -> None:
-    files = image_files(args.inputs)  # a bad path fails before the model loads
+    files = image_files(args.inputs)  # a bad path or tile size fails before the model loads
+    tiling = Tiling(args.tile_size, args.tile_overlap)
     runtime = set_up_runtime(args.device, args.precision, training=False)  # as the predict stage
     model = load_deployed(args.model, runtime.device)
     backend = resolve_runtime(args.runtime, runtime.amp_dtype, runtime.device)
     if backend == "onnxruntime":
         if args.precision == "bf16":
             raise InputError("--runtime onnxruntime runs the network in fp32: drop --precision bf16, or use --runtime torch")
-        model.net, runtime = OnnxNetwork(model.net), Runtime(runtime.device, None, False)
+        model.net = OnnxNetwork(model.net)
+        runtime = dataclasses.replace(runtime, amp_dtype=None, channels_last=False)  # ONNX Runtime: fp32, NCHW
     elif runtime.channels_last:
         model.net.to(memory_format=torch.channels_last)
     results = predict_files(model, files, args.out, runtime, threshold=args.threshold, min_area=args.min_area,
-                            batch_size=args.batch_size, tiling=Tiling(args.tile_size, args.tile_overlap))
+                            batch_size=args.batch_size, tiling=tiling)
     flagged = sum(r.defective for r in results)
     print(f"{len(results)} images, {flagged} with a defect ({backend}, {runtime.precision}); masks, overlays and "
           f"predictions.csv in {args.out}")
@@ -63,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                         "calibrated on its held-out normal images, else metrics.threshold of its training)")
     p.add_argument("--min-area", type=float, default=0.0,
                    help="an image is defective when its predicted defect area exceeds this fraction (default 0: any pixel)")
-    p.add_argument("--batch-size", type=int, default=2,
-                   help="images per network pass (default 2: at 512 px on a 2-core CPU the fastest end to end, lab/findings/speed.md)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help=f"images per network pass (default {BATCH_SIZE}: on a small CPU the fastest end to end)")
     p.add_argument("--tile-size", type=int, default=0,
                    help="predict images larger than this in overlapping tiles of this side (a multiple of 32; "
                         "default 0: whole images, as predict.tile_size of params.yaml)")

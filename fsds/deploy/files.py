@@ -23,6 +23,7 @@ from fsds.evaluation.metrics import defect_area
 from fsds.io import atomic_path, read_rgb, write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+BATCH_SIZE = 2  # images per network pass: at 512 px on a 2-core CPU the fastest end to end (lab/findings/speed.md)
 
 
 def image_files(inputs: Sequence[str | Path]) -> list[Path]:
@@ -79,7 +80,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 @torch.no_grad()
 def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, runtime: Runtime = CPU,
-                  threshold: float | None = None, min_area: float = 0.0, batch_size: int = 4,
+                  threshold: float | None = None, min_area: float = 0.0, batch_size: int = BATCH_SIZE,
                   tiling: Tiling = Tiling()) -> list[Prediction]:
     """Masks (``masks/<stem>.png``, white = defect), overlays (``overlays/<stem>.png``) at each image's
     own size, and ``predictions.csv`` with each image's score and decision: defective when the
@@ -95,9 +96,6 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
         raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
     if not 0.0 <= min_area < 1.0:
         raise InputError(f"--min-area is a fraction of the image in [0, 1), got {min_area}")
-    if tiling.size and (tiling.size < 64 or tiling.size % 32 or not 0 <= 2 * tiling.overlap < tiling.size):
-        raise InputError(f"--tile-size must be 0 or a multiple of 32 of at least 64, with --tile-overlap under half "
-                         f"of it; got {tiling.size} and {tiling.overlap}")
     out = Path(out)
     geometry = model.geometry
 
@@ -115,7 +113,8 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
         return Prediction(str(path), rgb.shape[0], rgb.shape[1], area, float(full.max()), area > min_area)
 
     # Decoding the next batch and writing the last one's PNGs run in two threads while the network
-    # runs (PIL and zlib leave the GIL): on a 2-core CPU 5-15% faster end to end (lab/findings/speed.md). Results come back in input order; a failure in either thread stops the run.
+    # runs (PIL and zlib leave the GIL; lab/findings/speed.md). Results come back in input order; a
+    # failure in either thread stops the run.
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     bar = tqdm(total=len(files), desc="predict", unit="img")
     with ThreadPoolExecutor(1, thread_name_prefix="fsds-read") as reader, \

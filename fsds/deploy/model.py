@@ -1,6 +1,6 @@
-"""The deployable network: what leaves the lab.
+"""The deployable network: a trained model on its own.
 
-:class:`DeployedModel` is what leaves the lab: RGB images as float ``(B, 3, H, W)`` in [0, 1]
+:class:`DeployedModel` is what leaves the pipeline: RGB images as float ``(B, 3, H, W)`` in [0, 1]
 in, defect probabilities ``(B, 1, H, W)`` out; the network's own input normalisation (ImageNet
 mean/std for a ResNet, [-1, 1] for EfficientNet-Lite) and the sigmoid are inside, so a caller (PyTorch, MLflow's ``mlflow.pytorch.load_model`` or ONNX Runtime) needs
 nothing from fsds but how to size the images, which the model carries: squashed to ``image_size``

@@ -18,7 +18,6 @@ from fsds.data.split import category_split
 from fsds.engine.recipe import Recipe
 from fsds.errors import InputError
 from fsds.method.augmentation import random_dihedral
-from fsds.method.pseudo_defects import pseudo_defect
 
 
 @dataclass
@@ -49,9 +48,12 @@ def category_geometry(table: pd.DataFrame, category: str, image_size: int, worki
 
 
 def load_train_data(table: pd.DataFrame, category: str, geometry: InputGeometry | int) -> TrainData:
-    """A category's training images (no defect images at zero shots: pseudo-defects alone)."""
+    """A category's training images: its K shots and its pool of normal images."""
     parts = category_split(table, category)
     shots, normals = parts["train_defect"], parts["train_normal"]
+    if shots.empty:
+        raise InputError(f"category {category!r} has no training defect images in the split table; "
+                         "re-run the split stage")
     if normals.empty:
         raise InputError(f"category {category!r} has no normal training images; NBR and CaP need some")
     geometry = as_geometry(geometry)
@@ -101,35 +103,16 @@ def sample_batch(data: TrainData, rng: np.random.Generator, recipe: Recipe, stat
                  device: torch.device, channels_last: bool = False) -> Batch:
     """Draw ``recipe.batch_size`` defect shots and as many normal images (Algorithm 1) from the cached
     uint8 tensors (at a working scale: crops of them, :func:`fsds.data.crops.sample_crops`),
-    normalised with the network's ``stats``. With ``recipe.synthetic``, each defect sample is, with
-    probability ``synthetic_fraction`` (always, without shots), a pseudo-defect on another normal
-    image (:func:`fsds.method.pseudo_defects.pseudo_defect`); otherwise the draws are the paper's."""
+    normalised with the network's ``stats``; with CaP, whether this batch is crop-and-pasted."""
     m, n_shots = recipe.batch_size, len(data.defect_images)
-    if not n_shots and not recipe.synthetic:
-        raise InputError("no defect shots to train on (shot=0): only variants with synthetic: true train on "
-                         "pseudo-defects alone; set shot >= 1 or pick such a variant")
-    idx_d = rng.integers(0, n_shots, size=m) if n_shots else np.zeros(m, dtype=np.int64)
+    if not n_shots:
+        raise InputError("no defect shots to train on: the split table holds none for this category; "
+                         "re-run the split stage with shot >= 1")
+    idx_d = rng.integers(0, n_shots, size=m)
     idx_n = rng.integers(0, len(data.normal_images), size=m)
     use_cap = recipe.cap != "none" and rng.random() < recipe.cap_probability
     images, masks = data.defect_images, data.defect_masks
-    names = [Path(data.defect_names[i]).name for i in idx_d] if n_shots else []
-    if recipe.synthetic:
-        pseudo = rng.random(m) < recipe.synthetic_fraction if n_shots else np.ones(m, dtype=bool)
-        n_normals = len(data.normal_images)  # the pseudo-defects go on normal images other than their partners
-        hosts = (idx_n + rng.integers(1, n_normals, size=m)) % n_normals if n_normals > 1 else idx_n
-        images, masks, names = [], [], []
-        for i in range(m):
-            if pseudo[i]:
-                image, mask = pseudo_defect(data.normal_images[hosts[i]], data.normal_images, rng,
-                                            recipe.synthetic_confine)
-                name = "pseudo-defect"
-            else:
-                image, mask, name = (data.defect_images[idx_d[i]], data.defect_masks[idx_d[i]],
-                                     Path(data.defect_names[idx_d[i]]).name)
-            images.append(image)
-            masks.append(mask)
-            names.append(name)
-        idx_d = np.arange(m)
+    names = [Path(data.defect_names[i]).name for i in idx_d]
     if data.geometry.crops:
         img_d, mask_d, img_n = sample_crops(images, masks, data.normal_images, idx_d, idx_n,
                                             data.geometry.size, recipe.defect_crop_fraction, rng)

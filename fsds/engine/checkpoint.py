@@ -64,7 +64,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} not found; run the train stage first")
     state = torch.load(path, map_location=device, weights_only=False)
-    found = state.get("format", 1) if isinstance(state, dict) else None
+    if not isinstance(state, dict) or not ({"format", "model_args"} & set(state)):
+        raise InputError(f"{path} is not an fsds checkpoint (a training snapshot, or another program's file?); "
+                         "give a data/models/<method>/<category>.pt of the train stage")
+    found = state.get("format", 1)  # format 1 had no version
     if found != FORMAT:
         raise InputError(f"checkpoint {path} has format {found}; this fsds reads format {FORMAT}. "
                          "Train it again with this version (dvc repro), or use the fsds it was made with")

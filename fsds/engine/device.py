@@ -22,7 +22,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available; use auto or cpu")
+        raise ConfigError("device cuda requested (train.device, or fsds predict --device) but no CUDA device is "
+                          "available; use auto or cpu")
     return torch.device(name)
 
 
@@ -93,8 +94,6 @@ def resolve_channels_last(setting: bool | str, amp_dtype: torch.dtype | None, *,
     if setting == "auto":
         return not training or amp_dtype is not None
     return bool(setting)
-
-
 
 
 def resolve_fp32_depthwise(setting: bool | str, amp_dtype: torch.dtype | None, device: torch.device) -> bool:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from fsds.data.crops import pad_to
 from fsds.data.images import Images, InputGeometry, load_images, normalize, resize_probabilities
 from fsds.engine.device import Runtime
+from fsds.errors import InputError
 from fsds.evaluation.metrics import defect_area
 from fsds.method.networks import Segmenter
 from fsds.method.registry import FoldPairs, network
@@ -116,6 +117,13 @@ class Tiling:
 
     size: int = 0
     overlap: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size and (self.size < 64 or self.size % 32 or not 0 <= 2 * self.overlap < self.size):
+            raise InputError(f"tile size must be 0 (whole images) or a multiple of 32 of at least 64, with an "
+                             f"overlap of 0 to under half of it; got size {self.size}, overlap {self.overlap}")
+        if self.overlap < 0:
+            raise InputError(f"tile overlap must be >= 0, got {self.overlap}")
 
 
 CPU = Runtime(torch.device("cpu"), None, False)  # plain fp32 on the CPU

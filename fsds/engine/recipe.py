@@ -15,7 +15,6 @@ class Recipe:
     nbr: str  # none | cosine | euclidean (eqs. 1-3)
     cap: str  # none | plain (lambda = 1) | weighted (eqs. 5-6)
     seg_loss: str  # bce (eq. 7) | bce_dice | focal
-    synthetic: bool  # pseudo-defects from the normal pool join the shots
     iterations: int
     lr: float
     betas: tuple[float, float]  # Adam's
@@ -25,8 +24,6 @@ class Recipe:
     nbr_weight: float
     augment: bool  # random flips / 90-degree turns
     defect_crop_fraction: float  # crops at a working scale: the share of defect crops holding defect pixels
-    synthetic_fraction: float  # with synthetic: the share of defect samples that are pseudo-defects
-    synthetic_confine: bool  # keep pseudo-defects on the part (plain backgrounds)
     threshold: float  # probability at or above which a pixel is a defect (the probe IoU)
     log_every: int
     eval_every: int  # probe IoU every N iterations (0 = off)

@@ -31,15 +31,13 @@ from fsds.io import atomic_path
 # The modules whose code decides what a training step computes: the training loop and all it imports.
 TRAINING_CODE = tuple(sorted(module_closure("fsds.engine.training")))
 # Params that do not change the trained model.
-IRRELEVANT = ("mlflow", "predict", "variants", "methods", "profiles")
 IRRELEVANT_TRAIN = ("checkpoint_every", "log_every")
 
 
 def fingerprint(config: dict[str, Any], recipe: Recipe, category: str, tensors: list[torch.Tensor | list[torch.Tensor]],
                 weights: str) -> str:
     """A short hash of everything that decides a category's training result."""
-    config = {k: v for k, v in config.items() if k not in IRRELEVANT}
-    config["train"] = {k: v for k, v in config.get("train", {}).items() if k not in IRRELEVANT_TRAIN}
+    config = {**config, "train": {k: v for k, v in config.get("train", {}).items() if k not in IRRELEVANT_TRAIN}}
     h = hashlib.blake2b(digest_size=12)
     recipe_values = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in IRRELEVANT_TRAIN}
     h.update(json.dumps({"config": config, "recipe": recipe_values, "category": category,

@@ -1,17 +1,15 @@
 """Algorithm 1 of the paper: train a segmenter on K defect shots and a pool of normal images.
 
-One iteration samples ``m`` defect shots and ``m`` normal images. With the variant's switches:
+One iteration samples ``m`` defect shots and ``m`` normal images
+(:func:`fsds.engine.batches.sample_batch`). With the recipe's switches:
 
 - ``nbr`` (none | cosine | euclidean): add the Normal Background Regularization loss between
   the defect-free part of the defect images and the normal images (eqs. 1-3);
 - ``cap`` (none | plain | weighted): with probability ``cap_probability`` the segmentation loss
   is computed on the crop-and-pasted image instead of the original (eq. 4), weighted by
   lambda (eq. 6) for ``weighted`` or by 1 for ``plain``;
-- ``seg_loss`` (bce | bce_dice | focal; "" = ``train.seg_loss``): the segmentation loss, the
-  paper's BCE (eq. 7) or one for defects of a few pixels (beyond the paper), weighted the same way;
-- ``synthetic`` (beyond the paper): a share ``train.synthetic_fraction`` of the defect samples are
-  pseudo-defects on other normal images (:mod:`fsds.method.pseudo_defects`), treated as shots by
-  the segmentation loss, NBR and CaP alike; with zero shots, all of them.
+- ``seg_loss`` (bce | bce_dice | focal): the segmentation loss, the paper's BCE (eq. 7) or one for
+  defects of a few pixels (beyond the paper), weighted the same way.
 
 NBR, lambda and the segmentation loss share one encoder pass per kind of image, and the
 decoder runs only on the part that is segmented.

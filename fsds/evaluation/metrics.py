@@ -35,9 +35,14 @@ from fsds.data.images import resize_probabilities
 from fsds.errors import InputError
 from fsds.io import read_mask
 
-CALIBRATED_NAMES = ("iou_cal", "dice_cal", "iou_pooled_cal", "image_acc_cal", "threshold_cal")
-METRIC_NAMES = ("iou", "dice", "iou_pooled", "dice_pooled", "image_acc", "image_auroc", "image_auroc_max",
-                "pixel_auroc", "aupro", *CALIBRATED_NAMES)
+# Every metric a category gets, with the header tables print it under: the one list of metrics.
+# *_cal: at the model's calibrated threshold (fsds.evaluation.threshold) instead of metrics.threshold.
+HEADERS = {"iou": "IoU", "dice": "Dice", "iou_pooled": "pooled IoU", "dice_pooled": "pooled Dice",
+           "image_acc": "image ACC", "image_auroc": "image AUROC", "image_auroc_max": "image AUROC (max)",
+           "pixel_auroc": "pixel AUROC", "aupro": "AUPRO (30% FPR)", "iou_cal": "IoU (cal.)", "dice_cal": "Dice (cal.)",
+           "iou_pooled_cal": "pooled IoU (cal.)", "image_acc_cal": "image ACC (cal.)", "threshold_cal": "threshold (cal.)"}
+METRIC_NAMES = tuple(HEADERS)
+CALIBRATED_NAMES = tuple(name for name in METRIC_NAMES if name.endswith("_cal"))
 LEVELS = 256
 AUPRO_MAX_FPR = 0.3
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)

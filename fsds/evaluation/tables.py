@@ -15,14 +15,15 @@ gets its Tables V-VII from its variants whose ``paper`` is a row there.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from fsds.config import Variant, variant_label
+from fsds.errors import ConfigError
 from fsds.evaluation import paper as published
-from fsds.evaluation.metrics import CALIBRATED_NAMES, METRIC_NAMES
+from fsds.evaluation.metrics import CALIBRATED_NAMES, HEADERS, METRIC_NAMES
 
 RESULT_KEYS = ["method", "shot", "seed", "category"]
 NETWORK_TABLES = published.METHODS  # the paper methods of Tables II-IV, in the paper's column order
@@ -68,14 +69,18 @@ def _rows(frame: pd.DataFrame, variants: Mapping[str, Variant], paper_ids: Seque
     return [m for pid in paper_ids for m in present if variants[m].paper == pid]
 
 
+def check_variants(variants: Mapping[str, Variant], names: Iterable[str]) -> None:
+    """Each named variant's ``paper`` is empty or a method of the paper's tables, so it lands in them."""
+    for name in names:
+        pid = variants[name].paper
+        if pid and pid not in published.ALL_METHODS:
+            raise ConfigError(f"variants.{name}.paper: {pid!r} is no method of the paper's tables; "
+                              f"expected one of {', '.join(published.ALL_METHODS)} (or leave it out)")
+
+
 def _labeller(variants: Mapping[str, Variant]) -> Callable[[str], str]:
     return lambda m: variant_label(m, variants.get(m))
 
-
-HEADERS = {"iou": "IoU", "dice": "Dice", "iou_pooled": "pooled IoU", "dice_pooled": "pooled Dice", "image_acc": "image ACC",
-           "image_auroc": "image AUROC", "image_auroc_max": "image AUROC (max)", "pixel_auroc": "pixel AUROC",
-           "aupro": "AUPRO (30% FPR)", "iou_cal": "IoU (cal.)", "dice_cal": "Dice (cal.)",
-           "iou_pooled_cal": "pooled IoU (cal.)", "image_acc_cal": "image ACC (cal.)", "threshold_cal": "threshold (cal.)"}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -106,13 +106,14 @@ def load_encoder_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
     if EFFICIENTNET_PYTORCH_STEM in state:
         state = efficientnet_pytorch_to_encoder(state, model.encoder)
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    name = getattr(model, "arch", type(model).__name__)
     # nn.Module's own method: smp's encoders override load_state_dict and report nothing back.
     try:
         result = nn.Module.load_state_dict(model.encoder, state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise InputError(f"encoder weights do not fit model.arch: {str(exc)[:500]}") from exc
+        raise InputError(f"encoder weights do not fit the network ({name}): {str(exc)[:500]}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise InputError(
-            f"encoder weights do not fit model.arch: missing {result.missing_keys[:5]}, "
+            f"encoder weights do not fit the network ({name}): missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )

@@ -26,6 +26,7 @@ import yaml
 
 from fsds.config import parse_config
 from fsds.errors import ConfigError
+from fsds.evaluation.tables import check_variants
 from fsds.pipeline import plan
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -86,6 +87,7 @@ def load_grid(path: str | Path, params: str | Path = "params.yaml") -> Grid:
     for _, shot, seed in grid.cells():
         cfg = parse_config(apply_overrides(base, {**grid.set, "shot": shot, "seed": seed}))
         plan.check(cfg, cfg.methods)
+        check_variants(cfg.variants, cfg.methods)
     return grid
 
 

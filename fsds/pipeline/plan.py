@@ -15,8 +15,7 @@ from fsds.config import Config, ModelConfig, Variant, load_config
 from fsds.engine.device import Runtime, set_up_runtime
 from fsds.engine.prediction import Tiling
 from fsds.engine.recipe import Recipe
-from fsds.errors import ConfigError
-from fsds.evaluation import paper
+from fsds.errors import ConfigError, InputError
 from fsds.method.registry import network
 
 # train.frozen_encoder_stages auto: a pretrained encoder keeps its stem and stride-4 stage as loaded
@@ -32,13 +31,11 @@ def load(path: str = "params.yaml", variants: Sequence[str] | None = None) -> Co
 
 def check(cfg: Config, variants: Sequence[str]) -> Config:
     """What params.yaml alone cannot check, for the ``variants`` named: each one's network is in the
-    registry and its ``paper`` id is a method of the paper's tables. Returns ``cfg``."""
+    registry. (Their ``paper`` ids are the report's to check: :func:`fsds.evaluation.tables.check_variants`.)
+    Returns ``cfg``."""
     for name in variants:
         variant = cfg.variant(name)
         network(variant.arch or cfg.model.arch, f"variants.{name}.arch" if variant.arch else "model.arch")
-        if variant.paper and variant.paper not in paper.ALL_METHODS:
-            raise ConfigError(f"variants.{name}.paper: {variant.paper!r} is no method of the paper's tables; "
-                              f"expected one of {', '.join(paper.ALL_METHODS)} (or leave it out)")
     return cfg
 
 
@@ -49,10 +46,10 @@ def model_of(cfg: Config, name: str) -> ModelConfig:
                        encoder_weights=variant.encoder_weights or cfg.model.encoder_weights)
 
 
-def batch_size(cfg: Config) -> int:
-    """``train.batch_size``; auto: the paper's 2 for 1-shot (and 0 shots), 4 for more shots."""
+def batch_size(cfg: Config, shot: int | None = None) -> int:
+    """``train.batch_size`` at ``shot`` shots (default ``cfg.shot``); auto: the paper's 2 for 1-shot, 4 for more."""
     if cfg.train.batch_size == "auto":
-        return 2 if cfg.shot <= 1 else 4
+        return 2 if (cfg.shot if shot is None else shot) <= 1 else 4
     return int(cfg.train.batch_size)
 
 
@@ -73,11 +70,10 @@ def make_recipe(cfg: Config, variant: Variant, arch: str, pretrained: bool) -> R
     tc = cfg.train
     return Recipe(
         arch=arch, nbr=variant.nbr, cap=variant.cap, seg_loss=variant.seg_loss or tc.seg_loss,
-        synthetic=variant.synthetic, iterations=tc.iterations, lr=tc.lr, betas=(tc.beta1, tc.beta2),
+        iterations=tc.iterations, lr=tc.lr, betas=(tc.beta1, tc.beta2),
         batch_size=batch_size(cfg), frozen_stages=frozen_stages(cfg, pretrained),
         cap_probability=tc.cap_probability, nbr_weight=tc.nbr_weight, augment=tc.augment,
-        defect_crop_fraction=tc.defect_crop_fraction, synthetic_fraction=tc.synthetic_fraction,
-        synthetic_confine=tc.synthetic_confine, threshold=cfg.metrics.threshold, log_every=tc.log_every,
+        defect_crop_fraction=tc.defect_crop_fraction, threshold=cfg.metrics.threshold, log_every=tc.log_every,
         eval_every=tc.eval_every, checkpoint_every=tc.checkpoint_every,
     )
 
@@ -94,7 +90,11 @@ def predict_runtime(cfg: Config) -> Runtime:
 
 
 def tiling(cfg: Config) -> Tiling:
-    return Tiling(cfg.predict.tile_size, cfg.predict.tile_overlap)
+    """``predict.tile_size`` and ``predict.tile_overlap``, checked by :class:`Tiling`'s rule."""
+    try:
+        return Tiling(cfg.predict.tile_size, cfg.predict.tile_overlap)
+    except InputError as exc:
+        raise ConfigError(f"predict.tile_size / predict.tile_overlap: {exc}") from exc
 
 
 def predict_batch_size(cfg: Config, side: int) -> int:
@@ -114,8 +114,8 @@ def input_description(cfg: Config) -> str:
 
 
 def stage_params(cfg: Config, name: str) -> dict[str, Any]:
-    """The params the train stage reads, and no others (``dvc.yaml`` declares these for it): logged
-    to MLflow, kept in each checkpoint, and keyed into the resume snapshots."""
+    """The params that decide variant ``name``'s trained models: logged to MLflow, kept in each
+    checkpoint, and keyed into the resume snapshots."""
     return {
         "dataset": cfg.dataset, "shot": cfg.shot, "seed": cfg.seed, "profile": cfg.profile,
         "train": dataclasses.asdict(cfg.train), "model": dataclasses.asdict(model_of(cfg, name)),

@@ -30,7 +30,7 @@ def typical_side(geometry: InputGeometry, images: pd.DataFrame) -> int:
 def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, out_dir: str | Path) -> None:
     """Predict every test image with each category's model; writes ``<category>.npz`` and ``scores.csv``."""
     models_dir = Path(models_dir)
-    runtime = plan.predict_runtime(cfg)
+    runtime, tiling = plan.predict_runtime(cfg), plan.tiling(cfg)
     tables = []
     thresholds: dict[str, float | None] = {}
     with atomic_dir(out_dir) as tmp:
@@ -41,7 +41,7 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
             test = category_split(table, category)["test"]
             probs, scores = predict_category(
                 model, test, geometry, cfg.metrics.threshold, runtime,
-                batch_size=plan.predict_batch_size(cfg, typical_side(geometry, test)), tiling=plan.tiling(cfg),
+                batch_size=plan.predict_batch_size(cfg, typical_side(geometry, test)), tiling=tiling,
                 desc=f"{models_dir.name}/{category}",
             )
             save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())

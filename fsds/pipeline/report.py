@@ -20,8 +20,8 @@ from fsds.evaluation.figures import (
     qualitative_grid,
     save_figure,
 )
-from fsds.evaluation.tables import (HEADERS, category_means, fmt, markdown_table, paper_tables, present_metrics,
-                                    results_frame)
+from fsds.evaluation.tables import (HEADERS, category_means, check_variants, fmt, markdown_table, paper_tables,
+                                    present_metrics, results_frame)
 from fsds.io import atomic_path, load_probabilities, write_text
 from fsds.method.augmentation import crop_and_paste
 from fsds.method.losses import cap_lambda
@@ -34,9 +34,11 @@ FPR_GRID = np.linspace(0.0, 1.0, 101)
 def settings_line(cfg: Config) -> str:
     """The settings a reader needs to compare a report with the paper's."""
     tc = cfg.train
+    batch = (f"{plan.batch_size(cfg, 1)} (1-shot) / {plan.batch_size(cfg, 5)} (more shots)"
+             if tc.batch_size == "auto" else str(tc.batch_size))
     return (
         f"Dataset `{cfg.dataset}`, K per {cfg.split.unit}; profile `{cfg.profile}`: {plan.input_description(cfg)}, "
-        f"{tc.iterations} iterations, batch {plan.batch_size(cfg)}, "
+        f"{tc.iterations} iterations, batch {batch}, "
         f"Adam lr {tc.lr:g}, CaP probability {tc.cap_probability:g}, flip/rotate augmentation {'on' if tc.augment else 'off'}, "
         f"precision {tc.precision}, threshold {cfg.metrics.threshold:g}"
         + (f" and calibrated (the lowest keeping at most {cfg.metrics.calibration_fpr:g} of the pixels of "
@@ -265,6 +267,7 @@ def write_report(cfg: Config, table: pd.DataFrame, metrics: Mapping[str, Any], p
                  predictions_dir: str | Path, models_dir: str | Path, report: str | Path, plots_dir: str | Path,
                  figures_dir: str | Path) -> None:
     """Stage report's work: the markdown tables, the plot data (CSV, for ``dvc plots``) and the figures."""
+    check_variants(cfg.variants, cfg.methods)
     histories = load_histories(models_dir, cfg.methods)
     seconds = training_seconds(models_dir, cfg.methods)
     write_text(report, run_report(metrics, cfg, count_test_images(per_image), seconds))

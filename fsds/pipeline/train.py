@@ -19,11 +19,11 @@ from fsds.data.split import category_split
 from fsds.deploy.model import deployable, signature
 from fsds.engine.batches import category_geometry, load_probe, load_train_data
 from fsds.engine.checkpoint import save_checkpoint
-from fsds.engine.prediction import inference_model, predict_probabilities
+from fsds.engine.device import Runtime
+from fsds.engine.prediction import Tiling, inference_model, predict_probabilities
 from fsds.engine.resume import ResumeStore, fingerprint
 from fsds.engine.training import train_segmenter
 from fsds.evaluation.threshold import Calibration, calibrate_threshold
-from fsds.errors import InputError
 from fsds.io import atomic_dir, write_json
 from fsds.method.networks import Segmenter
 from fsds.method.weights import encoder_weights
@@ -39,19 +39,18 @@ def category_seed(seed: int, category: str) -> int:
 CALIBRATION_BATCH = 8  # fixed, so the threshold does not depend on predict.batch_size
 
 
-def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str,
-              geometry: InputGeometry) -> Calibration | None:
+def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str, geometry: InputGeometry,
+              runtime: Runtime, tiling: Tiling) -> Calibration | None:
     """The category's calibrated threshold (:mod:`fsds.evaluation.threshold`) from its calibration
-    normals, predicted as the predict stage predicts (a folded copy of the network, its device,
-    precision, layout, input ``geometry`` and tiles); None when the split holds none out
+    normals, predicted as the predict stage predicts (a folded copy of the network on the prediction
+    ``runtime``, its input ``geometry``, the ``tiling``); None when the split holds none out
     (``split.calibration_normals: 0``)."""
     held = category_split(table, category)["calibration"]
     if held.empty:
         return None
-    runtime = plan.predict_runtime(cfg)
     net = inference_model(copy.deepcopy(model).to(memory_format=torch.contiguous_format), runtime.channels_last)
     images = load_images(held["image"].tolist(), geometry, desc=f"{category} calibration")
-    probs = predict_probabilities(net, images, runtime, batch_size=CALIBRATION_BATCH, tiling=plan.tiling(cfg),
+    probs = predict_probabilities(net, images, runtime, batch_size=CALIBRATION_BATCH, tiling=tiling,
                                   desc=f"{category} calibration")
     found = calibrate_threshold(probs, cfg.metrics.calibration_fpr)
     if not found.reached:
@@ -76,7 +75,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
     tracker.connect()  # fail now, not after an hour of training, if the store is unreachable
     encoder_state, weights_source = encoder_weights(model_cfg.arch, model_cfg.encoder_weights)  # a missing file fails now too
     recipe = plan.recipe(cfg, variant_name, pretrained=encoder_state is not None)
-    runtime = plan.train_runtime(cfg)
+    runtime, predict_runtime, tiling = plan.train_runtime(cfg), plan.predict_runtime(cfg), plan.tiling(cfg)
     categories = sorted(table["category"].unique())
     runs: dict[str, str | None] = {}
     seconds: dict[str, float] = {}  # wall time of each category's training
@@ -87,9 +86,6 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
         for category in categories:
             geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
             data = load_train_data(table, category, geometry)
-            if not len(data.defect_images) and not recipe.synthetic:
-                raise InputError(f"category {category!r} has no training defect images in the split table; "
-                                 "re-run the split stage (or train a variant with synthetic: true)")
             snapshot, resumed = None, None
             if store is not None:
                 key = fingerprint(config, recipe, category, [data.defect_images, data.defect_masks, data.normal_images],
@@ -99,9 +95,9 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 resumed = store.load(snapshot)
                 if resumed is not None:
                     tqdm.write(f"{variant_name}/{category}: resuming at iteration {resumed['iteration']} of "
-                               f"{cfg.train.iterations} from {snapshot}")
+                               f"{recipe.iterations} from {snapshot}")
             probe = None
-            if cfg.train.eval_every:
+            if recipe.eval_every:
                 probe = load_probe(table, category, geometry, cfg.train.eval_images, cfg.seed)
             tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
                     "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "seg_loss": recipe.seg_loss,
@@ -117,7 +113,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
 
             def log(it: int, row: dict[str, float], run_id: str | None = run_id) -> None:
                 tracker.log_metrics(run_id, {k: row[k] for k in ("loss", "seg", "nbr", "lambda", "probe_iou")}, it)
-                if it % cfg.train.log_every == 0:
+                if it % recipe.log_every == 0:
                     tracker.flush(run_id)
 
             status = "FAILED"
@@ -134,11 +130,11 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                     on_log=log, progress_desc=f"{variant_name}/{category}", probe=probe, resume_state=resumed,
                     on_checkpoint=keep if snapshot is not None else None,
                 )
-                calibration = calibrate(cfg, model, table, category, geometry)
+                calibration = calibrate(cfg, model, table, category, geometry, predict_runtime, tiling)
                 threshold = calibration.threshold if calibration else cfg.metrics.threshold
                 ckpt = tmp / f"{category}.pt"
                 save_checkpoint(ckpt, model, geometry, threshold, encoder_weights=weights_source, config=config,
-                                iteration=cfg.train.iterations,
+                                iteration=recipe.iterations,
                                 extra={"variant": variant_name, "category": category, "seed": cfg.seed,
                                        "mlflow_run_id": run_id,
                                        "calibration": calibration.to_dict() if calibration else None})
@@ -149,7 +145,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                                                  "calibration_fpr": calibration.fpr} if calibration else {})})
                 tracker.log_model(run_id, deployable(model, geometry, threshold), signature(geometry),
                                   {"variant": variant_name, "category": category, "arch": recipe.arch,
-                                   "encoder_weights": weights_source})
+                                   "threshold": threshold, "encoder_weights": weights_source})
                 status = "FINISHED"
             finally:
                 tracker.end_run(run_id, status)

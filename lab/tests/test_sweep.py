@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fsds.errors import InputError
+from fsds.errors import ConfigError, InputError
 from lab.sweep import main
 from tests.params import params_with
 
@@ -75,22 +75,17 @@ def test_a_bad_override_or_missing_argument_stops_with_usage(tiny_root, capsys):
     assert "--variant" in capsys.readouterr().err
 
 
-def test_a_sweep_with_zero_shots_trains_on_pseudo_defects_alone(tiny_root, tmp_path, capsys):
-    raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-3}},
-                       "variants": {"S": {"nbr": "cosine", "cap": "weighted", "synthetic": True},
-                                    "B": {"nbr": "none", "cap": "none"}},
-                       "split": {"calibration_normals": 1}})
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps(raw))
-    out = tmp_path / "sweep.jsonl"
-    main([str(tiny_root), "washer", "--variant", "S", "--profiles", "a", "--shots", "0", "--seeds", "0",
-          "--params", str(params), "--out", str(out), "--metrics", "iou", "unseen_iou", "unseen_pixel_auroc"])
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["n_shots"] == 0 and "seen" not in row["by_type"] and 0 <= row["unseen_pixel_auroc"] <= 1
-    assert "| unseen_iou | unseen_pixel_auroc |" in capsys.readouterr().out
-    with pytest.raises(Exception, match="shot: 0 trains on pseudo-defects alone"):
-        main([str(tiny_root), "washer", "--variant", "B", "--profiles", "a", "--shots", "0", "--seeds", "0",
+def test_a_sweep_with_zero_shots_is_refused_before_training(tiny_root, tmp_path, monkeypatch):
+    """Every method trains on K >= 1 shots (pseudo-defects, which trained on none, left on 2026-12-06)."""
+    import lab.sweep as sweep
+
+    monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("nothing trains at 0 shots"))
+    params, out = tmp_path / "params.yaml", tmp_path / "sweep.jsonl"
+    params.write_text(json.dumps(params_with({})))
+    with pytest.raises(ConfigError, match=r"^shot: must be >= 1 \(K annotated defect images per defect type\), got 0"):
+        main([str(tiny_root), "washer", "--variant", "B", "--profiles", "fast", "--shots", "0", "--seeds", "0",
               "--params", str(params), "--out", str(out)])
+    assert not out.exists()
 
 
 def test_pair_overrides_pairs_runs_made_with_and_without_an_override(tmp_path, capsys):
