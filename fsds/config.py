@@ -17,8 +17,6 @@ import yaml
 from fsds.errors import ConfigError
 from fsds.typed import build, check, check_choice, coerce
 
-__all__ = ["ConfigError", "Config", "load_config", "parse_config"]
-
 DATASETS = ("synthetic", "mvtec", "magnetic_tile", "folder")
 NBR_KINDS = ("none", "cosine", "euclidean")
 SEG_LOSSES = ("bce", "bce_dice", "focal")
@@ -83,10 +81,14 @@ class Profile:
     # never enlarged), training draws image_size x image_size crops, prediction sees whole images.
     working_size: int = 0
 
-    def __post_init__(self) -> None:
-        _check_size_and_iterations(self.image_size, self.iterations, "profiles.*")
+    def __post_init__(self) -> None:  # train.image_size etc. come only from here: checked once
+        check(self.image_size >= 32 and self.image_size % 32 == 0, "profiles.*.image_size",
+              f"must be a positive multiple of 32 (the encoders downsample 5 times), got {self.image_size}")
+        check(self.iterations >= 1, "profiles.*.iterations", "must be >= 1")
         check(0 < self.lr < 1, "profiles.*.lr", "must be in (0, 1)")
-        _check_working_size(self.working_size, self.image_size, "profiles.*")
+        check(self.working_size == 0 or self.working_size >= self.image_size, "profiles.*.working_size",
+              f"must be 0 (squash whole images to image_size) or at least image_size ({self.image_size}), the crop "
+              f"size; got {self.working_size}")
 
 
 PROFILE_KEYS = tuple(f.name for f in dataclasses.fields(Profile))  # train keys that the chosen profile sets
@@ -120,8 +122,6 @@ class TrainConfig:
     checkpoint_every: int  # snapshot for resuming a killed training every N iterations; 0 = off
 
     def __post_init__(self) -> None:
-        _check_size_and_iterations(self.image_size, self.iterations, "train")
-        _check_working_size(self.working_size, self.image_size, "train")
         check(0 <= self.defect_crop_fraction <= 1, "train.defect_crop_fraction", "must be in [0, 1]")
         check(self.batch_size == "auto" or self.batch_size >= 1, "train.batch_size", "must be 'auto' or >= 1")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
@@ -297,15 +297,3 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     # Built with the parsed mappings in place, so Config's cross-checks (methods against variants) run.
     return build(Config, {**raw, "variants": parsed_variants, "profiles": parsed_profiles}, "",
                  raw_fields=("variants", "profiles"))
-
-
-def _check_size_and_iterations(image_size: int, iterations: int, prefix: str) -> None:
-    check(image_size >= 32 and image_size % 32 == 0, f"{prefix}.image_size",
-          f"must be a positive multiple of 32 (the encoders downsample 5 times), got {image_size}")
-    check(iterations >= 1, f"{prefix}.iterations", "must be >= 1")
-
-
-def _check_working_size(working_size: int, image_size: int, prefix: str) -> None:
-    check(working_size == 0 or working_size >= image_size, f"{prefix}.working_size",
-           f"must be 0 (squash whole images to image_size) or at least image_size ({image_size}), the crop size; "
-           f"got {working_size}")
