@@ -35,8 +35,10 @@ class SyntheticConfig:
     n_test_good: int
     n_per_defect: int
     size: int
+    categories: tuple[str, ...]  # the generator's categories it renders when data.categories is all
 
     def __post_init__(self) -> None:
+        check(len(self.categories) >= 1, "data.synthetic.categories", "must name at least one category")
         check(self.seed >= 0, "data.synthetic.seed", "must be >= 0")
         check(self.n_train_good >= 1, "data.synthetic.n_train_good", "must be >= 1")
         check(self.n_test_good >= 1, "data.synthetic.n_test_good", "must be >= 1")

@@ -21,7 +21,7 @@ from fsds.data.datasets import SOURCE_FILE, list_categories
 from fsds.data.archives import ARCHIVES, MVTEC_CATEGORIES
 from fsds.data.download import fetch
 from fsds.data.extract import extract
-from fsds.data.synthetic import generate_synthetic
+from fsds.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES, generate_synthetic
 from fsds.errors import InputError
 from fsds.io import atomic_dir, read_mask, write_json
 
@@ -40,10 +40,15 @@ def prepare_dataset(cfg: Config, out: str | Path, downloads: str | Path) -> Path
     categories = None if cfg.data.categories == "all" else list(cfg.data.categories)
     if cfg.dataset == "synthetic":
         syn = cfg.data.synthetic
+        key, wanted = ("data.categories", categories) if categories else ("data.synthetic.categories", list(syn.categories))
+        unknown = [c for c in wanted if c not in SYNTHETIC_CATEGORIES]
+        if unknown:
+            raise InputError(f"{key}: the embedded data has no category {unknown[0]!r}; "
+                             f"allowed: {', '.join(SYNTHETIC_CATEGORIES)}")
         with atomic_dir(out) as tmp:
             generate_synthetic(
                 tmp, syn.seed, n_train_good=syn.n_train_good, n_test_good=syn.n_test_good,
-                n_per_defect=syn.n_per_defect, size=syn.size, categories=categories,
+                n_per_defect=syn.n_per_defect, size=syn.size, categories=wanted,
             )
     elif cfg.dataset == "magnetic_tile":
         source = Path(cfg.data.root) if cfg.data.root else extract(fetch(ARCHIVES["magnetic_tile"], downloads), downloads / "magnetic_tile")

@@ -142,6 +142,10 @@ class Runtime:
     def precision(self) -> str:
         return "fp32" if self.amp_dtype is None else "bf16"
 
+    def autocast(self) -> torch.autocast:
+        """The autocast context the network runs its forward pass in (off under fp32)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
 
 def set_up_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | str = "auto",
                    fp32_depthwise: bool | str = "auto", num_threads: int = 0, *, training: bool) -> Runtime:

@@ -139,13 +139,13 @@ def predict_probabilities(model: Segmenter, images: Images, runtime: Runtime = C
     is padded to a multiple of 32 by repeating its edge (as training crops are,
     :func:`fsds.data.crops.pad_to`) and the padding cut off again; images larger than the
     ``tiling`` size are predicted in overlapping tiles (:func:`tiled`)."""
-    device, amp_dtype = runtime.device, runtime.amp_dtype
+    device = runtime.device
     model.eval()
     shapes = [tuple(int(d) for d in image.shape[-2:]) for image in images]
     out: list[np.ndarray] = [None] * len(shapes)  # type: ignore[list-item]
 
     def probabilities(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with runtime.autocast():
             logits = model(x)
         return torch.sigmoid(logits.float())[:, 0]
 
