@@ -22,6 +22,8 @@ NBR_KINDS = ("none", "cosine", "euclidean")
 SEG_LOSSES = ("bce", "bce_dice", "focal")
 CAP_KINDS = ("none", "plain", "weighted")
 DEVICES = ("auto", "cpu", "cuda")
+MEMORY_USES = ("none", "alone", "late")  # a variant's use of the memory of normal patches
+MEMORY_SAMPLERS = ("coreset", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
 ENCODER_STAGES = 5  # every network's encoder: feature maps at strides 2, 4, 8, 16, 32
 SPLIT_UNITS = ("defect_type", "category")
@@ -171,12 +173,45 @@ class Variant:
     # ("" = the paper's own networks, which also fill Tables II-IV).
     paper: str = ""
     family: str = ""
+    # The memory of normal patches (params.yaml `memory`, built by the memory stage): none; alone (no
+    # training: its map is the prediction); late (the segmenter trained as above, its calibrated map
+    # fused with the memory's: fsds/method/fusion.py)
+    memory: str = "none"
 
     def __post_init__(self) -> None:
         check_choice(self.nbr, NBR_KINDS, "variants.*.nbr")
         check_choice(self.cap, CAP_KINDS, "variants.*.cap")
+        check_choice(self.memory, MEMORY_USES, "variants.*.memory")
+        if self.memory == "alone":
+            check(self.nbr == "none" and self.cap == "none" and not self.seg_loss, "variants.*.memory",
+                  "alone trains nothing: give it nbr: none, cap: none and no seg_loss")
         if self.seg_loss:
             check_choice(self.seg_loss, SEG_LOSSES, "variants.*.seg_loss")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The memory of normal patches (fsds/method/memory.py): built by the memory stage, per category."""
+
+    arch: str  # whose ImageNet encoder makes the patch features (fsds/method/registry.py)
+    strides: tuple[int, ...]  # the encoder maps concatenated into a patch vector
+    grid_stride: int  # the patch grid's stride, input pixels
+    pool: int  # each map averaged over pool x pool neighbours
+    bank_size: int  # patch vectors kept per category
+    sampler: str  # coreset (greedy k-center) | random
+    k: int  # nearest bank vectors a patch's distance averages
+    sigma: float  # Gaussian smoothing of the map, input pixels
+
+    def __post_init__(self) -> None:
+        check(len(self.strides) >= 1 and all(s in (2, 4, 8, 16, 32) for s in self.strides)
+              and list(self.strides) == sorted(set(self.strides)), "memory.strides",
+              f"must be increasing strides out of 2, 4, 8, 16, 32, got {list(self.strides)}")
+        check(self.grid_stride in (2, 4, 8, 16, 32), "memory.grid_stride", "must be one of 2, 4, 8, 16, 32")
+        check(self.pool >= 1 and self.pool % 2 == 1, "memory.pool", "must be an odd number >= 1")
+        check(self.bank_size >= 1, "memory.bank_size", "must be >= 1")
+        check_choice(self.sampler, MEMORY_SAMPLERS, "memory.sampler")
+        check(1 <= self.k <= self.bank_size, "memory.k", "must be in 1..memory.bank_size")
+        check(self.sigma >= 0, "memory.sigma", "must be >= 0 (0: no smoothing)")
 
 
 @dataclass(frozen=True)
@@ -219,6 +254,7 @@ class Config:
     model: ModelConfig
     variants: Mapping[str, Variant]
     profiles: Mapping[str, Profile]
+    memory: MemoryConfig
     predict: PredictConfig
     metrics: MetricsConfig
     mlflow: MlflowConfig

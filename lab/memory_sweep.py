@@ -28,7 +28,8 @@ from fsds.data.datasets import index_dataset
 from fsds.data.images import load_images, working_geometry
 from fsds.data.split import category_split, k_shot_split
 from fsds.engine.device import set_up_runtime
-from fsds.engine.memory_bank import MemorySpec, build_memory, memory_distances
+from fsds.engine.memory_bank import build_memory, memory_distances
+from fsds.method.memory import MemorySpec
 from fsds.evaluation.metrics import evaluate_category
 
 COLUMNS = ["pixel_auroc", "aupro", "iou", "iou_pooled", "dice", "image_auroc_max", "seconds_build", "ms_per_image"]

@@ -15,13 +15,16 @@ per-seed differences from the first setting as markdown (``--summarize FILE`` pr
 already written, e.g. several sweeps appended to one file; ``--base SETTING`` takes the differences
 from another setting, ``--pair-overrides`` pairs runs made with and without ``-S`` overrides,
 ``--metrics`` picks the columns, ``--by-type`` prints per defect type whether the shots showed it or
-not). For results to commit, run a grid (``python -m stages.grid run``): it versions every cell;
+not). Variants with a ``memory`` build it once per split; variants that differ only in their memory
+use share one trained segmenter. For results to commit, run a grid (``python -m stages.grid run``): it versions every cell;
 this is for deciding what is worth a grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -43,25 +46,51 @@ from fsds.method.weights import encoder_weights
 from fsds.pipeline import plan
 from fsds.pipeline.grid import apply_overrides
 from fsds.pipeline.predict import typical_side
-from fsds.pipeline.train import calibrate, category_seed
+from fsds.pipeline.memory import category_memory
+from fsds.pipeline.train import calibrate, category_seed, fuse_late
 from lab.variants import lab_params
 
 SUMMARY = ("iou", "iou_pooled", "dice", "aupro", "pixel_auroc", "image_auroc_max", "iou_cal", "train_seconds")
 
 
-def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str) -> dict[str, Any]:
-    """Train ``variant`` on ``category`` of a split ``table`` and return its test metrics."""
+def segmenter_key(cfg: Config, variant: str) -> tuple:
+    """What decides a variant's trained segmenter (not its memory use or its labels): variants with the
+    same key train the same network (the same seed on the same machine), so a sweep trains it once."""
+    v = dataclasses.replace(cfg.variant(variant), memory="none", label="", paper="", family="")
+    return v, cfg.profile, cfg.shot, cfg.seed
+
+
+def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str,
+            cache: dict | None = None) -> dict[str, Any]:
+    """Train ``variant`` on ``category`` of a split ``table`` and return its test metrics. ``cache`` keeps
+    the memory and the trained segmenters of this split for the variants after it."""
+    cache = {} if cache is None else cache
+    use = cfg.variant(variant).memory
     net = plan.model_of(cfg, variant)
     encoder_state, _ = encoder_weights(net.arch, net.encoder_weights)
     recipe = plan.recipe(cfg, variant, pretrained=encoder_state is not None)
     geometry = category_geometry(table, category, cfg.train.image_size, cfg.train.working_size)
     data = load_train_data(table, category, geometry)
+    memory = None
+    if use != "none":
+        if "memory" not in cache:
+            cache["memory"] = category_memory(cfg, table, category)[0]
+        memory = cache["memory"].memory
     start = time.perf_counter()
-    model, _, _ = train_segmenter(recipe, plan.train_runtime(cfg), data, seed=category_seed(cfg.seed, category),
-                                  encoder_state=encoder_state,
-                                  progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
+    key = segmenter_key(cfg, variant)
+    if use == "alone":
+        model = memory
+    elif key in cache:
+        model = copy.deepcopy(cache[key])
+    else:
+        model, _, _ = train_segmenter(recipe, plan.train_runtime(cfg), data, seed=category_seed(cfg.seed, category),
+                                      encoder_state=encoder_state,
+                                      progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
+        cache[key] = copy.deepcopy(model)
     seconds = time.perf_counter() - start
     runtime, tiling = plan.predict_runtime(cfg), plan.tiling(cfg)
+    if use == "late":
+        model = fuse_late(cfg, model, memory, table, category, geometry, runtime, tiling)
     calibration = calibrate(cfg, model, table, category, geometry, runtime, tiling)  # as the train stage, before folding
     test = category_split(table, category)["test"]  # predicted as the predict stage does
     probs, _ = predict_category(inference_model(model, runtime.channels_last), test, geometry, cfg.metrics.threshold,
@@ -88,11 +117,12 @@ def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Seque
                                                           "methods": list(variants), "train.eval_every": 0}))
                 plan.check(cfg, variants)
                 table = k_shot_split(index, shot, seed, cfg.split.unit, cfg.split.calibration_normals)
+                cache: dict = {}
                 for variant in variants:
                     row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
                            "shot": shot, "seed": seed, "overrides": " ".join(overrides),
                            "calibration_normals": cfg.split.calibration_normals,
-                           **run_one(cfg, table, category, variant)}
+                           **run_one(cfg, table, category, variant, cache)}
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     rows.append(row)

@@ -100,9 +100,10 @@ def test_a_missing_key_is_an_error_that_names_it(key):
 
 
 def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
-    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss``, ``label``, ``paper`` and
-    ``family`` may be left out (meaning: model.arch, model.encoder_weights, train.seg_loss, the id,
-    beyond the paper's methods, the paper's own networks), and a profile's ``working_size``
+    """Only a variant's optional ``arch``, ``encoder_weights``, ``seg_loss``, ``label``, ``paper``,
+    ``family`` and ``memory`` may be left out (meaning: model.arch, model.encoder_weights,
+    train.seg_loss, the id, beyond the paper's methods, the paper's own networks, no memory of normal
+    patches), and a profile's ``working_size``
     (meaning: whole images squashed, as the paper)."""
     import dataclasses
 
@@ -114,7 +115,7 @@ def test_no_config_dataclass_has_a_default_that_params_yaml_could_contradict():
             optional |= {f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
                          if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     assert optional == {"Variant.arch", "Variant.encoder_weights", "Variant.label", "Variant.seg_loss",
-                        "Variant.paper", "Variant.family", "Profile.working_size"}
+                        "Variant.paper", "Variant.family", "Variant.memory", "Profile.working_size"}
 
 
 def test_unknown_variant_lists_the_known_ones(tiny_config):
@@ -163,7 +164,7 @@ def test_a_variant_takes_its_own_network_and_weights_or_models():
     assert plan.model_of(cfg, "ArchOnly") == ModelConfig("lite0_unet", "none")
     assert plan.model_of(cfg, "Plain") == ModelConfig("unet", "none")
     assert [plan.recipe(cfg, name, pretrained=False).arch for name in variants] == ["ternausnet11", "lite0_unet", "unet"]
-    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, family, label, nbr, paper, seg_loss$"):
+    with pytest.raises(ConfigError, match=r"^variants\.Bad\.weights: unknown key; allowed keys: arch, cap, encoder_weights, family, label, memory, nbr, paper, seg_loss$"):
         parse_config(params_with({"variants": {"Bad": {"nbr": "none", "cap": "none", "weights": "imagenet"}}}))
 
 

@@ -46,7 +46,7 @@ def test_working_geometry_scales_the_largest_training_image_to_the_working_size_
 
 def test_profile_working_size_below_the_crop_is_rejected_by_name():
     with pytest.raises(ConfigError, match=r"working_size: must be 0 .* at least image_size \(128\)"):
-        make_config({"profiles": {"fast": {"image_size": 128, "iterations": 3, "lr": 1e-3, "working_size": 64}}})
+        make_config({"profiles": {"fast256": {"image_size": 128, "iterations": 3, "lr": 1e-3, "working_size": 64}}})
     with pytest.raises(ConfigError, match=r"^train\.defect_crop_fraction: must be in \[0, 1\]"):
         make_config({"train": {"defect_crop_fraction": 1.5}})
 

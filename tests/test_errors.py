@@ -39,7 +39,7 @@ def test_shot_zero(tmp_path):
 
 
 def test_an_image_size_that_is_no_multiple_of_32(tmp_path):
-    proc = stage(tmp_path, {"profiles": {"fast": {"image_size": 100}}}, "stages.train", "data/split.csv",
+    proc = stage(tmp_path, {"profiles": {"fast256": {"image_size": 100}}}, "stages.train", "data/split.csv",
                  "data/models/B", "--variant", "B")
     assert_plain_error(proc, "profiles.*.image_size: must be a positive multiple of 32")
 

@@ -143,7 +143,8 @@ def test_a_checkpoint_keeps_its_format_network_geometry_and_threshold(tmp_path):
     model = build_model("unet")
     save_checkpoint(tmp_path / "u.pt", model, InputGeometry(64, 0.5), 0.3, encoder_weights="none", config={}, iteration=1)
     loaded = load_checkpoint(tmp_path / "u.pt")
-    assert set(loaded.state) == {"format", "model", "network", "input", "threshold", "config", "iteration"}
+    assert set(loaded.state) == {"format", "model", "network", "memory", "input", "threshold", "config", "iteration"}
+    assert loaded.state["memory"] is None  # a segmenter alone (tests/test_fusion.py: with the memory)
     assert loaded.state["format"] == FORMAT and loaded.state["network"] == {"arch": "unet", "encoder_weights": "none"}
     assert loaded.model.arch == "unet" and type(loaded.model.decoder).__name__ == "UNetDecoder"  # its fixed widths
     assert loaded.geometry == InputGeometry(64, 0.5) and loaded.threshold == 0.3
@@ -153,10 +154,10 @@ def test_a_checkpoint_keeps_its_format_network_geometry_and_threshold(tmp_path):
         assert torch.equal(loaded.model(x), model.eval()(x))
 
 
-@pytest.mark.parametrize("format_key", [{}, {"format": 1}, {"format": 3}])
+@pytest.mark.parametrize("format_key", [{}, {"format": 1}, {"format": 2}, {"format": 4}])
 def test_a_checkpoint_of_another_format_is_refused_naming_its_format(tmp_path, format_key):
-    """A checkpoint from before the network registry (no ``format``: format 1, with ``model_args``)
-    or from a later fsds is refused, never read with guesses."""
+    """A checkpoint from before the network registry (no ``format``: format 1, with ``model_args``),
+    from before the memory (2) or from a later fsds is refused, never read with guesses."""
     from fsds.engine.checkpoint import FORMAT, load_checkpoint
     from fsds.errors import InputError
 

@@ -15,12 +15,14 @@ import yaml
 from tests.conftest import run, tiny_repo
 
 TINY = {
-    "data": {"synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64}},
+    "data": {"synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64,
+                           "categories": ["fabric", "washer"]}},
+    "memory": {"bank_size": 200},
     "split": {"calibration_normals": 2},  # of 6
-    "profiles": {"fast": {"image_size": 64, "iterations": 4}},
+    "profiles": {"fast256": {"image_size": 64, "iterations": 4}},
     "train": {"log_every": 2, "eval_every": 2, "eval_images": 2},
     # Table V, a benchmark network (Table II) and the default's pretrained network (its own arch and weights)
-    "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet", "L0_B_NBR_CaP"],
+    "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet", "L0_B_NBR_CaP", "Memory", "L0_B_NBR_CaP_Memory"],
 }
 METHODS = TINY["methods"]
 
@@ -66,9 +68,17 @@ def test_repro_writes_metrics_for_every_variant(repo_copy):
     assert iou_mean in report
     assert "| U-Net | 31,037,633 |" in report  # parameter count of the compact U-Net
     loss = pd.read_csv(dest / "reports" / "plots" / "train_loss.csv")
-    assert list(loss.columns) == ["iteration", *METHODS] and len(loss) == 4
+    trained = [m for m in METHODS if m != "Memory"]  # the memory alone trains nothing: no loss, no probe
+    assert list(loss.columns) == ["iteration", *trained] and len(loss) == 4
     probe = pd.read_csv(dest / "reports" / "plots" / "probe_iou.csv")
-    assert probe["iteration"].tolist() == [2, 4] and probe[METHODS].notna().all().all()
+    assert probe["iteration"].tolist() == [2, 4] and probe[trained].notna().all().all()
+    # the memory's map puts its calibrated threshold at 0.5; fused, the checkpoint says how
+    assert abs(metrics["Memory"]["mean"]["threshold_cal"] - 0.5) < 0.05
+    memory = torch.load(dest / "data" / "memory" / "washer.pt", weights_only=False)
+    fused = torch.load(dest / "data" / "models" / "L0_B_NBR_CaP_Memory" / "washer.pt", weights_only=False)
+    assert fused["memory"]["use"] == "late" and fused["memory"]["layout"] == memory["layout"]
+    assert torch.equal(fused["model"]["memory.bank"], memory["state"]["bank"])
+    assert set(memory["images"]).isdisjoint(pd.read_csv(dest / "data" / "split.csv").query("split != 'train_normal'")["image"])
     roc = pd.read_csv(dest / "reports" / "plots" / "roc.csv")
     assert roc["fpr"].iloc[0] == 0.0 and roc["fpr"].iloc[-1] == 1.0
     for name in ("roc", "probe_iou", "qualitative", "cap_examples"):
@@ -131,17 +141,21 @@ def test_mlflow_holds_one_run_per_variant_and_category(repo_copy):
         (v, c) for v in METHODS for c in ("fabric", "washer")
     )
     for run in runs:
+        variant = run.data.tags["variant"]
         assert run.info.status == "FINISHED"
         assert {"shot", "seed", "git_commit"} <= set(run.data.tags)
         assert run.data.params["train.iterations"] == "4"
-        assert {"loss", "seg", "nbr", "probe_iou", "test_iou", "test_dice"} <= set(run.data.metrics)
-        assert len(client.get_metric_history(run.info.run_id, "probe_iou")) == 2  # Fig. 9 in MLflow
-        arch = {"UNet": "unet", "L0_B_NBR_CaP": "lite0_unet"}.get(run.data.tags["variant"], "albunet34")
+        assert run.data.tags["memory"] == {"Memory": "alone", "L0_B_NBR_CaP_Memory": "late"}.get(variant, "none")
+        assert {"test_iou", "test_dice", "calibrated_threshold"} <= set(run.data.metrics)
+        trained = variant != "Memory"  # the memory alone trains nothing
+        assert ({"loss", "seg", "nbr", "probe_iou"} <= set(run.data.metrics)) == trained
+        assert len(client.get_metric_history(run.info.run_id, "probe_iou")) == (2 if trained else 0)  # Fig. 9
+        arch = {"UNet": "unet"}.get(variant, "lite0_unet" if variant.startswith(("L0_", "Memory")) else "albunet34")
         assert run.data.tags["arch"] == arch
-        pretrained = run.data.tags["variant"] == "L0_B_NBR_CaP"
+        pretrained = arch == "lite0_unet"
         assert run.data.tags["encoder_weights"].startswith("imagenet (" if pretrained else "none")
         assert run.data.params["model.encoder_weights"] == ("imagenet" if pretrained else "none")
-        assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == (4 if trained else 0)
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model"]  # the MLflow PyTorch model
         assert "model/MLmodel" in [a.path for a in client.list_artifacts(run.info.run_id, "model")]
 

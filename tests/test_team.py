@@ -23,7 +23,7 @@ from tests.conftest import run, tiny_repo
 TINY = {
     "data": {"synthetic": {"n_train_good": 6, "n_test_good": 3, "n_per_defect": 3, "size": 64}, "categories": ["fabric"]},
     "split": {"calibration_normals": 2},  # of 6
-    "profiles": {"fast": {"image_size": 64, "iterations": 3}},
+    "profiles": {"fast256": {"image_size": 64, "iterations": 3}},
     "train": {"eval_every": 0, "precision": "fp32"},  # fp32 everywhere: predictions comparable across processes
     "methods": ["B", "B_NBR_CaP"],
 }

@@ -19,22 +19,44 @@ import torch
 from fsds.data.images import InputGeometry
 from fsds.errors import InputError, MissingFileError
 from fsds.io import atomic_path
+from fsds.method.fusion import LateFusion
+from fsds.method.memory import NormalMemory, empty_memory
 from fsds.method.networks import Segmenter, build_model
 
-FORMAT = 2  # 1: before the network registry (model_args, input_stats, geometry inside the config)
+Model = Segmenter | NormalMemory | LateFusion  # each takes normalised images (its input_stats) to logits
+
+
+def memory_use(model: Model) -> str:
+    """What ``model`` is (a variant's ``memory``): a segmenter (none), a memory (alone), their fusion (late)."""
+    return "alone" if isinstance(model, NormalMemory) else "late" if isinstance(model, LateFusion) else "none"
+
+
+def _memory_of(model: Model) -> NormalMemory | None:
+    return model if isinstance(model, NormalMemory) else model.memory if isinstance(model, LateFusion) else None
+
+
+def rebuild(network: dict[str, Any], memory: dict[str, Any] | None) -> Model:
+    """The empty model a checkpoint's ``network`` and ``memory`` describe, for its state dict to fill."""
+    use = (memory or {}).get("use", "none")
+    if use == "alone":
+        return empty_memory(memory["layout"])
+    segmenter = build_model(network["arch"])
+    return LateFusion(segmenter, empty_memory(memory["layout"])) if use == "late" else segmenter
+
+FORMAT = 3  # 1: before the network registry (model_args, input_stats, geometry inside the config); 2: no memory
 
 
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the network (eval mode) and what it needs to be used."""
 
-    model: Segmenter
+    model: Model  # a segmenter, a memory of normal patches, or their fusion (``state["memory"]["use"]``)
     geometry: InputGeometry  # how an image becomes its input (squashed, or a working scale)
     threshold: float  # its calibrated threshold, else the metrics.threshold it was trained with
     state: dict[str, Any]  # the whole file: config (the params it was trained with), iteration, calibration, ...
 
 
-def save_checkpoint(path: str | Path, model: Segmenter, geometry: InputGeometry, threshold: float, *,
+def save_checkpoint(path: str | Path, model: Model, geometry: InputGeometry, threshold: float, *,
                     encoder_weights: str, config: dict[str, Any], iteration: int,
                     extra: dict[str, Any] | None = None, optimizer: torch.optim.Optimizer | None = None) -> None:
     """What rebuilds the model (and, given the ``optimizer``, continues training it), written atomically.
@@ -46,6 +68,7 @@ def save_checkpoint(path: str | Path, model: Segmenter, geometry: InputGeometry,
         "format": FORMAT,
         "model": model.state_dict(),
         "network": {"arch": model.arch, "encoder_weights": encoder_weights},
+        "memory": {"use": memory_use(model), "layout": _memory_of(model).layout()} if _memory_of(model) is not None else None,
         "input": geometry.to_dict(),
         "threshold": float(threshold),
         "config": config,
@@ -71,7 +94,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     if found != FORMAT:
         raise InputError(f"checkpoint {path} has format {found}; this fsds reads format {FORMAT}. "
                          "Train it again with this version (dvc repro), or use the fsds it was made with")
-    model = build_model(state["network"]["arch"])
+    model = rebuild(state["network"], state.get("memory"))
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return Checkpoint(model, InputGeometry(**state["input"]), float(state["threshold"]), state)

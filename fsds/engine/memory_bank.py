@@ -5,7 +5,8 @@ normals."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,29 +16,12 @@ from fsds.data.crops import pad_to
 from fsds.data.images import Images, InputStats, normalize
 from fsds.engine.device import Runtime
 from fsds.engine.prediction import CPU
-from fsds.method.memory import NormalMemory, calibrated_distance, greedy_coreset
+from fsds.data.images import InputGeometry
+from fsds.errors import InputError, MissingFileError
+from fsds.io import atomic_path
+from fsds.method.memory import MemorySpec, NormalMemory, calibrated_distance, greedy_coreset, empty_memory
 from fsds.method.networks import build_model
 from fsds.method.weights import encoder_weights
-
-SAMPLERS = ("coreset", "random")
-
-
-@dataclass(frozen=True)
-class MemorySpec:
-    """How a memory is built, every value resolved (params.yaml ``memory``)."""
-
-    arch: str  # the network whose pretrained encoder makes the features (fsds.method.registry)
-    strides: tuple[int, ...]  # the encoder maps the patch vectors concatenate, e.g. (4, 8)
-    grid_stride: int  # the patch grid's stride in input pixels
-    pool: int  # neighbourhood each map is averaged over
-    bank_size: int  # patch vectors kept
-    sampler: str  # coreset (greedy k-center) | random
-    k: int  # nearest bank vectors a patch's distance averages
-    sigma: float  # Gaussian smoothing of the map, input pixels
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def pretrained_encoder(arch: str) -> tuple[torch.nn.Module, InputStats]:
     """The ImageNet encoder of network ``arch`` (its registry entry says where the weights are) and the
@@ -47,11 +31,6 @@ def pretrained_encoder(arch: str) -> tuple[torch.nn.Module, InputStats]:
         raise ValueError(f"memory.arch: {arch} has no ImageNet encoder ({source}); the memory needs pretrained features")
     model = build_model(arch, state)
     return model.encoder.eval(), model.input_stats
-
-
-def empty_memory(spec: MemorySpec, encoder: torch.nn.Module, stats: InputStats, channels: int) -> NormalMemory:
-    return NormalMemory(encoder, stats, spec.strides, torch.zeros(1, channels), 1.0, grid_stride=spec.grid_stride,
-                        pool=spec.pool, k=spec.k, sigma=spec.sigma)
 
 
 def _inputs(memory: NormalMemory, images: Images, runtime: Runtime, batch_size: int, desc: str):
@@ -101,25 +80,25 @@ def build_memory(spec: MemorySpec, normals: Images, calibration: Images, seed: i
                  runtime: Runtime = CPU, batch_size: int = 8, desc: str = "memory") -> BuiltMemory:
     """A category's memory: the patch vectors of its ``normals`` (the normal training images, never
     a calibration or test image), ``spec.bank_size`` of them kept, and the distance that at most
-    ``max_fpr`` of the ``calibration`` normals' pixels reach as its threshold."""
+    ``max_fpr`` of the ``calibration`` normals' pixels reach as its threshold (without calibration
+    images: none, ``info["threshold"]`` None, and the memory must not be used as a model)."""
     if not len(normals):
         raise ValueError("the memory needs at least one normal training image")
-    if not len(calibration):
-        raise ValueError("the memory's threshold needs held-out normal images (split.calibration_normals >= 1)")
     started = time.perf_counter()
     encoder, stats = pretrained_encoder(spec.arch)
-    probe = empty_memory(spec, encoder, stats, 1)
+    probe = NormalMemory(encoder, stats, spec.strides, torch.zeros(1, 1), grid_stride=spec.grid_stride, pool=spec.pool)
     vectors = patch_vectors(probe, normals, runtime, batch_size, desc=f"{desc} patches")
     featured = time.perf_counter()
     bank = choose_bank(vectors, spec, seed)
     chosen = time.perf_counter()
     memory = NormalMemory(encoder, stats, spec.strides, bank, 1.0, grid_stride=spec.grid_stride, pool=spec.pool,
-                          k=spec.k, sigma=spec.sigma)
-    distances = memory_distances(memory, calibration, runtime, batch_size)
-    memory.threshold.fill_(calibrated_distance(distances, max_fpr))
+                          k=spec.k, sigma=spec.sigma, arch=spec.arch)
+    if len(calibration):
+        distances = memory_distances(memory, calibration, runtime, batch_size)
+        memory.threshold.fill_(calibrated_distance(distances, max_fpr))
     done = time.perf_counter()
     info = {"normals": len(normals), "patches": len(vectors), "bank": len(bank), "calibration_images": len(calibration),
-            "threshold": float(memory.threshold), "seconds_features": featured - started,
+            "threshold": float(memory.threshold) if len(calibration) else None, "seconds_features": featured - started,
             "seconds_bank": chosen - featured, "seconds_calibration": done - chosen, "seconds": done - started}
     return BuiltMemory(memory.cpu(), info)
 
@@ -135,3 +114,32 @@ def memory_distances(memory: NormalMemory, images: Images, runtime: Runtime = CP
             d = memory.distances(x)
         out.extend(d[:, 0, :h, :w].float().cpu())
     return out
+
+
+MEMORY_FORMAT = 1
+
+
+def save_memory(path: str | Path, built: BuiltMemory, spec: MemorySpec, geometry: InputGeometry,
+                extra: dict[str, Any] | None = None) -> None:
+    """A category's memory as the memory stage's output, written atomically: its bank, threshold and
+    encoder weights (the state dict), how it was built (``spec``) and the input geometry it takes."""
+    state = {"format": MEMORY_FORMAT, "kind": "fsds-memory", "spec": spec.to_dict(), "input": geometry.to_dict(),
+             "layout": built.memory.layout(), "state": built.memory.state_dict(), "info": built.info, **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_memory(path: str | Path) -> tuple[NormalMemory, InputGeometry, dict[str, Any]]:
+    """A memory written by :func:`save_memory`, in eval mode on the CPU, its geometry and the whole file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"memory {path} not found; run the memory stage first (dvc repro memory)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("kind") != "fsds-memory":
+        raise InputError(f"{path} is not a memory of the memory stage; give data/memory/<category>.pt")
+    if state.get("format") != MEMORY_FORMAT:
+        raise InputError(f"memory {path} has format {state.get('format')}; this fsds reads {MEMORY_FORMAT}: "
+                         "build it again (dvc repro memory)")
+    memory = empty_memory(state["layout"])
+    memory.load_state_dict(state["state"])
+    return memory.eval(), InputGeometry(**state["input"]), state

@@ -54,11 +54,13 @@ def fold_batch_norms(module: nn.Module, pairs: FoldPairs) -> int:
     return folded
 
 
-def inference_model(model: Segmenter, channels_last: bool = False) -> Segmenter:
+def inference_model(model: nn.Module, channels_last: bool = False) -> nn.Module:
     """The trained model made fast for prediction, in place: eval mode, batch norms folded into
-    their convolutions, channels-last if asked (lab/findings/benchmark.md measures both)."""
+    their convolutions, channels-last if asked (lab/findings/benchmark.md measures both). Each part
+    that names its network (``arch``: a segmenter, a memory's encoder) folds by its registry entry."""
     model.eval()
-    fold_batch_norms(model, network(model.arch).folds)
+    for part in [m for m in model.modules() if getattr(m, "arch", "")]:
+        fold_batch_norms(part, network(part.arch).folds)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

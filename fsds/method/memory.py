@@ -17,15 +17,34 @@ with it. Distances are always computed in fp32, also under a bf16 runtime.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fsds.data.images import InputStats
+from fsds.method.registry import network
 
 EPS = 1e-6  # the smallest distance the logit takes (log(0) would be -inf)
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """How a memory is built, every value resolved (params.yaml ``memory``)."""
+
+    arch: str  # the network whose pretrained encoder makes the features (fsds.method.registry)
+    strides: tuple[int, ...]  # the encoder maps the patch vectors concatenate, e.g. (4, 8)
+    grid_stride: int  # the patch grid's stride in input pixels
+    pool: int  # neighbourhood each map is averaged over
+    bank_size: int  # patch vectors kept
+    sampler: str  # coreset (greedy k-center) | random
+    k: int  # nearest bank vectors a patch's distance averages
+    sigma: float  # Gaussian smoothing of the map, input pixels
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def stride_index(stride: int) -> int:
@@ -62,7 +81,9 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chu
     bank = bank.float()
     bank_sq = (bank * bank).sum(1)
     out = []
-    for part in queries.float().split(chunk):
+    # Exported (ONNX), in one piece: a loop over chunks would fix the batch size into the graph.
+    parts = [queries.float()] if torch.compiler.is_exporting() else queries.float().split(chunk)
+    for part in parts:
         # Which are nearest: |q - b|^2 = |q|^2 - 2 q.b + |b|^2, one matrix product per chunk (|q|^2 is
         # the same for a row, so it is left out); how near: the difference itself, exact where the
         # expansion would round (a patch equal to a bank vector is at 0, not at sqrt(rounding error)).
@@ -140,8 +161,10 @@ class NormalMemory(nn.Module):
     pixel, ``(B, 1, H, W)`` for normalised images ``(B, 3, H, W)`` (``input_stats``)."""
 
     def __init__(self, encoder: nn.Module, input_stats: InputStats, strides: Sequence[int], bank: torch.Tensor,
-                 threshold: float = 1.0, *, grid_stride: int, pool: int = 3, k: int = 1, sigma: float = 4.0) -> None:
+                 threshold: float = 1.0, *, grid_stride: int, pool: int = 3, k: int = 1, sigma: float = 4.0,
+                 arch: str = "") -> None:
         super().__init__()
+        self.arch = arch  # the encoder's network in fsds.method.registry ("" for a stand-in encoder)
         self.encoder = encoder.eval().requires_grad_(False)
         self.input_stats = input_stats
         self.strides = tuple(int(s) for s in strides)
@@ -155,6 +178,11 @@ class NormalMemory(nn.Module):
         self.pool, self.k, self.sigma = int(pool), int(k), float(sigma)
         self.register_buffer("bank", bank.float().contiguous())
         self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+    def layout(self) -> dict[str, Any]:
+        """What rebuilds this memory around its state dict (:func:`empty_memory`)."""
+        return {"arch": self.arch, "strides": list(self.strides), "grid_stride": self.grid_stride, "pool": self.pool,
+                "k": self.k, "sigma": self.sigma, "bank_shape": list(self.bank.shape)}
 
     def train(self, mode: bool = True) -> "NormalMemory":
         super().train(mode)
@@ -180,3 +208,14 @@ class NormalMemory(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log(self.distances(x).clamp_min(EPS) / self.threshold)
+
+
+
+def empty_memory(layout: dict[str, Any]) -> NormalMemory:
+    """A memory of ``layout`` (:meth:`NormalMemory.layout`) with random encoder weights and a zero bank,
+    for a state dict to fill: how a stored memory is rebuilt."""
+    entry = network(layout["arch"], "memory.arch")
+    encoder, _, _ = entry.parts()
+    return NormalMemory(encoder, entry.input_stats, layout["strides"], torch.zeros(layout["bank_shape"]), 1.0,
+                        grid_stride=layout["grid_stride"], pool=layout["pool"], k=layout["k"], sigma=layout["sigma"],
+                        arch=layout["arch"])

@@ -22,9 +22,13 @@ from fsds.engine.checkpoint import save_checkpoint
 from fsds.engine.device import Runtime
 from fsds.engine.prediction import Tiling, inference_model, predict_probabilities
 from fsds.engine.resume import ResumeStore, fingerprint
+from fsds.engine.memory_bank import load_memory
 from fsds.engine.training import train_segmenter
+from fsds.errors import InputError
 from fsds.evaluation.threshold import Calibration, calibrate_threshold
 from fsds.io import atomic_dir, write_json
+from fsds.method.fusion import LateFusion, logit
+from fsds.method.memory import NormalMemory
 from fsds.method.networks import Segmenter
 from fsds.method.weights import encoder_weights
 from fsds.pipeline import plan
@@ -60,13 +64,36 @@ def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str,
     return found
 
 
+def fuse_late(cfg: Config, segmenter: Segmenter, memory: NormalMemory, table: pd.DataFrame, category: str,
+              geometry: InputGeometry, runtime: Runtime, tiling: Tiling) -> LateFusion:
+    """The segmenter and the memory as one model (:mod:`fsds.method.fusion`), the segmenter's logits
+    counted from its own calibrated threshold (``metrics.threshold`` where the split held no normals out)."""
+    alone = calibrate(cfg, segmenter, table, category, geometry, runtime, tiling)
+    return LateFusion(segmenter, memory, logit(alone.threshold if alone else cfg.metrics.threshold))
+
+
+def category_memory(memory_dir: str | Path | None, category: str, geometry: InputGeometry) -> NormalMemory:
+    """The memory stage's memory of ``category``, which must take the segmenter's input ``geometry``."""
+    if memory_dir is None:
+        raise InputError("this variant uses the memory of normal patches: give the memory stage's folder (--memory)")
+    memory, built_for, state = load_memory(Path(memory_dir) / f"{category}.pt")
+    if state["info"]["threshold"] is None:
+        raise InputError(f"the memory of {category} has no threshold: the split held no normal images out. Set "
+                         "split.calibration_normals >= 1 for variants that use the memory")
+    if built_for != geometry:
+        raise InputError(f"the memory of {category} was built for input {built_for}, the variant trains at {geometry}: "
+                         "re-run the memory stage (dvc repro memory)")
+    return memory
+
+
 def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: str | Path, tracker: Tracker,
-                  resume_dir: str | Path | None = None) -> None:
+                  resume_dir: str | Path | None = None, memory_dir: str | Path | None = None) -> None:
     """Train one model per category for one variant; write ``<category>.pt``, ``<category>_history.csv``
     and ``runs.json`` (the MLflow run of each category) into ``out_dir`` atomically.
 
     With a ``resume_dir``, each category's training keeps a snapshot there (see :mod:`fsds.engine.resume`)
-    and a killed run continues from it; the snapshots are removed once ``out_dir`` is complete.
+    and a killed run continues from it; the snapshots are removed once ``out_dir`` is complete. A
+    variant with a ``memory`` takes each category's from ``memory_dir`` (the memory stage's output).
     """
 
     variant = cfg.variant(variant_name)
@@ -101,6 +128,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 probe = load_probe(table, category, geometry, cfg.train.eval_images, cfg.seed)
             tags = {"variant": variant_name, "category": category, "shot": cfg.shot, "seed": cfg.seed,
                     "git_commit": commit, "nbr": variant.nbr, "cap": variant.cap, "seg_loss": recipe.seg_loss,
+                    "memory": variant.memory,
                     "arch": recipe.arch,
                     "dataset": cfg.dataset, "encoder_weights": weights_source, "profile": cfg.profile}
             params = {**config,
@@ -125,11 +153,17 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 store.save(path, {**state, "mlflow_run_id": run_id, "seconds": earlier + time.perf_counter() - start})
 
             try:
-                model, _, history = train_segmenter(
-                    recipe, runtime, data, seed=category_seed(cfg.seed, category), encoder_state=encoder_state,
-                    on_log=log, progress_desc=f"{variant_name}/{category}", probe=probe, resume_state=resumed,
-                    on_checkpoint=keep if snapshot is not None else None,
-                )
+                memory = category_memory(memory_dir, category, geometry) if variant.memory != "none" else None
+                if variant.memory == "alone":  # nothing to train: the memory is the model
+                    model, history = memory, pd.DataFrame(columns=["iteration", "loss", "seg", "nbr", "lambda", "probe_iou"])
+                else:
+                    model, _, history = train_segmenter(
+                        recipe, runtime, data, seed=category_seed(cfg.seed, category), encoder_state=encoder_state,
+                        on_log=log, progress_desc=f"{variant_name}/{category}", probe=probe, resume_state=resumed,
+                        on_checkpoint=keep if snapshot is not None else None,
+                    )
+                if variant.memory == "late":
+                    model = fuse_late(cfg, model, memory, table, category, geometry, predict_runtime, tiling)
                 calibration = calibrate(cfg, model, table, category, geometry, predict_runtime, tiling)
                 threshold = calibration.threshold if calibration else cfg.metrics.threshold
                 ckpt = tmp / f"{category}.pt"

@@ -105,3 +105,30 @@ def test_pair_overrides_pairs_runs_made_with_and_without_an_override(tmp_path, c
     assert "| fabric | 1 | B fast train.augment=false | 0.001 | 2 | 0.2750 (0.0354) |" in printed
     difference = [x for x in printed.splitlines() if "| B fast train.augment=false - B fast |" in x]
     assert len(difference) == 1 and difference[0].split("|")[5].strip() == "+0.1250 (0.0354)"  # 0.15 and 0.10
+
+
+def test_memory_variants_build_the_memory_once_and_share_the_trained_segmenter(tiny_root, tmp_path, monkeypatch):
+    """B, the memory alone and B fused with it: one training (the fused variant reuses B's network),
+    one memory, and the fused model differs from both."""
+    from lab import sweep
+
+    raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-3}},
+                       "memory": {"strides": [8, 16], "bank_size": 50},
+                       "variants": {"B": {"arch": "lite0_unet", "encoder_weights": "imagenet", "nbr": "none", "cap": "none"},
+                                    "M": {"arch": "lite0_unet", "encoder_weights": "imagenet", "nbr": "none", "cap": "none",
+                                          "memory": "alone"},
+                                    "BM": {"arch": "lite0_unet", "encoder_weights": "imagenet", "nbr": "none", "cap": "none",
+                                           "memory": "late"}}})
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(raw))
+    trainings, memories = [], []
+    train, build = sweep.train_segmenter, sweep.category_memory
+    monkeypatch.setattr(sweep, "train_segmenter", lambda *a, **k: trainings.append(1) or train(*a, **k))
+    monkeypatch.setattr(sweep, "category_memory", lambda *a, **k: memories.append(1) or build(*a, **k))
+    out = tmp_path / "sweep.jsonl"
+    main([str(tiny_root), "fabric", "--variant", "B", "M", "BM", "--profiles", "a", "--seeds", "0",
+          "--params", str(params), "--out", str(out), "-S", "split.calibration_normals=2"])
+    rows = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(trainings) == 1 and len(memories) == 1
+    assert set(rows) == {"B", "M", "BM"} and all(0 <= r["pixel_auroc"] <= 1 for r in rows.values())
+    assert rows["BM"]["pixel_auroc"] not in (rows["B"]["pixel_auroc"], rows["M"]["pixel_auroc"])

@@ -1,0 +1,134 @@
+"""The memory as a model: late fusion with the segmenter, checkpoints that carry the bank, and the
+deployed model (fsds predict, MLflow, ONNX) computing what the predict stage computes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fsds.data.images import InputGeometry, InputStats, normalize
+from fsds.deploy.cli import main
+from fsds.deploy.model import deployed_from_checkpoint
+from fsds.deploy.onnx_export import ONNX_TOLERANCE
+from fsds.engine.checkpoint import load_checkpoint, memory_use, save_checkpoint
+from fsds.engine.prediction import inference_model, predict_probabilities
+from fsds.method.fusion import LateFusion, logit
+from fsds.method.memory import NormalMemory, empty_memory
+from fsds.method.networks import build_model
+from fsds.method.registry import IMAGENET, SIGNED
+
+
+class ConstantSegmenter(nn.Module):
+    """A stand-in segmenter: the same logit everywhere, and a record of its last input."""
+
+    arch = ""
+
+    def __init__(self, value: float, stats: InputStats = SIGNED) -> None:
+        super().__init__()
+        self.value, self.input_stats, self.seen = value, stats, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x
+        return torch.full((x.shape[0], 1, *x.shape[-2:]), self.value)
+
+
+class RecordingMemory(nn.Module):
+    """A stand-in memory: a given logit map, and a record of its last input."""
+
+    input_stats = SIGNED
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits, self.seen = logits, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x
+        return self.logits
+
+
+def test_late_fusion_takes_the_larger_calibrated_logit():
+    """Calibrated, not raw: the segmenter's logit counts from its calibrated threshold (offset), the
+    memory's from its own (0), and a pixel is defective when either reaches its threshold."""
+    memory_logits = torch.tensor([[[[-3.0, 0.5], [2.0, -1.0]]]])
+    fused = LateFusion(ConstantSegmenter(1.0), RecordingMemory(memory_logits), offset=logit(0.8))
+    out = fused(torch.zeros(1, 3, 2, 2))
+    seg = 1.0 - math.log(0.8 / 0.2)  # the segmenter's p = sigmoid(1) = 0.73 is below its threshold 0.8
+    assert torch.allclose(out, torch.tensor([[[[seg, 0.5], [2.0, seg]]]]))
+    assert (torch.sigmoid(out) >= 0.5).sum() == 2  # only where the memory calls it
+    assert logit(1.0) == 20.0 and logit(0.0) == -20.0  # a threshold at 0 or 1 is clipped, not infinite
+
+
+def test_late_fusion_gives_the_memory_the_image_in_its_own_statistics():
+    segmenter, memory = ConstantSegmenter(0.0, IMAGENET), RecordingMemory(torch.zeros(1, 1, 8, 8))
+    raw = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    LateFusion(segmenter, memory)(normalize(raw, IMAGENET))
+    assert torch.allclose(segmenter.seen, normalize(raw, IMAGENET), atol=1e-5)
+    assert torch.allclose(memory.seen, normalize(raw, SIGNED), atol=1e-5)
+
+
+def _memory(seed: int = 0) -> NormalMemory:
+    """A Lite0 memory (random encoder weights, a random bank) at strides 8 and 16."""
+    torch.manual_seed(seed)
+    layout = {"arch": "lite0_unet", "strides": [8, 16], "grid_stride": 8, "pool": 3, "k": 1, "sigma": 2.0,
+              "bank_shape": [64, 40 + 112]}
+    memory = empty_memory(layout)
+    with torch.no_grad():
+        x = normalize(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8), SIGNED)
+        feats = memory.features(x)
+        memory.bank.copy_(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])[:64])
+        memory.threshold.fill_(float(memory.distances(x + 0.5).median()))
+    return memory.eval()
+
+
+def _model(use: str) -> nn.Module:
+    if use == "alone":
+        return _memory()
+    torch.manual_seed(1)
+    return LateFusion(build_model("lite0_unet").eval(), _memory(), offset=0.7)
+
+
+@pytest.mark.parametrize("use", ["alone", "late"])
+def test_a_checkpoint_carries_the_bank_and_rebuilds_the_same_model(tmp_path, use):
+    model = _model(use)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, InputGeometry(64), 0.4, encoder_weights="imagenet", config={}, iteration=0)
+    loaded = load_checkpoint(path)
+    assert memory_use(loaded.model) == use and loaded.state["memory"]["use"] == use
+    memory = loaded.model if use == "alone" else loaded.model.memory
+    original = model if use == "alone" else model.memory
+    assert torch.equal(memory.bank, original.bank) and float(memory.threshold) == float(original.threshold)
+    x = normalize(torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8), SIGNED)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("use", ["alone", "late"])
+def test_the_deployed_model_draws_the_predict_stages_map(tmp_path, use):
+    """fsds predict's and the MLflow model's DeployedModel (folded, fp32) against the predict stage's
+    path (inference_model + predict_probabilities): the same probabilities, to a uint8 level."""
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _model(use), InputGeometry(64), 0.5, encoder_weights="imagenet", config={}, iteration=0)
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    stage = predict_probabilities(inference_model(load_checkpoint(path).model), images, batch_size=2)
+    with torch.no_grad():
+        deployed = deployed_from_checkpoint(path)(images.float() / 255.0)[:, 0].numpy()
+    assert np.abs(stage.astype(np.float32) - deployed * 255).max() <= 1.0
+    assert (stage > 0).any() and (stage < 255).any()
+
+
+def test_onnx_export_of_a_fused_model_matches_pytorch(tmp_path):
+    import onnxruntime as ort
+
+    model_path, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
+    save_checkpoint(model_path, _model("late"), InputGeometry(64), 0.5, encoder_weights="imagenet", config={},
+                    iteration=0)
+    main(["export", "--model", str(model_path), "--format", "onnx", "--out", str(onnx_path)])
+    images = torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(3))
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        expected = deployed_from_checkpoint(model_path)(images).numpy()
+    assert np.abs(got - expected).max() <= ONNX_TOLERANCE
