@@ -201,8 +201,10 @@ class MemoryConfig:
     sampler: str  # coreset (greedy k-center) | random
     k: int  # nearest bank vectors a patch's distance averages
     sigma: float  # Gaussian smoothing of the map, input pixels
+    coreset_dims: int  # the random projection the coreset measures distances in
 
     def __post_init__(self) -> None:
+        check(self.coreset_dims >= 1, "memory.coreset_dims", "must be >= 1")
         check(len(self.strides) >= 1 and all(s in (2, 4, 8, 16, 32) for s in self.strides)
               and list(self.strides) == sorted(set(self.strides)), "memory.strides",
               f"must be increasing strides out of 2, 4, 8, 16, 32, got {list(self.strides)}")

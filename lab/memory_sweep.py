@@ -29,8 +29,8 @@ from fsds.data.images import load_images, working_geometry
 from fsds.data.split import category_split, k_shot_split
 from fsds.engine.device import set_up_runtime
 from fsds.engine.memory_bank import build_memory, memory_distances
-from fsds.method.memory import MemorySpec
 from fsds.evaluation.metrics import evaluate_category
+from fsds.method.memory import MemorySpec, calibrated_distance
 
 COLUMNS = ["pixel_auroc", "aupro", "iou", "iou_pooled", "dice", "image_auroc_max", "seconds_build", "ms_per_image"]
 
@@ -41,7 +41,9 @@ def probabilities(distances: list[torch.Tensor], threshold: float) -> list[np.nd
 
 
 def run(root: str, category: str, spec: MemorySpec, size: int, working_size: int, seed: int,
-        calibration_normals: int, max_fpr: float, runtime) -> dict:
+        calibration_normals: int, max_fpr: float, runtime, ks=(1,), sigmas=(4.0,)) -> list[dict]:
+    """One bank; scored with each ``k`` and ``sigma`` (the bank does not depend on them; the threshold
+    is calibrated again for each)."""
     index = index_dataset(root, [category])
     table = k_shot_split(index, 1, seed, "defect_type", calibration_normals)
     parts = category_split(table, category)
@@ -51,16 +53,25 @@ def run(root: str, category: str, spec: MemorySpec, size: int, working_size: int
     built = build_memory(spec, normals, held, seed, max_fpr, runtime)
     test = pd.concat([parts["test"], parts["train_defect"]], ignore_index=True)  # zero shots: every defect image is a test image
     images = load_images(test["image"].tolist(), geometry)
-    started = time.perf_counter()
-    distances = memory_distances(built.memory, images, runtime)
-    seconds = time.perf_counter() - started
-    summary, _ = evaluate_category(probabilities(distances, built.info["threshold"]), test, 0.5, None)
-    return {**summary, "seconds_build": built.info["seconds"], "ms_per_image": 1000 * seconds / len(images),
-            **{f"info_{k}": v for k, v in built.info.items()}}
+    results = []
+    for k, sigma in itertools.product(ks, sigmas):
+        memory = built.memory
+        memory.k, memory.sigma = k, sigma
+        threshold = calibrated_distance(memory_distances(memory, held, runtime), max_fpr)
+        started = time.perf_counter()
+        distances = memory_distances(memory, images, runtime)
+        seconds = time.perf_counter() - started
+        summary, _ = evaluate_category(probabilities(distances, threshold), test, 0.5, None)
+        results.append({**summary, "set_k": k, "set_sigma": sigma, "seconds_build": built.info["seconds"],
+                        "ms_per_image": 1000 * seconds / len(images),
+                        **{f"info_{key}": v for key, v in built.info.items()}, "info_threshold": threshold})
+    return results
 
 
 def summarize(path: Path) -> pd.DataFrame:
     lines = pd.read_json(path, lines=True)
+    if "set_coreset_dims" in lines:  # lines from before the option: the projection was 128-dimensional
+        lines["set_coreset_dims"] = lines["set_coreset_dims"].fillna(128).astype(int)
     keys = [c for c in lines.columns if c.startswith("set_")]
     grouped = lines.groupby(keys, dropna=False)
     out = grouped[COLUMNS].agg(lambda v: f"{v.mean():.4f} ({v.std(ddof=1):.4f})" if len(v) > 1 else f"{v.mean():.4f}")
@@ -82,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", nargs="+", type=int, default=[3])
     parser.add_argument("--bank", nargs="+", type=int, default=[10000])
     parser.add_argument("--sampler", nargs="+", default=["coreset"])
+    parser.add_argument("--coreset-dims", nargs="+", type=int, default=[128])
     parser.add_argument("--k", nargs="+", type=int, default=[1])
     parser.add_argument("--sigma", nargs="+", type=float, default=[4.0])
     parser.add_argument("--arch", default="lite0_unet")
@@ -94,19 +106,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     cfg = load_config(args.params)
     runtime = set_up_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last, training=False)
-    grid = itertools.product(args.size, args.strides, args.grid, args.pool, args.bank, args.sampler, args.k, args.sigma,
-                             args.seeds)
-    for size, strides, grid_stride, pool, bank, sampler, k, sigma, seed in grid:
-        spec = MemorySpec(args.arch, tuple(int(s) for s in strides.split(",")), grid_stride, pool, bank, sampler, k, sigma)
-        result = run(args.root, args.category, spec, size, args.working_size, seed,
-                     cfg.split.calibration_normals, cfg.metrics.calibration_fpr, runtime)
-        line = {"category": args.category, "seed": seed, "set_size": size, "set_working_size": args.working_size,
-                "set_strides": strides, "set_grid": grid_stride, "set_pool": pool, "set_bank": bank,
-                "set_sampler": sampler, "set_k": k, "set_sigma": sigma, "precision": runtime.precision, **result}
-        print(json.dumps({k: line[k] for k in ["seed", *[c for c in line if c.startswith("set_")], *COLUMNS]}))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+    grid = itertools.product(args.size, args.strides, args.grid, args.pool, args.bank, args.sampler,
+                             args.coreset_dims, args.seeds)
+    for size, strides, grid_stride, pool, bank, sampler, dims, seed in grid:
+        spec = MemorySpec(args.arch, tuple(int(s) for s in strides.split(",")), grid_stride, pool, bank, sampler,
+                          args.k[0], args.sigma[0], dims)
+        for result in run(args.root, args.category, spec, size, args.working_size, seed, cfg.split.calibration_normals,
+                          cfg.metrics.calibration_fpr, runtime, args.k, args.sigma):
+            line = {"category": args.category, "seed": seed, "set_size": size, "set_working_size": args.working_size,
+                    "set_strides": strides, "set_grid": grid_stride, "set_pool": pool, "set_bank": bank,
+                    "set_sampler": sampler, "set_coreset_dims": dims, "precision": runtime.precision, **result}
+            print(json.dumps({k: line[k] for k in ["seed", *[c for c in line if c.startswith("set_")], *COLUMNS]}))
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("a") as f:
+                f.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":

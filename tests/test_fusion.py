@@ -16,7 +16,7 @@ from fsds.deploy.model import deployed_from_checkpoint
 from fsds.deploy.onnx_export import ONNX_TOLERANCE
 from fsds.engine.checkpoint import load_checkpoint, memory_use, save_checkpoint
 from fsds.engine.prediction import inference_model, predict_probabilities
-from fsds.method.fusion import LateFusion, logit
+from fsds.method.fusion import LateFusion, choose_gate, level_logits, logit
 from fsds.method.memory import NormalMemory, empty_memory
 from fsds.method.networks import build_model
 from fsds.method.registry import IMAGENET, SIGNED
@@ -50,16 +50,38 @@ class RecordingMemory(nn.Module):
         return self.logits
 
 
-def test_late_fusion_takes_the_larger_calibrated_logit():
-    """Calibrated, not raw: the segmenter's logit counts from its calibrated threshold (offset), the
-    memory's from its own (0), and a pixel is defective when either reaches its threshold."""
-    memory_logits = torch.tensor([[[[-3.0, 0.5], [2.0, -1.0]]]])
-    fused = LateFusion(ConstantSegmenter(1.0), RecordingMemory(memory_logits), offset=logit(0.8))
-    out = fused(torch.zeros(1, 3, 2, 2))
-    seg = 1.0 - math.log(0.8 / 0.2)  # the segmenter's p = sigmoid(1) = 0.73 is below its threshold 0.8
-    assert torch.allclose(out, torch.tensor([[[[seg, 0.5], [2.0, seg]]]]))
-    assert (torch.sigmoid(out) >= 0.5).sum() == 2  # only where the memory calls it
-    assert logit(1.0) == 20.0 and logit(0.0) == -20.0  # a threshold at 0 or 1 is clipped, not infinite
+def test_late_fusion_believes_the_segmenter_where_the_memory_finds_the_pixel_unusual():
+    """The memory everywhere; the segmenter (counted from its threshold) only where the memory's logit
+    is at least -gate: gate 0 is the memory alone, an infinite gate the plain maximum."""
+    memory_logits = torch.tensor([[[[-3.0, 0.5], [-0.5, -1.0]]]])
+    x = torch.zeros(1, 3, 2, 2)
+    seg = 2.0 - logit(0.5)  # the segmenter calls every pixel a defect
+
+    def fused(gate):
+        return LateFusion(ConstantSegmenter(2.0), RecordingMemory(memory_logits), logit(0.5), gate)(x)
+
+    assert torch.equal(fused(0.0), memory_logits)  # the segmenter is never believed above the memory
+    assert torch.allclose(fused(math.inf), torch.full((1, 1, 2, 2), seg).maximum(memory_logits))
+    # gate 0.75: the segmenter lifts each pixel by up to 0.75, so it turns a pixel defective only where the
+    # memory's logit is at least -0.75 (here -0.5); -1.0 and -3.0 stay normal
+    out = fused(0.75)
+    assert torch.allclose(out, memory_logits + 0.75)
+    assert (out >= 0).tolist() == [[[[False, True], [True, False]]]]
+    assert logit(1.0) == 20.0 and logit(0.0) == -20.0  # clipped, not infinite
+
+
+def test_the_gate_is_the_largest_the_calibration_normals_allow():
+    """Normal pixels: the memory's false alarms are 1%; the segmenter fires on 10% of them, where the
+    memory's logit is -2 (quite normal): any gate below 2 keeps those out, 2 and above lets them in."""
+    memory = np.full(1000, -5.0)
+    memory[:10] = 0.5  # the memory's own false alarms: 1%
+    memory[100:200] = -2.0
+    segmenter = np.full(1000, -3.0)
+    segmenter[100:200] = 1.0
+    assert choose_gate(segmenter, memory, 0.02) == 1.75
+    assert choose_gate(segmenter, memory, 0.2) == math.inf  # the maximum's 11% is allowed
+    assert choose_gate(segmenter, memory, 0.005) == 0.0  # not even the memory alone keeps 0.5%: the memory
+    assert level_logits([np.array([0, 128, 255], dtype=np.uint8)]).round(2).tolist() == [-6.23, 0.01, 6.23]
 
 
 def test_late_fusion_gives_the_memory_the_image_in_its_own_statistics():
@@ -88,7 +110,7 @@ def _model(use: str) -> nn.Module:
     if use == "alone":
         return _memory()
     torch.manual_seed(1)
-    return LateFusion(build_model("lite0_unet").eval(), _memory(), offset=0.7)
+    return LateFusion(build_model("lite0_unet").eval(), _memory(), offset=0.7, gate=1.5)
 
 
 @pytest.mark.parametrize("use", ["alone", "late"])

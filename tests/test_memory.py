@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from fsds.data.images import InputStats
-from fsds.engine.memory_bank import build_memory, choose_bank, memory_distances, patch_vectors
+from fsds.engine.memory_bank import (
+    build_memory,
+    choose_bank,
+    memory_distances,
+    patch_vectors,
+)
 from fsds.method.memory import (
     MemorySpec,
     NormalMemory,

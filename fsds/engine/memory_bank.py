@@ -13,22 +13,29 @@ import torch
 from tqdm import tqdm
 
 from fsds.data.crops import pad_to
-from fsds.data.images import Images, InputStats, normalize
+from fsds.data.images import Images, InputGeometry, InputStats, normalize
 from fsds.engine.device import Runtime
 from fsds.engine.prediction import CPU
-from fsds.data.images import InputGeometry
-from fsds.errors import InputError, MissingFileError
+from fsds.errors import ConfigError, InputError, MissingFileError
 from fsds.io import atomic_path
-from fsds.method.memory import MemorySpec, NormalMemory, calibrated_distance, greedy_coreset, empty_memory
+from fsds.method.memory import (
+    MemorySpec,
+    NormalMemory,
+    calibrated_distance,
+    empty_memory,
+    greedy_coreset,
+)
 from fsds.method.networks import build_model
 from fsds.method.weights import encoder_weights
+
 
 def pretrained_encoder(arch: str) -> tuple[torch.nn.Module, InputStats]:
     """The ImageNet encoder of network ``arch`` (its registry entry says where the weights are) and the
     input statistics it expects."""
     state, source = encoder_weights(arch, "imagenet")
     if state is None:
-        raise ValueError(f"memory.arch: {arch} has no ImageNet encoder ({source}); the memory needs pretrained features")
+        raise ConfigError(f"memory.arch: {arch} has no ImageNet encoder ({source}); the memory needs pretrained "
+                          "features: use one with ImageNet weights, e.g. lite0_unet")
     model = build_model(arch, state)
     return model.encoder.eval(), model.input_stats
 
@@ -66,7 +73,7 @@ def choose_bank(vectors: torch.Tensor, spec: MemorySpec, seed: int) -> torch.Ten
     if spec.sampler == "random":
         index = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(seed))[: spec.bank_size]
     else:
-        index = greedy_coreset(vectors, spec.bank_size, seed)
+        index = greedy_coreset(vectors, spec.bank_size, seed, spec.coreset_dims)
     return vectors[index].clone()
 
 

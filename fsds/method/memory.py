@@ -42,6 +42,7 @@ class MemorySpec:
     sampler: str  # coreset (greedy k-center) | random
     k: int  # nearest bank vectors a patch's distance averages
     sigma: float  # Gaussian smoothing of the map, input pixels
+    coreset_dims: int = 64  # the random projection the coreset measures distances in
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

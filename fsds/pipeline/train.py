@@ -27,7 +27,7 @@ from fsds.engine.training import train_segmenter
 from fsds.errors import InputError
 from fsds.evaluation.threshold import Calibration, calibrate_threshold
 from fsds.io import atomic_dir, write_json
-from fsds.method.fusion import LateFusion, logit
+from fsds.method.fusion import LateFusion, choose_gate, level_logits, logit
 from fsds.method.memory import NormalMemory
 from fsds.method.networks import Segmenter
 from fsds.method.weights import encoder_weights
@@ -66,10 +66,22 @@ def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str,
 
 def fuse_late(cfg: Config, segmenter: Segmenter, memory: NormalMemory, table: pd.DataFrame, category: str,
               geometry: InputGeometry, runtime: Runtime, tiling: Tiling) -> LateFusion:
-    """The segmenter and the memory as one model (:mod:`fsds.method.fusion`), the segmenter's logits
-    counted from its own calibrated threshold (``metrics.threshold`` where the split held no normals out)."""
-    alone = calibrate(cfg, segmenter, table, category, geometry, runtime, tiling)
-    return LateFusion(segmenter, memory, logit(alone.threshold if alone else cfg.metrics.threshold))
+    """The segmenter and the memory as one model (:mod:`fsds.method.fusion`): the segmenter counted from
+    ``metrics.threshold``, believed where the memory finds a pixel unusual enough, by the gate that the
+    calibration normals allow (twice ``metrics.calibration_fpr`` of their pixels fused defective;
+    without calibration normals: the plain maximum)."""
+    offset = logit(cfg.metrics.threshold)
+    held = category_split(table, category)["calibration"]
+    if held.empty:
+        return LateFusion(segmenter, memory, offset)
+    images = load_images(held["image"].tolist(), geometry, desc=f"{category} calibration")
+    maps = []
+    for part in (segmenter, memory):
+        net = inference_model(copy.deepcopy(part).to(memory_format=torch.contiguous_format), runtime.channels_last)
+        maps.append(level_logits(predict_probabilities(net, images, runtime, batch_size=CALIBRATION_BATCH,
+                                                       tiling=tiling, desc=f"{category} fusion")))
+    gate = choose_gate(maps[0] - offset, maps[1], 2 * cfg.metrics.calibration_fpr)
+    return LateFusion(segmenter, memory, offset, gate)
 
 
 def category_memory(memory_dir: str | Path | None, category: str, geometry: InputGeometry) -> NormalMemory:
