@@ -61,9 +61,10 @@ def segmenter_key(cfg: Config, variant: str) -> tuple:
 
 
 def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str,
-            cache: dict | None = None) -> dict[str, Any]:
+            cache: dict | None = None, gates: Sequence[float] = ()) -> dict[str, Any]:
     """Train ``variant`` on ``category`` of a split ``table`` and return its test metrics. ``cache`` keeps
-    the memory and the trained segmenters of this split for the variants after it."""
+    the memory and the trained segmenters of this split for the variants after it. A late-fused variant
+    is also scored with each fixed gate of ``gates`` (``other_gates``)."""
     cache = {} if cache is None else cache
     use = cfg.variant(variant).memory
     net = plan.model_of(cfg, variant)
@@ -91,23 +92,41 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str,
     runtime, tiling = plan.predict_runtime(cfg), plan.tiling(cfg)
     if use == "late":
         model = fuse_late(cfg, model, memory, table, category, geometry, runtime, tiling)
+    result = {**score(cfg, model, table, category, geometry), "train_seconds": seconds,
+              "n_shots": len(data.defect_images), "scale": geometry.scale}
+    if use != "none":
+        result["memory_seconds"] = cache["memory"].info["seconds"]
+    if use == "late":
+        result["gate"] = float(model.gate)
+        result["other_gates"] = {}
+        for gate in gates:  # the same fused model with a fixed gate instead of the calibrated one
+            fixed = copy.deepcopy(model)
+            fixed.gate.fill_(min(gate, 1e4))
+            result["other_gates"][str(gate)] = score(cfg, fixed, table, category, geometry)
+
+    return result
+
+
+def score(cfg: Config, model, table: pd.DataFrame, category: str, geometry) -> dict[str, Any]:
+    """The test metrics of a trained ``model``, calibrated and predicted as the pipeline does."""
+    runtime, tiling = plan.predict_runtime(cfg), plan.tiling(cfg)
     calibration = calibrate(cfg, model, table, category, geometry, runtime, tiling)  # as the train stage, before folding
     test = category_split(table, category)["test"]  # predicted as the predict stage does
-    probs, _ = predict_category(inference_model(model, runtime.channels_last), test, geometry, cfg.metrics.threshold,
-                                runtime, batch_size=plan.predict_batch_size(cfg, typical_side(geometry, test)),
-                                tiling=tiling)
+    probs, _ = predict_category(inference_model(copy.deepcopy(model), runtime.channels_last), test, geometry,
+                                cfg.metrics.threshold, runtime,
+                                batch_size=plan.predict_batch_size(cfg, typical_side(geometry, test)), tiling=tiling)
     metrics, per_image = evaluate_category(probs, test, cfg.metrics.threshold,
                                            calibration.threshold if calibration else None)
     seen = set(category_split(table, category)["train_defect"]["defect_type"])
     types = by_defect_type(probs, test, per_image, seen)
     flat = {f"{group}_{m}": types[group][m] for group in ("seen", "unseen") if group in types
             for m in ("iou", "pixel_auroc", "aupro")}
-    return {**metrics, **flat, "by_type": types, "train_seconds": seconds, "n_shots": len(data.defect_images),
-            "scale": geometry.scale}
+    return {**metrics, **flat, "by_type": types}
 
 
 def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Sequence[str], profiles: Sequence[str],
-          shots: Sequence[int], seeds: Sequence[int], out: Path, overrides: Sequence[str] = ()) -> pd.DataFrame:
+          shots: Sequence[int], seeds: Sequence[int], out: Path, overrides: Sequence[str] = (),
+          gates: Sequence[float] = ()) -> pd.DataFrame:
     index = index_dataset(root, [category])
     rows = []
     for shot in shots:
@@ -119,13 +138,16 @@ def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Seque
                 table = k_shot_split(index, shot, seed, cfg.split.unit, cfg.split.calibration_normals)
                 cache: dict = {}
                 for variant in variants:
-                    row = {"category": category, "variant": variant, "profile": profile, "lr": cfg.train.lr,
-                           "shot": shot, "seed": seed, "overrides": " ".join(overrides),
-                           "calibration_normals": cfg.split.calibration_normals,
-                           **run_one(cfg, table, category, variant, cache)}
+                    result = run_one(cfg, table, category, variant, cache, gates)
+                    common = {"category": category, "profile": profile, "lr": cfg.train.lr, "shot": shot,
+                              "seed": seed, "overrides": " ".join(overrides),
+                              "calibration_normals": cfg.split.calibration_normals}
+                    lines = [{"variant": variant, **common, **{k: v for k, v in result.items() if k != "other_gates"}}]
+                    lines += [{"variant": f"{variant}@gate{gate}", **common, **metrics, "gate": float(gate)}
+                              for gate, metrics in result.get("other_gates", {}).items()]
                     with out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    rows.append(row)
+                        f.writelines(json.dumps(row) + "\n" for row in lines)
+                    rows += lines
     return pd.DataFrame(rows)
 
 
@@ -239,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
                              "without them are paired (e.g. the base \"L0_B fast\" against \"L0_B fast train.augment=false\")")
     parser.add_argument("--by-type", action="store_true",
                         help="with --summarize: per defect type, split by whether the shots showed it")
+    parser.add_argument("--gates", nargs="+", type=float, default=[],
+                        help="late-fused variants: also score each of these fixed gates (variant@gate<g>; inf: the maximum)")
     parser.add_argument("--params", default="params.yaml", help="read with lab/variants.yaml added")
     parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"), help="JSON lines, appended")
     args = parser.parse_args(argv)
@@ -257,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides[key] = yaml.safe_load(value)
     base = apply_overrides(lab_params(args.params), overrides)
     results = sweep(base, args.root, args.category, args.variant, args.profiles, args.shots, args.seeds, args.out,
-                    args.set)
+                    args.set, args.gates)
     print(summary(results, args.metrics, args.base))
 
 

@@ -16,12 +16,14 @@ def test_repository_params_load():
     assert cfg.dataset == "synthetic"
     # the default run: Table V on the Lite0 U-Net with the ImageNet weights of its registry package, and
     # the best measured setting (B with BCE + Dice; lab/findings/small_defects.md)
-    assert cfg.methods == ("L0_B", "L0_B_NBR", "L0_B_NBR_CaP", "L0_B_Dice")
+    # the best measured: B with BCE + Dice, the memory of normal patches alone and fused with it
+    assert cfg.methods == ("L0_B", "L0_B_NBR", "L0_B_NBR_CaP", "L0_B_Dice", "Memory", "L0_B_Dice_Memory")
     for name in cfg.methods:
         assert plan.model_of(cfg, name) == ModelConfig(arch="lite0_unet", encoder_weights="imagenet")
-    assert [cfg.variant(m).nbr for m in cfg.methods] == ["none", "cosine", "cosine", "none"]
-    assert [cfg.variant(m).cap for m in cfg.methods] == ["none", "none", "weighted", "none"]
-    assert [plan.recipe(cfg, m, pretrained=True).seg_loss for m in cfg.methods] == ["bce"] * 3 + ["bce_dice"]
+    assert [cfg.variant(m).nbr for m in cfg.methods] == ["none", "cosine", "cosine", "none", "none", "none"]
+    assert [cfg.variant(m).cap for m in cfg.methods] == ["none", "none", "weighted", "none", "none", "none"]
+    assert [cfg.variant(m).memory for m in cfg.methods] == ["none"] * 4 + ["alone", "late"]
+    assert [plan.recipe(cfg, m, pretrained=True).seg_loss for m in cfg.methods] == ["bce"] * 3 + ["bce_dice", "bce", "bce_dice"]  # the memory trains nothing
     assert cfg.variant("B_NBR_CaP").cap == "weighted"
     # the paper's benchmark networks are trained with plain CaP and ordinary BCE
     nets = {"AlbuNet": "albunet34", "TernausNet11": "ternausnet11", "TernausNet16": "ternausnet16",

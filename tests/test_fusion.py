@@ -123,6 +123,8 @@ def test_a_checkpoint_carries_the_bank_and_rebuilds_the_same_model(tmp_path, use
     memory = loaded.model if use == "alone" else loaded.model.memory
     original = model if use == "alone" else model.memory
     assert torch.equal(memory.bank, original.bank) and float(memory.threshold) == float(original.threshold)
+    if use == "late":
+        assert (float(loaded.model.gate), float(loaded.model.offset)) == (1.5, model.offset.item())
     x = normalize(torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8), SIGNED)
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), model(x), atol=1e-4)
@@ -154,3 +156,4 @@ def test_onnx_export_of_a_fused_model_matches_pytorch(tmp_path):
     with torch.no_grad():
         expected = deployed_from_checkpoint(model_path)(images).numpy()
     assert np.abs(got - expected).max() <= ONNX_TOLERANCE
+

@@ -127,8 +127,10 @@ def test_memory_variants_build_the_memory_once_and_share_the_trained_segmenter(t
     monkeypatch.setattr(sweep, "category_memory", lambda *a, **k: memories.append(1) or build(*a, **k))
     out = tmp_path / "sweep.jsonl"
     main([str(tiny_root), "fabric", "--variant", "B", "M", "BM", "--profiles", "a", "--seeds", "0",
-          "--params", str(params), "--out", str(out), "-S", "split.calibration_normals=2"])
+          "--params", str(params), "--out", str(out), "-S", "split.calibration_normals=2", "--gates", "0", "inf"])
     rows = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert len(trainings) == 1 and len(memories) == 1
-    assert set(rows) == {"B", "M", "BM"} and all(0 <= r["pixel_auroc"] <= 1 for r in rows.values())
+    assert set(rows) == {"B", "M", "BM", "BM@gate0.0", "BM@gateinf"} and all(0 <= r["pixel_auroc"] <= 1 for r in rows.values())
+    assert rows["BM@gate0.0"]["pixel_auroc"] == rows["M"]["pixel_auroc"]  # gate 0: the memory alone
+    assert 0 <= rows["BM"]["gate"] and rows["BM@gateinf"]["gate"] == float("inf")
     assert rows["BM"]["pixel_auroc"] != rows["B"]["pixel_auroc"]  # fused: the memory at least (its gate may be 0)
