@@ -209,8 +209,8 @@ def test_crop_training_and_whole_image_prediction_through_dvc(repo_copy):
     """A profile with a working size: dvc repro trains on crops, stores the working scale in the
     checkpoint, predicts whole images at it and scores them at their own size (issue 19)."""
     dest, env = repo_copy
-    run(["dvc", "exp", "run", "-S", "profiles.fast.image_size=32", "-S", "profiles.fast.working_size=48",
-         "-S", "profiles.fast.iterations=3", "-S", "methods=[L0_B_NBR_CaP]"], dest, env)
+    run(["dvc", "exp", "run", "-S", "profiles.fast256.image_size=32", "-S", "profiles.fast256.working_size=48",
+         "-S", "profiles.fast256.iterations=3", "-S", "methods=[L0_B_NBR_CaP]"], dest, env)
     state = torch.load(dest / "data" / "models" / "L0_B_NBR_CaP" / "washer.pt", weights_only=False)
     assert state["input"] == {"size": 32, "scale": 0.75}  # 64 px synthetic images at 48 px, 32 px crops
     with np.load(dest / "data" / "predictions" / "L0_B_NBR_CaP" / "washer.npz") as maps:

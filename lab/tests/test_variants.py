@@ -45,7 +45,7 @@ def test_a_sweep_trains_a_lab_variant_at_a_lab_profile(tiny_root, tmp_path, monk
 
     asked = []
 
-    def run_one(cfg, table, category, variant):
+    def run_one(cfg, table, category, variant, *rest):
         asked.append((cfg, variant))
         return {"iou": 0.5, "train_seconds": 1.0, "n_shots": 1}
 
