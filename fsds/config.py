@@ -22,7 +22,7 @@ NBR_KINDS = ("none", "cosine", "euclidean")
 SEG_LOSSES = ("bce", "bce_dice", "focal")
 CAP_KINDS = ("none", "plain", "weighted")
 DEVICES = ("auto", "cpu", "cuda")
-MEMORY_USES = ("none", "alone", "late")  # a variant's use of the memory of normal patches
+MEMORY_USES = ("none", "alone", "late", "input")  # a variant's use of the memory of normal patches
 MEMORY_SAMPLERS = ("coreset", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
 ENCODER_STAGES = 5  # every network's encoder: feature maps at strides 2, 4, 8, 16, 32
@@ -175,7 +175,8 @@ class Variant:
     family: str = ""
     # The memory of normal patches (params.yaml `memory`, built by the memory stage): none; alone (no
     # training: its map is the prediction); late (the segmenter trained as above, its calibrated map
-    # fused with the memory's: fsds/method/fusion.py)
+    # fused with the memory's); input (the segmenter trained with the memory's map as a second input:
+    # fsds/method/fusion.py)
     memory: str = "none"
 
     def __post_init__(self) -> None:

@@ -54,9 +54,10 @@ SUMMARY = ("iou", "iou_pooled", "dice", "aupro", "pixel_auroc", "image_auroc_max
 
 
 def segmenter_key(cfg: Config, variant: str) -> tuple:
-    """What decides a variant's trained segmenter (not its memory use or its labels): variants with the
+    """What decides a variant's trained segmenter (not its labels, nor a memory used alone or late): variants with the
     same key train the same network (the same seed on the same machine), so a sweep trains it once."""
-    v = dataclasses.replace(cfg.variant(variant), memory="none", label="", paper="", family="")
+    v = cfg.variant(variant)
+    v = dataclasses.replace(v, memory="input" if v.memory == "input" else "none", label="", paper="", family="")
     return v, cfg.profile, cfg.shot, cfg.seed
 
 
@@ -85,7 +86,7 @@ def run_one(cfg: Config, table: pd.DataFrame, category: str, variant: str,
         model = copy.deepcopy(cache[key])
     else:
         model, _, _ = train_segmenter(recipe, plan.train_runtime(cfg), data, seed=category_seed(cfg.seed, category),
-                                      encoder_state=encoder_state,
+                                      encoder_state=encoder_state, memory=memory if use == "input" else None,
                                       progress_desc=f"{variant} {cfg.profile} {cfg.shot}-shot seed {cfg.seed}")
         cache[key] = copy.deepcopy(model)
     seconds = time.perf_counter() - start

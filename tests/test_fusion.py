@@ -3,6 +3,7 @@ deployed model (fsds predict, MLflow, ONNX) computing what the predict stage com
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ from fsds.deploy.model import deployed_from_checkpoint
 from fsds.deploy.onnx_export import ONNX_TOLERANCE
 from fsds.engine.checkpoint import load_checkpoint, memory_use, save_checkpoint
 from fsds.engine.prediction import inference_model, predict_probabilities
-from fsds.method.fusion import LateFusion, choose_gate, level_logits, logit
+from fsds.method.fusion import LateFusion, MemoryGuided, choose_gate, level_logits, logit
 from fsds.method.memory import NormalMemory, empty_memory
 from fsds.method.networks import build_model
 from fsds.method.registry import IMAGENET, SIGNED
@@ -110,16 +111,24 @@ def _model(use: str) -> nn.Module:
     if use == "alone":
         return _memory()
     torch.manual_seed(1)
-    return LateFusion(build_model("lite0_unet").eval(), _memory(), offset=0.7, gate=1.5)
+    if use == "late":
+        return LateFusion(build_model("lite0_unet").eval(), _memory(), offset=0.7, gate=1.5)
+    guided = MemoryGuided(build_model("lite0_unet"), _memory())
+    with torch.no_grad():  # as if trained: the guide reaches every feature map and the logits
+        for conv in (*guided.inject, guided.to_logit):
+            conv.weight.normal_(0.0, 0.5)
+    return guided.eval()
 
 
-@pytest.mark.parametrize("use", ["alone", "late"])
+@pytest.mark.parametrize("use", ["alone", "late", "input"])
 def test_a_checkpoint_carries_the_bank_and_rebuilds_the_same_model(tmp_path, use):
     model = _model(use)
     path = tmp_path / "model.pt"
     save_checkpoint(path, model, InputGeometry(64), 0.4, encoder_weights="imagenet", config={}, iteration=0)
     loaded = load_checkpoint(path)
     assert memory_use(loaded.model) == use and loaded.state["memory"]["use"] == use
+    if use == "input":
+        assert torch.equal(loaded.model.to_logit.weight, model.to_logit.weight)
     memory = loaded.model if use == "alone" else loaded.model.memory
     original = model if use == "alone" else model.memory
     assert torch.equal(memory.bank, original.bank) and float(memory.threshold) == float(original.threshold)
@@ -130,7 +139,7 @@ def test_a_checkpoint_carries_the_bank_and_rebuilds_the_same_model(tmp_path, use
         assert torch.allclose(loaded.model(x), model(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("use", ["alone", "late"])
+@pytest.mark.parametrize("use", ["alone", "late", "input"])
 def test_the_deployed_model_draws_the_predict_stages_map(tmp_path, use):
     """fsds predict's and the MLflow model's DeployedModel (folded, fp32) against the predict stage's
     path (inference_model + predict_probabilities): the same probabilities, to a uint8 level."""
@@ -144,11 +153,12 @@ def test_the_deployed_model_draws_the_predict_stages_map(tmp_path, use):
     assert (stage > 0).any() and (stage < 255).any()
 
 
-def test_onnx_export_of_a_fused_model_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("use", ["late", "input"])
+def test_onnx_export_of_a_fused_model_matches_pytorch(tmp_path, use):
     import onnxruntime as ort
 
     model_path, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
-    save_checkpoint(model_path, _model("late"), InputGeometry(64), 0.5, encoder_weights="imagenet", config={},
+    save_checkpoint(model_path, _model(use), InputGeometry(64), 0.5, encoder_weights="imagenet", config={},
                     iteration=0)
     main(["export", "--model", str(model_path), "--format", "onnx", "--out", str(onnx_path)])
     images = torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(3))
@@ -157,3 +167,53 @@ def test_onnx_export_of_a_fused_model_matches_pytorch(tmp_path):
         expected = deployed_from_checkpoint(model_path)(images).numpy()
     assert np.abs(got - expected).max() <= ONNX_TOLERANCE
 
+
+
+def test_a_guided_segmenter_starts_as_the_plain_segmenter():
+    """The guide's convolutions start at zero: before training, the guided model's logits are the
+    segmenter's, and its encoder features (what NBR and the CaP weight compare) are the segmenter's."""
+    torch.manual_seed(2)
+    segmenter = build_model("lite0_unet").eval()
+    guided = MemoryGuided(segmenter, _memory()).eval()
+    x = normalize(torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8), SIGNED)
+    with torch.no_grad():
+        assert torch.equal(guided(x), segmenter(x))
+        assert all(torch.equal(a, b) for a, b in zip(guided.encode(x), segmenter.encode(x)))
+        guided.to_logit.bias.fill_(1.0)
+        assert torch.allclose(guided(x), segmenter(x) + 1.0)
+
+
+def test_the_guide_is_the_memorys_map_and_moves_the_logits_where_it_differs():
+    """The guide's channels are the memory's clipped logit (scaled to +-1) and its sigmoid; a guide weight
+    on the first channel moves each logit by the memory's logit there."""
+    memory = _memory()
+    guided = MemoryGuided(build_model("lite0_unet"), memory).eval()
+    x = normalize(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), SIGNED)
+    with torch.no_grad():
+        m = memory(x)
+        g = guided.guide(x)
+        assert torch.allclose(g[:, 0:1], m.clamp(-4, 4) / 4) and torch.allclose(g[:, 1:2], torch.sigmoid(2 * m))
+        plain = guided(x)
+        guided.to_logit.weight[0, 0] = 4.0
+        assert torch.allclose(guided(x) - plain, m.clamp(-4, 4), atol=1e-5)
+
+
+def test_guided_training_trains_the_guide_and_leaves_the_memory_as_built(tiny_config, tiny_split):
+    """Algorithm 1 with a memory (NBR and CaP on): the guide's convolutions learn, the memory's encoder,
+    bank and threshold stay as the memory stage built them, and the memory given is not touched."""
+    from fsds.config import Variant
+    from fsds.engine.batches import load_train_data
+    from tests.params import train
+
+    memory = _memory()
+    before = {k: v.clone() for k, v in memory.state_dict().items()}
+    cfg = dataclasses.replace(tiny_config, train=dataclasses.replace(tiny_config.train, iterations=3, eval_every=0,
+                                                                      cap_probability=1.0))
+    model, _, history = train(cfg, Variant("cosine", "weighted", memory="input"), load_train_data(tiny_split, "washer", 64),
+                              arch="lite0_unet", seed=0, memory=memory)
+    assert isinstance(model, MemoryGuided) and memory_use(model) == "input"
+    assert history["nbr"].abs().gt(0).all() and history["cap"].eq(1).all()
+    assert any(conv.weight.abs().sum() > 0 for conv in (*model.inject, model.to_logit))
+    for key, value in model.memory.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(torch.equal(v, before[k]) for k, v in memory.state_dict().items())

@@ -22,7 +22,8 @@ TINY = {
     "profiles": {"fast256": {"image_size": 64, "iterations": 4}},
     "train": {"log_every": 2, "eval_every": 2, "eval_images": 2},
     # Table V, a benchmark network (Table II) and the default's pretrained network (its own arch and weights)
-    "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet", "L0_B_NBR_CaP", "Memory", "L0_B_NBR_CaP_Memory"],
+    "methods": ["B", "B_NBR", "B_NBR_CaP", "UNet", "L0_B_NBR_CaP", "Memory", "L0_B_NBR_CaP_Memory",
+                "L0_B_NBR_CaP_Guided"],
 }
 METHODS = TINY["methods"]
 
@@ -75,9 +76,10 @@ def test_repro_writes_metrics_for_every_variant(repo_copy):
     # the memory's map puts its calibrated threshold at 0.5; fused, the checkpoint says how
     assert abs(metrics["Memory"]["mean"]["threshold_cal"] - 0.5) < 0.05
     memory = torch.load(dest / "data" / "memory" / "washer.pt", weights_only=False)
-    fused = torch.load(dest / "data" / "models" / "L0_B_NBR_CaP_Memory" / "washer.pt", weights_only=False)
-    assert fused["memory"]["use"] == "late" and fused["memory"]["layout"] == memory["layout"]
-    assert torch.equal(fused["model"]["memory.bank"], memory["state"]["bank"])
+    for method, use in (("L0_B_NBR_CaP_Memory", "late"), ("L0_B_NBR_CaP_Guided", "input")):
+        fused = torch.load(dest / "data" / "models" / method / "washer.pt", weights_only=False)
+        assert fused["memory"]["use"] == use and fused["memory"]["layout"] == memory["layout"]
+        assert torch.equal(fused["model"]["memory.bank"], memory["state"]["bank"])
     assert set(memory["images"]).isdisjoint(pd.read_csv(dest / "data" / "split.csv").query("split != 'train_normal'")["image"])
     roc = pd.read_csv(dest / "reports" / "plots" / "roc.csv")
     assert roc["fpr"].iloc[0] == 0.0 and roc["fpr"].iloc[-1] == 1.0
@@ -145,7 +147,8 @@ def test_mlflow_holds_one_run_per_variant_and_category(repo_copy):
         assert run.info.status == "FINISHED"
         assert {"shot", "seed", "git_commit"} <= set(run.data.tags)
         assert run.data.params["train.iterations"] == "4"
-        assert run.data.tags["memory"] == {"Memory": "alone", "L0_B_NBR_CaP_Memory": "late"}.get(variant, "none")
+        assert run.data.tags["memory"] == {"Memory": "alone", "L0_B_NBR_CaP_Memory": "late",
+                                           "L0_B_NBR_CaP_Guided": "input"}.get(variant, "none")
         assert {"test_iou", "test_dice", "calibrated_threshold"} <= set(run.data.metrics)
         trained = variant != "Memory"  # the memory alone trains nothing
         assert ({"loss", "seg", "nbr", "probe_iou"} <= set(run.data.metrics)) == trained

@@ -19,20 +19,22 @@ import torch
 from fsds.data.images import InputGeometry
 from fsds.errors import InputError, MissingFileError
 from fsds.io import atomic_path
-from fsds.method.fusion import LateFusion
+from fsds.method.fusion import LateFusion, MemoryGuided
 from fsds.method.memory import NormalMemory, empty_memory
 from fsds.method.networks import Segmenter, build_model
 
-Model = Segmenter | NormalMemory | LateFusion  # each takes normalised images (its input_stats) to logits
+Model = Segmenter | NormalMemory | LateFusion | MemoryGuided  # each takes normalised images (its input_stats) to logits
 
 
 def memory_use(model: Model) -> str:
-    """What ``model`` is (a variant's ``memory``): a segmenter (none), a memory (alone), their fusion (late)."""
-    return "alone" if isinstance(model, NormalMemory) else "late" if isinstance(model, LateFusion) else "none"
+    """What ``model`` is (a variant's ``memory``): a segmenter (none), a memory (alone), their fusion (late),
+    the segmenter guided by the memory (input)."""
+    uses = {NormalMemory: "alone", LateFusion: "late", MemoryGuided: "input"}
+    return uses.get(type(model), "none")
 
 
 def _memory_of(model: Model) -> NormalMemory | None:
-    return model if isinstance(model, NormalMemory) else model.memory if isinstance(model, LateFusion) else None
+    return model if isinstance(model, NormalMemory) else getattr(model, "memory", None)
 
 
 def rebuild(network: dict[str, Any], memory: dict[str, Any] | None) -> Model:
@@ -41,16 +43,19 @@ def rebuild(network: dict[str, Any], memory: dict[str, Any] | None) -> Model:
     if use == "alone":
         return empty_memory(memory["layout"])
     segmenter = build_model(network["arch"])
-    return LateFusion(segmenter, empty_memory(memory["layout"])) if use == "late" else segmenter
+    if use == "late":
+        return LateFusion(segmenter, empty_memory(memory["layout"]))
+    return MemoryGuided(segmenter, empty_memory(memory["layout"])) if use == "input" else segmenter
 
 FORMAT = 3  # 1: before the network registry (model_args, input_stats, geometry inside the config); 2: no memory
+           # (3 also reads the memory use "input", added later: older format-3 files never hold it)
 
 
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the network (eval mode) and what it needs to be used."""
 
-    model: Model  # a segmenter, a memory of normal patches, or their fusion (``state["memory"]["use"]``)
+    model: Model  # a segmenter, a memory of normal patches, or the two as one (``state["memory"]["use"]``)
     geometry: InputGeometry  # how an image becomes its input (squashed, or a working scale)
     threshold: float  # its calibrated threshold, else the metrics.threshold it was trained with
     state: dict[str, Any]  # the whole file: config (the params it was trained with), iteration, calibration, ...

@@ -17,6 +17,7 @@ decoder runs only on the part that is segmented.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable
 
@@ -31,7 +32,9 @@ from fsds.engine.prediction import predict_probabilities
 from fsds.engine.recipe import Recipe
 from fsds.evaluation.metrics import iou_dice
 from fsds.method.augmentation import crop_and_paste
+from fsds.method.fusion import MemoryGuided
 from fsds.method.losses import cap_lambda, nbr_loss, segmentation_loss
+from fsds.method.memory import NormalMemory
 from fsds.method.networks import Segmenter, build_model
 
 HISTORY_COLUMNS = ["iteration", "loss", "seg", "nbr", "lambda", "cap", "probe_iou"]
@@ -65,7 +68,8 @@ def train_segmenter(
     probe: ProbeSet | None = None,
     resume_state: dict[str, Any] | None = None,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[Segmenter, torch.optim.Optimizer, pd.DataFrame]:
+    memory: NormalMemory | None = None,
+) -> tuple[Segmenter | MemoryGuided, torch.optim.Optimizer, pd.DataFrame]:
     """Run Algorithm 1 and return the model, its optimizer and the per-iteration loss history.
 
     The network is ``recipe.arch`` with ``encoder_state`` loaded (None: random weights). With a
@@ -73,10 +77,11 @@ def train_segmenter(
     ``eval_every`` iterations (NaN between). Every ``recipe.checkpoint_every`` iterations (and at the
     last) ``on_checkpoint`` gets the whole loop state (:func:`loop_state`); given back as
     ``resume_state``, training continues from there and ends where an uninterrupted run with the
-    same seed ends.
+    same seed ends. With a ``memory`` the network trained is the segmenter guided by its map
+    (:class:`fsds.method.fusion.MemoryGuided`).
     """
     rng = seed_everything(seed)
-    model, optimizer = trainable_model(recipe, runtime, encoder_state)
+    model, optimizer = trainable_model(recipe, runtime, encoder_state, memory)
 
     history: list[dict[str, float]] = []
     first = 1
@@ -107,18 +112,22 @@ def train_segmenter(
     return model, optimizer, pd.DataFrame(history, columns=HISTORY_COLUMNS)
 
 
-def trainable_model(recipe: Recipe, runtime: Runtime, encoder_state: dict[str, torch.Tensor] | None = None
-                    ) -> tuple[Segmenter, torch.optim.Optimizer]:
+def trainable_model(recipe: Recipe, runtime: Runtime, encoder_state: dict[str, torch.Tensor] | None = None,
+                    memory: NormalMemory | None = None) -> tuple[Segmenter | MemoryGuided, torch.optim.Optimizer]:
     """The network as Algorithm 1 trains it, in train mode, and its Adam: ``recipe.arch`` with
     ``encoder_state`` loaded, on the runtime's device and layout (depthwise convolutions in fp32 if
-    it says so), its first ``recipe.frozen_stages`` encoder stages left as loaded."""
-    model = build_model(recipe.arch, encoder_state).to(runtime.device)
+    it says so), its first ``recipe.frozen_stages`` encoder stages left as loaded; guided by a frozen
+    ``memory``'s map if one is given."""
+    model = build_model(recipe.arch, encoder_state).freeze_encoder_stages(recipe.frozen_stages)
+    if memory is not None:
+        model = MemoryGuided(model, copy.deepcopy(memory))
+    model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     depthwise_in_fp32(model, runtime.fp32_depthwise)
-    model.freeze_encoder_stages(recipe.frozen_stages)
     model.train()
-    return model, torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.Adam(trainable, lr=recipe.lr, betas=recipe.betas)
 
 
 def loop_state(iteration: int, model: Segmenter, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
@@ -128,7 +137,7 @@ def loop_state(iteration: int, model: Segmenter, optimizer: torch.optim.Optimize
             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": list(history)}
 
 
-def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch, recipe: Recipe,
+def train_step(model: Segmenter | MemoryGuided, optimizer: torch.optim.Optimizer, batch: Batch, recipe: Recipe,
                amp_dtype: torch.dtype | None, iteration: int = 0) -> dict[str, float]:
     """One optimisation step of Algorithm 1; returns the loss terms.
 
@@ -143,8 +152,9 @@ def train_step(model: Segmenter, optimizer: torch.optim.Optimizer, batch: Batch,
         needs_defect = not use_cap or recipe.nbr != "none" or recipe.cap == "weighted"
         f_defect = model.encode(batch.defect) if needs_defect else None
         f_normal = model.encode(batch.normal) if recipe.nbr != "none" else None
-        f_pasted = model.encode(crop_and_paste(batch.defect, batch.normal, y)) if use_cap else None
-        logits = model.decode(f_pasted if use_cap else f_defect)
+        pasted = crop_and_paste(batch.defect, batch.normal, y) if use_cap else None
+        f_pasted = model.encode(pasted) if use_cap else None
+        logits = model.segment(f_pasted, pasted) if use_cap else model.segment(f_defect, batch.defect)
 
     lam = None
     if use_cap and recipe.cap == "weighted":

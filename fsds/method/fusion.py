@@ -1,4 +1,5 @@
-"""Late fusion: the few-shot segmenter and the memory of normal patches read as one map.
+"""The few-shot segmenter and the memory of normal patches as one model: late fusion of their maps
+(:class:`LateFusion`), or the segmenter guided by the memory's map (:class:`MemoryGuided`).
 
 The memory's logit ``log(d / threshold)`` is 0 where a pixel reaches the distance that at most
 ``metrics.calibration_fpr`` of the held-out normals' pixels reach: it finds anything unlike the
@@ -25,6 +26,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from fsds.data.images import InputStats
 
 from fsds.method.memory import NormalMemory
 from fsds.method.networks import Segmenter
@@ -60,6 +64,14 @@ def choose_gate(segmenter: np.ndarray, memory: np.ndarray, max_rate: float, gate
     return best
 
 
+def restats(mine: InputStats, theirs: InputStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)``, each ``(1, 3, 1, 1)``, that take an image normalised in ``mine`` to the same
+    image in ``theirs``: ``x * scale + shift = (x * std_m + mean_m - mean_t) / std_t``."""
+    scale = torch.tensor(mine.std) / torch.tensor(theirs.std)
+    shift = (torch.tensor(mine.mean) - torch.tensor(theirs.mean)) / torch.tensor(theirs.std)
+    return scale.view(1, 3, 1, 1), shift.view(1, 3, 1, 1)
+
+
 class LateFusion(nn.Module):
     """``max(memory, min(segmenter - offset, memory + gate))`` pixel-wise, for normalised images (the
     segmenter's ``input_stats``; the memory gets the image in its own)."""
@@ -71,12 +83,9 @@ class LateFusion(nn.Module):
         self.input_stats = segmenter.input_stats
         self.register_buffer("offset", torch.tensor(float(offset)))
         self.register_buffer("gate", torch.tensor(min(float(gate), 1e4)))  # finite: ONNX and state dicts keep it
-        mine, theirs = segmenter.input_stats, memory.input_stats
-        # x_memory = (x * std_s + mean_s - mean_m) / std_m: the same image in the memory's statistics
-        scale = torch.tensor(mine.std) / torch.tensor(theirs.std)
-        shift = (torch.tensor(mine.mean) - torch.tensor(theirs.mean)) / torch.tensor(theirs.std)
-        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+        scale, shift = restats(segmenter.input_stats, memory.input_stats)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
 
     @property
     def arch(self) -> str:  # the segmenter's network names the model (checkpoints, MLflow tags)
@@ -86,3 +95,67 @@ class LateFusion(nn.Module):
         seg = self.segmenter(x).float() - self.offset
         mem = self.memory(x * self.scale + self.shift)
         return torch.maximum(mem, torch.minimum(seg, mem + self.gate))
+
+
+GUIDE_CLIP = 4.0  # the memory's logit is read within +-GUIDE_CLIP (a distance within e^-4..e^4 of its threshold)
+
+
+class MemoryGuided(nn.Module):
+    """The segmenter with the memory's map as a second input (PRN's idea, written here with the map
+    instead of the feature residuals): two guide channels, the memory's logit clipped to
+    +-``GUIDE_CLIP`` and scaled to +-1, and its sigmoid at twice the slope, are resized to each of the
+    encoder's feature maps and added to it through a 1 x 1 convolution before the decoder, and to the
+    logits through another. Every guide convolution starts at zero, so training starts from the plain
+    segmenter; trained with the shots (and NBR, CaP: pasted defects are unlike the normals too), the
+    decoder learns what the memory's "unlike normal" means for this part and draws its sharp masks
+    there. NBR and the CaP weight see the encoder's own features (:meth:`encode`); the memory is
+    frozen and gets no gradient."""
+
+    def __init__(self, segmenter: Segmenter, memory: NormalMemory) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self.memory = memory
+        self.input_stats = segmenter.input_stats
+        scale, shift = restats(segmenter.input_stats, memory.input_stats)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
+        self.inject = nn.ModuleList(nn.Conv2d(2, c, 1) for c in encoder_widths(segmenter))
+        self.to_logit = nn.Conv2d(2, 1, 1)
+        for conv in (*self.inject, self.to_logit):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    @property
+    def arch(self) -> str:  # the segmenter's network names the model (checkpoints, MLflow tags)
+        return self.segmenter.arch
+
+    def guide(self, x: torch.Tensor) -> torch.Tensor:
+        """The guide channels ``(B, 2, H, W)`` of images ``x`` (no gradient)."""
+        with torch.no_grad():
+            m = self.memory(x * self.scale + self.shift).float()
+        return torch.cat([m.clamp(-GUIDE_CLIP, GUIDE_CLIP) / GUIDE_CLIP, torch.sigmoid(2.0 * m)], dim=1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The segmenter's encoder features, unguided: what NBR and the CaP weight compare."""
+        return self.segmenter.encode(x)
+
+    def segment(self, features: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 1, H, W)`` of images ``x`` from their encoder ``features``, guided by the memory."""
+        g = self.guide(x)
+        guided = [f + conv(F.interpolate(g, size=f.shape[-2:], mode="bilinear", align_corners=False)).to(f.dtype)
+                  for f, conv in zip(features, self.inject)]
+        return self.segmenter.decode(guided) + self.to_logit(g).to(features[-1].dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segment(self.encode(x), x)
+
+
+def encoder_widths(segmenter: Segmenter) -> list[int]:
+    """The channels of each of the segmenter's encoder feature maps (from a small probe, in eval mode)."""
+    was_training = segmenter.training
+    segmenter.eval()
+    param = next(segmenter.parameters())
+    with torch.no_grad():
+        widths = [f.shape[1] for f in segmenter.encode(torch.zeros(1, 3, 64, 64, device=param.device))]
+    segmenter.train(was_training)
+    return widths

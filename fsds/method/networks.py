@@ -58,6 +58,11 @@ class Segmenter(nn.Module):
         """Logits ``(B, 1, H, W)`` from the encoder's feature maps."""
         return self.head(self.decoder(features))
 
+    def segment(self, features: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits of images ``x`` from their encoder ``features`` (the images themselves are for models
+        that also read them: :class:`fsds.method.fusion.MemoryGuided`)."""
+        return self.decode(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 

@@ -173,6 +173,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                         recipe, runtime, data, seed=category_seed(cfg.seed, category), encoder_state=encoder_state,
                         on_log=log, progress_desc=f"{variant_name}/{category}", probe=probe, resume_state=resumed,
                         on_checkpoint=keep if snapshot is not None else None,
+                        memory=memory if variant.memory == "input" else None,
                     )
                 if variant.memory == "late":
                     model = fuse_late(cfg, model, memory, table, category, geometry, predict_runtime, tiling)

@@ -108,8 +108,8 @@ def test_pair_overrides_pairs_runs_made_with_and_without_an_override(tmp_path, c
 
 
 def test_memory_variants_build_the_memory_once_and_share_the_trained_segmenter(tiny_root, tmp_path, monkeypatch):
-    """B, the memory alone and B fused with it: one training (the fused variant reuses B's network),
-    one memory, and the fused model differs from both."""
+    """B, the memory alone, B fused with it and B guided by it: two trainings (the fused variant reuses
+    B's network; the guided one trains its own), one memory, and the fused model differs from both."""
     from lab import sweep
 
     raw = params_with({"profiles": {"a": {"image_size": 32, "iterations": 2, "lr": 1e-3}},
@@ -118,7 +118,9 @@ def test_memory_variants_build_the_memory_once_and_share_the_trained_segmenter(t
                                     "M": {"arch": "lite0_unet", "encoder_weights": "imagenet", "nbr": "none", "cap": "none",
                                           "memory": "alone"},
                                     "BM": {"arch": "lite0_unet", "encoder_weights": "imagenet", "nbr": "none", "cap": "none",
-                                           "memory": "late"}}})
+                                           "memory": "late"},
+                                    "BG": {"arch": "lite0_unet", "encoder_weights": "imagenet", "nbr": "none", "cap": "none",
+                                           "memory": "input"}}})
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps(raw))
     trainings, memories = [], []
@@ -126,11 +128,11 @@ def test_memory_variants_build_the_memory_once_and_share_the_trained_segmenter(t
     monkeypatch.setattr(sweep, "train_segmenter", lambda *a, **k: trainings.append(1) or train(*a, **k))
     monkeypatch.setattr(sweep, "category_memory", lambda *a, **k: memories.append(1) or build(*a, **k))
     out = tmp_path / "sweep.jsonl"
-    main([str(tiny_root), "fabric", "--variant", "B", "M", "BM", "--profiles", "a", "--seeds", "0",
+    main([str(tiny_root), "fabric", "--variant", "B", "M", "BM", "BG", "--profiles", "a", "--seeds", "0",
           "--params", str(params), "--out", str(out), "-S", "split.calibration_normals=2", "--gates", "0", "inf"])
     rows = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert len(trainings) == 1 and len(memories) == 1
-    assert set(rows) == {"B", "M", "BM", "BM@gate0.0", "BM@gateinf"} and all(0 <= r["pixel_auroc"] <= 1 for r in rows.values())
+    assert len(trainings) == 2 and len(memories) == 1
+    assert set(rows) == {"B", "M", "BM", "BG", "BM@gate0.0", "BM@gateinf"} and all(0 <= r["pixel_auroc"] <= 1 for r in rows.values())
     assert rows["BM@gate0.0"]["pixel_auroc"] == rows["M"]["pixel_auroc"]  # gate 0: the memory alone
     assert 0 <= rows["BM"]["gate"] and rows["BM@gateinf"]["gate"] == float("inf")
     assert rows["BM"]["pixel_auroc"] != rows["B"]["pixel_auroc"]  # fused: the memory at least (its gate may be 0)
