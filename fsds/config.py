@@ -203,9 +203,12 @@ class MemoryConfig:
     k: int  # nearest bank vectors a patch's distance averages
     sigma: float  # Gaussian smoothing of the map, input pixels
     coreset_dims: int  # the random projection the coreset measures distances in
+    coreset_candidates: int  # the coreset picks from this many vectors drawn at random first (0: from all)
 
     def __post_init__(self) -> None:
         check(self.coreset_dims >= 1, "memory.coreset_dims", "must be >= 1")
+        check(self.coreset_candidates == 0 or self.coreset_candidates >= self.bank_size, "memory.coreset_candidates",
+              f"must be 0 (all vectors) or at least memory.bank_size ({self.bank_size})")
         check(len(self.strides) >= 1 and all(s in (2, 4, 8, 16, 32) for s in self.strides)
               and list(self.strides) == sorted(set(self.strides)), "memory.strides",
               f"must be increasing strides out of 2, 4, 8, 16, 32, got {list(self.strides)}")

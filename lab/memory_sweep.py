@@ -72,6 +72,8 @@ def summarize(path: Path) -> pd.DataFrame:
     lines = pd.read_json(path, lines=True)
     if "set_coreset_dims" in lines:  # lines from before the option: the projection was 128-dimensional
         lines["set_coreset_dims"] = lines["set_coreset_dims"].fillna(128).astype(int)
+    if "set_candidates" in lines:  # lines from before the option: the coreset looked at every vector
+        lines["set_candidates"] = lines["set_candidates"].fillna(0).astype(int)
     keys = [c for c in lines.columns if c.startswith("set_")]
     grouped = lines.groupby(keys, dropna=False)
     out = grouped[COLUMNS].agg(lambda v: f"{v.mean():.4f} ({v.std(ddof=1):.4f})" if len(v) > 1 else f"{v.mean():.4f}")
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bank", nargs="+", type=int, default=[10000])
     parser.add_argument("--sampler", nargs="+", default=["coreset"])
     parser.add_argument("--coreset-dims", nargs="+", type=int, default=[128])
+    parser.add_argument("--candidates", nargs="+", type=int, default=[0], help="coreset candidates (0: all)")
     parser.add_argument("--k", nargs="+", type=int, default=[1])
     parser.add_argument("--sigma", nargs="+", type=float, default=[4.0])
     parser.add_argument("--arch", default="lite0_unet")
@@ -107,15 +110,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.params)
     runtime = set_up_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last, training=False)
     grid = itertools.product(args.size, args.strides, args.grid, args.pool, args.bank, args.sampler,
-                             args.coreset_dims, args.seeds)
-    for size, strides, grid_stride, pool, bank, sampler, dims, seed in grid:
+                             args.coreset_dims, args.candidates, args.seeds)
+    for size, strides, grid_stride, pool, bank, sampler, dims, candidates, seed in grid:
         spec = MemorySpec(args.arch, tuple(int(s) for s in strides.split(",")), grid_stride, pool, bank, sampler,
-                          args.k[0], args.sigma[0], dims)
+                          args.k[0], args.sigma[0], dims, candidates)
         for result in run(args.root, args.category, spec, size, args.working_size, seed, cfg.split.calibration_normals,
                           cfg.metrics.calibration_fpr, runtime, args.k, args.sigma):
             line = {"category": args.category, "seed": seed, "set_size": size, "set_working_size": args.working_size,
                     "set_strides": strides, "set_grid": grid_stride, "set_pool": pool, "set_bank": bank,
-                    "set_sampler": sampler, "set_coreset_dims": dims, "precision": runtime.precision, **result}
+                    "set_sampler": sampler, "set_coreset_dims": dims, "set_candidates": candidates, "precision": runtime.precision, **result}
             print(json.dumps({k: line[k] for k in ["seed", *[c for c in line if c.startswith("set_")], *COLUMNS]}))
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with args.out.open("a") as f:

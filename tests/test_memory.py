@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -74,6 +76,23 @@ def test_random_bank_repeats_with_its_seed():
     spec = MemorySpec("lite0_unet", (8,), 8, 1, 40, "random", 1, 0.0)
     assert torch.equal(choose_bank(vectors, spec, 7), choose_bank(vectors, spec, 7))
     assert not torch.equal(choose_bank(vectors, spec, 7), choose_bank(vectors, spec, 8))
+
+
+def test_coreset_candidates_cap_the_rows_it_looks_at_and_keep_the_cover():
+    """With coreset_candidates, the bank is a k-center cover of a random draw of that many rows: every
+    chosen row is one of them, the same for the same seed, and clusters far apart are still covered."""
+    gen = torch.Generator().manual_seed(2)
+    centres = torch.randn(5, 4, generator=gen) * 50
+    points = (centres[:, None, :] + torch.randn(5, 200, 4, generator=gen)).reshape(-1, 4)
+    capped = MemorySpec("lite0_unet", (8,), 8, 1, 5, "coreset", 1, 0.0, 4, coreset_candidates=100)
+    bank = choose_bank(points, capped, 7)
+    drawn = points[torch.randperm(1000, generator=torch.Generator().manual_seed(7))[:100]]
+    assert all((drawn == row).all(1).any() for row in bank)
+    assert torch.equal(bank, choose_bank(points, capped, 7))
+    nearest_centre = torch.cdist(bank, centres).argmin(1)
+    assert sorted(nearest_centre.tolist()) == list(range(5))
+    full = dataclasses.replace(capped, coreset_candidates=0)
+    assert not all((drawn == row).all(1).any() for row in choose_bank(torch.cat([points, centres * 3]), full, 7))
 
 
 def test_patch_features_concatenate_on_one_grid():

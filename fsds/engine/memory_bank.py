@@ -67,14 +67,17 @@ def patch_vectors(memory: NormalMemory, images: Images, runtime: Runtime = CPU, 
 
 
 def choose_bank(vectors: torch.Tensor, spec: MemorySpec, seed: int) -> torch.Tensor:
-    """``spec.bank_size`` rows of ``vectors``, by ``spec.sampler``, the same for the same ``seed``."""
+    """``spec.bank_size`` rows of ``vectors``, by ``spec.sampler``, the same for the same ``seed``. The
+    coreset picks among ``spec.coreset_candidates`` rows drawn at random first, where there are more:
+    its time grows with the rows it looks at."""
     if spec.bank_size >= len(vectors):
         return vectors.clone()
     if spec.sampler == "random":
-        index = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(seed))[: spec.bank_size]
-    else:
-        index = greedy_coreset(vectors, spec.bank_size, seed, spec.coreset_dims)
-    return vectors[index].clone()
+        return vectors[torch.randperm(len(vectors), generator=torch.Generator().manual_seed(seed))[: spec.bank_size]].clone()
+    if spec.coreset_candidates and len(vectors) > spec.coreset_candidates:
+        drawn = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(seed))[: spec.coreset_candidates]
+        vectors = vectors[drawn.sort().values]
+    return vectors[greedy_coreset(vectors, spec.bank_size, seed, spec.coreset_dims)].clone()
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class MemorySpec:
     k: int  # nearest bank vectors a patch's distance averages
     sigma: float  # Gaussian smoothing of the map, input pixels
     coreset_dims: int = 64  # the random projection the coreset measures distances in
+    coreset_candidates: int = 0  # the coreset picks from this many vectors drawn at random first (0: from all)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

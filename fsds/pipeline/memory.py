@@ -24,7 +24,7 @@ MEMORY_BATCH = 8  # images per encoder pass while building
 def memory_spec(cfg: Config) -> MemorySpec:
     m = cfg.memory
     return MemorySpec(m.arch, tuple(m.strides), m.grid_stride, m.pool, m.bank_size, m.sampler, m.k, m.sigma,
-                      m.coreset_dims)
+                      m.coreset_dims, m.coreset_candidates)
 
 
 def category_memory(cfg: Config, table: pd.DataFrame, category: str) -> tuple[BuiltMemory, InputGeometry]:
