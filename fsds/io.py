@@ -83,6 +83,23 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def read_torch_file(path: str | Path, what: str, fix: str, device: Any = "cpu") -> Any:
+    """``torch.load`` of one of fsds's own files (``what``: "checkpoint", "memory"), trusted (full
+    pickles); a truncated, damaged or foreign file is an :class:`InputError` of one line naming the file,
+    what is wrong and ``fix``, not torch's traceback."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what} {path} cannot be read: it is truncated, damaged or not a PyTorch file "
+                         f"({reason}); {fix}") from exc
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image as uint8 RGB ``(H, W, 3)``; grayscale is expanded to three channels."""
     try:

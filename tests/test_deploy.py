@@ -262,3 +262,50 @@ def test_onnxruntime_predicts_what_torch_does_in_fp32_and_auto_picks_it_for_fp32
     with pytest.raises(SystemExit):  # InputError, reported by the console entry point
         main(["predict", "--model", str(checkpoint), str(photos), "--out", str(tmp_path / "x"), "--precision", "bf16",
               "--runtime", "onnxruntime"])
+
+
+def test_a_batch_with_unreadable_files_inspects_the_rest_lists_them_and_exits_3(checkpoint, tmp_path, capsys):
+    """On a line one bad frame must not stop the shift: a text file named .png and a PNG cut short are
+    rows with decision ``error`` and their reason, every other image is inspected exactly as it is
+    alone (in input order, whatever the batch size), and the command exits with status 3; ``--strict``
+    stops at the first with status 2 and writes nothing."""
+    folder = tmp_path / "line"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    (folder / "f1.png").write_text("not an image")
+    cut = (folder / "f2.png").read_bytes()
+    (folder / "f2.png").write_bytes(cut[: len(cut) // 2])
+    for batch in ("1", "3"):
+        out = tmp_path / f"out{batch}"
+        with pytest.raises(SystemExit) as exited:
+            main(["predict", "--model", str(checkpoint), str(folder), "--out", str(out), "--threshold", "0.5",
+                  "--precision", "fp32", "--batch-size", batch])
+        assert exited.value.code == 3
+        rows = _rows(out / "predictions.csv")
+        assert [Path(r["image"]).name for r in rows] == ["f0.png", "f1.png", "f2.png", "f3.png"]
+        assert [r["decision"] for r in rows][1:3] == ["error", "error"]
+        assert all("cannot read image" in r["error"] and r["score"] == "" for r in rows[1:3])
+        assert all(r["decision"] in ("good", "defect") and r["error"] == "" for r in (rows[0], rows[3]))
+        assert sorted(p.name for p in (out / "masks").iterdir()) == ["f0.png", "f3.png"]
+        assert "4 images" in (said := capsys.readouterr().out) and "2 unreadable" in said
+    alone = tmp_path / "alone"
+    main(["predict", "--model", str(checkpoint), str(folder / "f3.png"), "--out", str(alone), "--threshold", "0.5",
+          "--precision", "fp32"])
+    assert _rows(alone / "predictions.csv")[0]["score"] == rows[3]["score"]
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--model", str(checkpoint), str(folder), "--out", str(tmp_path / "strict"), "--strict",
+              "--precision", "fp32"])
+    assert exited.value.code == 2 and "f1.png" in capsys.readouterr().err
+    assert not (tmp_path / "strict" / "predictions.csv").exists()
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_it(checkpoint, photos, tmp_path, capsys):
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--model", str(bad), str(photos), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and len(err.splitlines()) == 1
+    assert "cut.pt cannot be read: it is truncated, damaged or not a PyTorch file" in err and "Traceback" not in err

@@ -165,8 +165,29 @@ def test_a_checkpoint_of_another_format_is_refused_naming_its_format(tmp_path, f
     torch.save({"model": model.state_dict(), "model_args": {"arch": "lite0_unet", "encoder_weights": "none"},
                 "config": {}, "iteration": 1, **format_key}, tmp_path / "old.pt")
     found = format_key.get("format", 1)
-    with pytest.raises(InputError, match=rf"old\.pt has format {found}; this fsds reads format {FORMAT}"):
+    said = (rf"has format {found}, newer than this fsds reads \({FORMAT}\).*upgrade fsds" if found > FORMAT
+            else rf"has format {found}; this fsds reads format {FORMAT}")
+    with pytest.raises(InputError, match=rf"old\.pt {said}"):
         load_checkpoint(tmp_path / "old.pt")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_a_damaged_checkpoint_or_memory_is_one_line_naming_the_file(tmp_path, damage):
+    """A checkpoint cut short (a copy that stopped) or a file that is not PyTorch's: an InputError naming
+    the file and the fix, not torch's zip or pickle traceback (the CLI prints it as one line)."""
+    from fsds.engine.checkpoint import load_checkpoint
+    from fsds.engine.memory_bank import load_memory
+    from fsds.errors import InputError
+
+    whole = tmp_path / "whole.pt"
+    torch.save({"format": 3, "model": build_model("lite0_unet").state_dict()}, whole)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2] if damage == "truncated" else b"not a model\n")
+    with pytest.raises(InputError, match=r"checkpoint .*bad\.pt cannot be read: it is truncated, damaged") as caught:
+        load_checkpoint(bad)
+    assert "\n" not in str(caught.value) and "train it again" in str(caught.value)
+    with pytest.raises(InputError, match=r"memory .*bad\.pt cannot be read.*dvc repro memory"):
+        load_memory(bad)
 
 
 def test_a_file_that_is_no_fsds_checkpoint_is_named_so(tmp_path):

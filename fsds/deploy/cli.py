@@ -6,6 +6,11 @@
 
 ``--model`` is an fsds checkpoint or an MLflow model URI (``runs:/<run id>/model``,
 ``models:/<name>/<version>``; the tracking store is ``MLFLOW_TRACKING_URI``'s).
+
+Exit status: 0 when every image was inspected; 2 on a bad argument, model or input (nothing
+inspected); 3 when ``fsds predict`` skipped images it could not read (the others are written, each
+skipped one is a row of predictions.csv with decision ``error`` and its reason; ``--strict`` stops at
+the first instead, with status 2).
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from fsds.engine.prediction import Tiling
 from fsds.errors import FsdsError, InputError
 
 
-def predict(args: argparse.Namespace) -> None:
+EXIT_BAD_INPUT = 2  # nothing was done: a bad argument, model or input
+EXIT_SKIPPED = 3  # fsds predict skipped images it could not read; the others are written
+
+
+def predict(args: argparse.Namespace) -> int:
     files = image_files(args.inputs)  # a bad path or tile size fails before the model loads
     tiling = Tiling(args.tile_size, args.tile_overlap)
     runtime = set_up_runtime(args.device, args.precision, training=False)  # as the predict stage
@@ -39,18 +48,22 @@ def predict(args: argparse.Namespace) -> None:
     elif runtime.channels_last:
         model.net.to(memory_format=torch.channels_last)
     results = predict_files(model, files, args.out, runtime, threshold=args.threshold, min_area=args.min_area,
-                            batch_size=args.batch_size, tiling=tiling)
+                            batch_size=args.batch_size, tiling=tiling, strict=args.strict)
     flagged = sum(r.defective for r in results)
-    print(f"{len(results)} images, {flagged} with a defect ({backend}, {runtime.precision}); masks, overlays and "
-          f"predictions.csv in {args.out}")
+    skipped = sum(bool(r.error) for r in results)
+    print(f"{len(results)} images, {flagged} with a defect"
+          + (f", {skipped} unreadable (decision 'error' in predictions.csv)" if skipped else "")
+          + f" ({backend}, {runtime.precision}); masks, overlays and predictions.csv in {args.out}")
+    return EXIT_SKIPPED if skipped else 0
 
 
-def export(args: argparse.Namespace) -> None:
+def export(args: argparse.Namespace) -> int:
     model = load_deployed(args.model, "cpu")
     diff = export_onnx(model, args.out, opset=args.opset)
     shape = (f"RGB in [0, 1] resized by {model.scale:.4g} (aspect kept), padded to a multiple of 32"
              if model.geometry.crops else f"{model.image_size} x {model.image_size} RGB in [0, 1]")
     print(f"wrote {args.out} ({shape} -> probabilities); ONNX Runtime matches PyTorch within {diff:.1e}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what runs the network (default auto: ONNX Runtime where it would run in fp32 on a CPU, "
                         "which it does faster than PyTorch; PyTorch under bf16 or on a GPU)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first image that cannot be read (default: skip it, list it in predictions.csv "
+                        "with decision 'error', inspect the rest and exit with status 3)")
     p.set_defaults(func=predict)
 
     e = sub.add_parser("export", help="write a trained model in a deployable format")
@@ -90,10 +106,12 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except FsdsError as exc:  # bad input, said plainly; anything else is a bug and keeps its traceback
         print(f"fsds {args.command}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,16 @@ class Prediction:
     score: float  # predicted defect area as a fraction of the image (the paper's anomaly score)
     max_probability: float
     defective: bool
+    error: str = ""  # why the image could not be inspected ("" = it was)
+
+    @property
+    def decision(self) -> str:
+        return "error" if self.error else "defect" if self.defective else "good"
+
+
+def unreadable(path: Path, reason: str) -> Prediction:
+    """The row of an image that could not be read: no score, decision ``error``, the reason."""
+    return Prediction(str(path), 0, 0, float("nan"), float("nan"), False, reason)
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -81,7 +91,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 @torch.no_grad()
 def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, runtime: Runtime = CPU,
                   threshold: float | None = None, min_area: float = 0.0, batch_size: int = BATCH_SIZE,
-                  tiling: Tiling = Tiling()) -> list[Prediction]:
+                  tiling: Tiling = Tiling(), strict: bool = False) -> list[Prediction]:
     """Masks (``masks/<stem>.png``, white = defect), overlays (``overlays/<stem>.png``) at each image's
     own size, and ``predictions.csv`` with each image's score and decision: defective when the
     predicted defect area exceeds ``min_area`` (default 0: any pixel, the paper's rule). A pixel is
@@ -90,7 +100,9 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
 
     Images are sized as the model was trained (squashed, or at its working scale, any aspect
     ratio) and predicted as the predict stage predicts (:func:`fsds.engine.prediction.predict_probabilities`
-    on the ``runtime``; in tiles with a ``tiling``)."""
+    on the ``runtime``; in tiles with a ``tiling``). An image that cannot be read is skipped and listed
+    with its reason (decision ``error``) and the others are inspected, unless ``strict``: then it stops
+    the run (:class:`InputError`) before anything is written."""
     threshold = model.threshold if threshold is None else threshold
     if not 0.0 < threshold < 1.0:
         raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
@@ -99,9 +111,17 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
     out = Path(out)
     geometry = model.geometry
 
-    def read(chunk: Sequence[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        rgbs = [read_rgb(p) for p in chunk]
-        return rgbs, [resize_image(rgb, geometry.shape(*rgb.shape[:2])) for rgb in rgbs]
+    def read(chunk: Sequence[Path]) -> tuple[list[np.ndarray | str], list[np.ndarray]]:
+        """Each image of ``chunk`` decoded (or why it cannot be), and the readable ones resized."""
+        rgbs: list[np.ndarray | str] = []
+        for path in chunk:
+            try:
+                rgbs.append(read_rgb(path))
+            except InputError as exc:
+                if strict:
+                    raise
+                rgbs.append(str(exc))
+        return rgbs, [resize_image(rgb, geometry.shape(*rgb.shape[:2])) for rgb in rgbs if not isinstance(rgb, str)]
 
     def write(path: Path, rgb: np.ndarray, prob: np.ndarray) -> Prediction:
         full = resize_probabilities(prob, *rgb.shape[:2])
@@ -113,28 +133,36 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
         return Prediction(str(path), rgb.shape[0], rgb.shape[1], area, float(full.max()), area > min_area)
 
     # Decoding the next batch and writing the last one's PNGs run in two threads while the network
-    # runs (PIL and zlib leave the GIL; lab/findings/speed.md). Results come back in input order; a
-    # failure in either thread stops the run.
+    # runs (PIL and zlib leave the GIL; lab/findings/speed.md). Results come back in input order; an
+    # unreadable image becomes its row, any other failure in either thread stops the run.
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     bar = tqdm(total=len(files), desc="predict", unit="img")
     with ThreadPoolExecutor(1, thread_name_prefix="fsds-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="fsds-write") as writer:
-        pending: list[Future[Prediction]] = []
+        pending: list[Future[Prediction] | Prediction] = []
         next_read = reader.submit(read, chunks[0]) if chunks else None
         for i, chunk in enumerate(chunks):
             rgbs, images = next_read.result()
             if i + 1 < len(chunks):
                 next_read = reader.submit(read, chunks[i + 1])
-            probs = predict_probabilities(model.net, images, runtime, batch_size=batch_size, tiling=tiling,
-                                          progress=False)
-            pending += [writer.submit(write, path, rgb, prob) for path, rgb, prob in zip(chunk, rgbs, probs)]
-        results = [f.result() for f in pending]
+            probs = iter(predict_probabilities(model.net, images, runtime, batch_size=batch_size, tiling=tiling,
+                                               progress=False) if images else [])
+            for path, rgb in zip(chunk, rgbs):
+                if isinstance(rgb, str):
+                    tqdm.write(f"skipped {path}: {rgb}")
+                    pending.append(unreadable(path, rgb))
+                    bar.update(1)
+                else:
+                    pending.append(writer.submit(write, path, rgb, next(probs)))
+        results = [p.result() if isinstance(p, Future) else p for p in pending]
     bar.close()
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["image", "height", "width", "score", "max_probability", "decision"])
+    writer.writerow(["image", "height", "width", "score", "max_probability", "decision", "error"])
     for r in results:
-        writer.writerow([r.image, r.height, r.width, f"{r.score:.6f}", f"{r.max_probability:.4f}",
-                         "defect" if r.defective else "good"])
+        if r.error:
+            writer.writerow([r.image, "", "", "", "", r.decision, r.error])
+        else:
+            writer.writerow([r.image, r.height, r.width, f"{r.score:.6f}", f"{r.max_probability:.4f}", r.decision, ""])
     write_text(out / "predictions.csv", buf.getvalue())
     return results

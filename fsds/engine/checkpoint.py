@@ -18,7 +18,7 @@ import torch
 
 from fsds.data.images import InputGeometry
 from fsds.errors import InputError, MissingFileError
-from fsds.io import atomic_path
+from fsds.io import atomic_path, read_torch_file
 from fsds.method.fusion import LateFusion, MemoryGuided
 from fsds.method.memory import NormalMemory, empty_memory
 from fsds.method.networks import Segmenter, build_model
@@ -91,11 +91,14 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} not found; run the train stage first")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = read_torch_file(path, "checkpoint", "copy it again, or train it again (dvc repro)", device)
     if not isinstance(state, dict) or not ({"format", "model_args"} & set(state)):
         raise InputError(f"{path} is not an fsds checkpoint (a training snapshot, or another program's file?); "
                          "give a data/models/<method>/<category>.pt of the train stage")
     found = state.get("format", 1)  # format 1 had no version
+    if isinstance(found, int) and found > FORMAT:
+        raise InputError(f"checkpoint {path} has format {found}, newer than this fsds reads ({FORMAT}): it was "
+                         "written by a newer fsds; upgrade fsds to use it")
     if found != FORMAT:
         raise InputError(f"checkpoint {path} has format {found}; this fsds reads format {FORMAT}. "
                          "Train it again with this version (dvc repro), or use the fsds it was made with")

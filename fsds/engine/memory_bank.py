@@ -17,7 +17,7 @@ from fsds.data.images import Images, InputGeometry, InputStats, normalize
 from fsds.engine.device import Runtime
 from fsds.engine.prediction import CPU
 from fsds.errors import ConfigError, InputError, MissingFileError
-from fsds.io import atomic_path
+from fsds.io import atomic_path, read_torch_file
 from fsds.method.memory import (
     MemorySpec,
     NormalMemory,
@@ -144,9 +144,12 @@ def load_memory(path: str | Path) -> tuple[NormalMemory, InputGeometry, dict[str
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"memory {path} not found; run the memory stage first (dvc repro memory)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_torch_file(path, "memory", "build it again (dvc repro memory)")
     if not isinstance(state, dict) or state.get("kind") != "fsds-memory":
         raise InputError(f"{path} is not a memory of the memory stage; give data/memory/<category>.pt")
+    if isinstance(state.get("format"), int) and state["format"] > MEMORY_FORMAT:
+        raise InputError(f"memory {path} has format {state['format']}, newer than this fsds reads ({MEMORY_FORMAT}): "
+                         "it was written by a newer fsds; upgrade fsds, or build it again with this one (dvc repro memory)")
     if state.get("format") != MEMORY_FORMAT:
         raise InputError(f"memory {path} has format {state.get('format')}; this fsds reads {MEMORY_FORMAT}: "
                          "build it again (dvc repro memory)")
