@@ -224,10 +224,12 @@ class MemoryConfig:
 class MetricsConfig:
     threshold: float
     calibration_fpr: float  # the calibrated threshold keeps at most this share of calibration pixels defective
+    image_fpr: float  # the calibrated image decision flags about at most this share of good parts
 
     def __post_init__(self) -> None:
         check(0 < self.threshold < 1, "metrics.threshold", "must be in (0, 1)")
         check(0 < self.calibration_fpr < 1, "metrics.calibration_fpr", "must be in (0, 1)")
+        check(0 < self.image_fpr < 1, "metrics.image_fpr", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -117,12 +117,14 @@ def score(cfg: Config, model, table: pd.DataFrame, category: str, geometry) -> d
                                 cfg.metrics.threshold, runtime,
                                 batch_size=plan.predict_batch_size(cfg, typical_side(geometry, test)), tiling=tiling)
     metrics, per_image = evaluate_category(probs, test, cfg.metrics.threshold,
-                                           calibration.threshold if calibration else None)
+                                           calibration.threshold if calibration else None,
+                                           calibration.min_area if calibration else 0.0)
     seen = set(category_split(table, category)["train_defect"]["defect_type"])
     types = by_defect_type(probs, test, per_image, seen)
     flat = {f"{group}_{m}": types[group][m] for group in ("seen", "unseen") if group in types
             for m in ("iou", "pixel_auroc", "aupro")}
-    return {**metrics, **flat, "by_type": types}
+    image = {"min_area": calibration.min_area, "image_reached": calibration.image_reached} if calibration else {}
+    return {**metrics, **flat, **image, "by_type": types}
 
 
 def sweep(base: dict[str, Any], root: str | Path, category: str, variants: Sequence[str], profiles: Sequence[str],

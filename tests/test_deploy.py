@@ -309,3 +309,26 @@ def test_a_truncated_checkpoint_is_one_line_naming_it(checkpoint, photos, tmp_pa
     err = capsys.readouterr().err.strip()
     assert exited.value.code == 2 and len(err.splitlines()) == 1
     assert "cut.pt cannot be read: it is truncated, damaged or not a PyTorch file" in err and "Traceback" not in err
+
+
+def test_the_models_calibrated_min_area_is_the_default_image_decision(tmp_path, checkpoint, photos):
+    """A checkpoint whose image decision was calibrated (min_area): `fsds predict` and the deployed
+    (MLflow) model decide with it unless --min-area is given; an image whose defect area is below it is
+    good, the same image with --min-area 0 (any pixel) defective."""
+    state = torch.load(checkpoint, weights_only=False)
+    model = build_model(state["network"]["arch"])
+    model.load_state_dict(state["model"])
+    plain = tmp_path / "plain"
+    main(["predict", "--model", str(checkpoint), str(photos / "wide.png"), "--out", str(plain), "--threshold", "0.5"])
+    (row,) = _rows(plain / "predictions.csv")
+    area = float(row["score"])
+    assert 0 < area < 0.99 and row["decision"] == "defect"  # any pixel: defective
+    path = tmp_path / "calibrated.pt"
+    save_checkpoint(path, model.eval(), InputGeometry(64), 0.5, encoder_weights="none", config=state["config"],
+                    iteration=3, min_area=min(0.999, area + 0.01))
+    assert load_deployed(str(path)).min_area == pytest.approx(min(0.999, area + 0.01))
+    for name, flags in (("own", []), ("any", ["--min-area", "0"])):
+        main(["predict", "--model", str(path), str(photos / "wide.png"), "--out", str(tmp_path / name), *flags])
+    (own,), (anyp,) = _rows(tmp_path / "own" / "predictions.csv"), _rows(tmp_path / "any" / "predictions.csv")
+    assert own["score"] == anyp["score"] == row["score"]
+    assert own["decision"] == "good" and anyp["decision"] == "defect"

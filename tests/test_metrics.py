@@ -255,3 +255,27 @@ def test_metrics_per_defect_type_split_into_types_seen_in_the_shots_and_not(tmp_
     assert out["unseen"]["n"] == 1
     # every type seen: no unseen group
     assert "unseen" not in by_defect_type(probs, test, rows, seen={"hole", "crack"})
+
+
+def test_the_calibrated_image_decision_counts_false_alarms_and_misses_by_area(tmp_path):
+    """Two normal test images (one with a speck of 1 pixel, one with 6) and two defective ones (a big
+    and a small predicted area): at min_area 2/64 the speck passes, the 6-pixel normal is a false alarm
+    and the small defect (1 pixel) is missed."""
+    from fsds.evaluation.metrics import evaluate_category
+
+    rows, probs = [], []
+    for i, (label, pixels) in enumerate([(0, 1), (0, 6), (1, 12), (1, 1)]):
+        mask = np.zeros((8, 8), dtype=np.uint8)
+        prob = np.zeros((8, 8), dtype=np.uint8)
+        prob.flat[:pixels] = 255
+        if label:
+            mask.flat[:pixels] = 255
+            Image.fromarray(mask).save(tmp_path / f"m{i}.png")
+        rows.append({"category": "c", "defect_type": "good" if not label else "x", "image": f"i{i}.png",
+                     "mask": str(tmp_path / f"m{i}.png") if label else "", "label": label, "height": 8, "width": 8})
+        probs.append(prob)
+    summary, per_image = evaluate_category(np.stack(probs), pd.DataFrame(rows), 0.5, 0.5, min_area=2 / 64)
+    assert per_image["anomalous_cal"].tolist() == [0, 1, 1, 0]
+    assert summary["image_fpr_cal"] == 0.5 and summary["image_miss_cal"] == 0.5
+    summary, per_image = evaluate_category(np.stack(probs), pd.DataFrame(rows), 0.5, 0.5)  # any pixel
+    assert per_image["anomalous_cal"].tolist() == [1, 1, 1, 1] and summary["image_fpr_cal"] == 1.0

@@ -141,9 +141,12 @@ def test_a_checkpoint_keeps_its_format_network_geometry_and_threshold(tmp_path):
     from fsds.engine.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 
     model = build_model("unet")
-    save_checkpoint(tmp_path / "u.pt", model, InputGeometry(64, 0.5), 0.3, encoder_weights="none", config={}, iteration=1)
+    save_checkpoint(tmp_path / "u.pt", model, InputGeometry(64, 0.5), 0.3, encoder_weights="none", config={}, iteration=1,
+                    min_area=0.002)
     loaded = load_checkpoint(tmp_path / "u.pt")
-    assert set(loaded.state) == {"format", "model", "network", "memory", "input", "threshold", "config", "iteration"}
+    assert set(loaded.state) == {"format", "model", "network", "memory", "input", "threshold", "min_area", "config",
+                                 "iteration"}
+    assert loaded.min_area == 0.002
     assert loaded.state["memory"] is None  # a segmenter alone (tests/test_fusion.py: with the memory)
     assert loaded.state["format"] == FORMAT and loaded.state["network"] == {"arch": "unet", "encoder_weights": "none"}
     assert loaded.model.arch == "unet" and type(loaded.model.decoder).__name__ == "UNetDecoder"  # its fixed widths

@@ -58,7 +58,8 @@ def test_repro_writes_metrics_for_every_variant(repo_copy):
         for values in figures.values():
             assert set(values) == {"iou", "dice", "iou_pooled", "dice_pooled", "image_acc", "image_auroc",
                                     "image_auroc_max", "pixel_auroc", "aupro", "iou_cal", "dice_cal",
-                                    "iou_pooled_cal", "image_acc_cal", "threshold_cal"}
+                                    "iou_pooled_cal", "image_acc_cal", "image_fpr_cal", "image_miss_cal",
+                                    "threshold_cal"}
             assert all(0.0 <= v <= 1.0 for v in values.values())
     report = (dest / "reports" / "ablation.md").read_text()
     for title in ("Table II: mean IoU, 1-shot", "Table III: mean Dice, 1-shot", "Table IV", "Table V"):
@@ -101,8 +102,11 @@ def test_repro_outputs_are_complete_and_rebuildable(repo_copy):
     calibration = state["calibration"]
     assert calibration["images"] == 2 and calibration["max_fpr"] == 0.001 and 0 < calibration["threshold"] < 1
     assert state["threshold"] == calibration["threshold"]  # the checkpoint's own threshold: fsds predict's default
+    # the image decision: 2 normals cannot hold 5% (k = floor(0.05 * 3) = 0): their largest area, not reached
+    assert calibration["max_image_fpr"] == 0.05 and not calibration["image_reached"]
+    assert state["min_area"] == calibration["min_area"] and 0 <= state["min_area"] < 1
     thresholds = json.loads((dest / "data" / "predictions" / "B_NBR_CaP" / "thresholds.json").read_text())
-    assert thresholds["washer"] == calibration["threshold"]
+    assert thresholds["washer"] == {"threshold": calibration["threshold"], "min_area": calibration["min_area"]}
     metrics = json.loads((dest / "reports" / "metrics.json").read_text())
     assert metrics["B_NBR_CaP"]["washer"]["threshold_cal"] == calibration["threshold"]
     split = pd.read_csv(dest / "data" / "split.csv", keep_default_na=False)

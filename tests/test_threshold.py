@@ -52,3 +52,36 @@ def test_bad_inputs_are_refused():
         calibrate_threshold(np.zeros((0, 4, 4), dtype=np.uint8), 0.01)
     with pytest.raises(ValueError, match="max_fpr"):
         calibrate_threshold(np.zeros((1, 4, 4), dtype=np.uint8), 0.0)
+
+
+def test_the_image_decision_is_the_kth_largest_normal_area_for_its_rate():
+    """k = floor(fpr (n + 1)): 19 normals at 5% -> k 1, the largest area (a new good part exceeds the
+    largest of 19 with chance 1/20); 39 at 5% -> k 2, the second largest; 8 at 5% -> too few (k 0):
+    the largest, not reached."""
+    from fsds.evaluation.threshold import image_threshold
+
+    areas = np.linspace(0.0, 0.018, 19)[::-1]  # 0.018, 0.017, ..., 0
+    assert image_threshold(areas, 0.05) == (pytest.approx(0.018), True)
+    assert image_threshold(np.linspace(0.0, 0.038, 39), 0.05) == (pytest.approx(0.037), True)
+    assert image_threshold(areas[:8], 0.05) == (pytest.approx(0.018), False)
+    assert image_threshold(np.zeros(30), 0.05) == (0.0, True)  # good parts with no defect pixel: any pixel flags
+    # the promise, simulated: good parts drawn like the calibration ones are flagged at about k / (n + 1)
+    rng = np.random.default_rng(0)
+    flagged = []
+    for _ in range(2000):
+        calibration, new = rng.exponential(size=19), rng.exponential()
+        flagged.append(new > image_threshold(calibration, 0.05)[0])
+    assert np.mean(flagged) == pytest.approx(0.05, abs=0.015)
+    with pytest.raises(ValueError, match="max_image_fpr"):
+        image_threshold(areas, 0.0)
+
+
+def test_calibration_picks_the_image_decision_at_its_pixel_threshold():
+    """Twenty normal maps, one with a bright blob of 4 pixels (6.25% of 64), the others clean: at 5%
+    (k 1) the decision's min_area is the blob's area, so none of them is flagged by area > min_area."""
+    probs = np.zeros((20, 8, 8), dtype=np.uint8)
+    probs[3, :2, :2] = 255
+    found = calibrate_threshold(probs, max_fpr=0.01, max_image_fpr=0.05)
+    assert found.threshold == pytest.approx(0.5 / 255)  # 4 of 1280 pixels (0.3%) at level 1 or above
+    assert found.min_area == pytest.approx(4 / 64) and found.image_reached and found.max_image_fpr == 0.05
+    assert calibrate_threshold(probs, max_fpr=0.01).min_area == 0.0  # not asked: any pixel, as before

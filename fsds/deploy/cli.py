@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="probability at or above which a pixel is a defect (default: the model's own: the threshold "
                         "calibrated on its held-out normal images, else metrics.threshold of its training)")
-    p.add_argument("--min-area", type=float, default=0.0,
-                   help="an image is defective when its predicted defect area exceeds this fraction (default 0: any pixel)")
+    p.add_argument("--min-area", type=float, default=None,
+                   help="an image is defective when its predicted defect area exceeds this fraction of it (default: "
+                        "the model's own, calibrated on its held-out normals to flag about metrics.image_fpr of good "
+                        "parts; 0 for a model without: any pixel)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help=f"images per network pass (default {BATCH_SIZE}: on a small CPU the fastest end to end)")
     p.add_argument("--tile-size", type=int, default=0,

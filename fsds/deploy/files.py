@@ -90,13 +90,14 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 @torch.no_grad()
 def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, runtime: Runtime = CPU,
-                  threshold: float | None = None, min_area: float = 0.0, batch_size: int = BATCH_SIZE,
+                  threshold: float | None = None, min_area: float | None = None, batch_size: int = BATCH_SIZE,
                   tiling: Tiling = Tiling(), strict: bool = False) -> list[Prediction]:
     """Masks (``masks/<stem>.png``, white = defect), overlays (``overlays/<stem>.png``) at each image's
     own size, and ``predictions.csv`` with each image's score and decision: defective when the
-    predicted defect area exceeds ``min_area`` (default 0: any pixel, the paper's rule). A pixel is
-    a defect at or above ``threshold``, by default the model's own (its calibrated threshold, else
-    ``metrics.threshold`` of its training).
+    predicted defect area exceeds ``min_area``, by default the model's own (calibrated on its held-out
+    normals to flag about ``metrics.image_fpr`` of good parts; 0, any pixel, for a model without). A
+    pixel is a defect at or above ``threshold``, by default the model's own (its calibrated threshold,
+    else ``metrics.threshold`` of its training).
 
     Images are sized as the model was trained (squashed, or at its working scale, any aspect
     ratio) and predicted as the predict stage predicts (:func:`fsds.engine.prediction.predict_probabilities`
@@ -104,6 +105,7 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
     with its reason (decision ``error``) and the others are inspected, unless ``strict``: then it stops
     the run (:class:`InputError`) before anything is written."""
     threshold = model.threshold if threshold is None else threshold
+    min_area = getattr(model, "min_area", 0.0) if min_area is None else min_area  # MLflow models from before it: 0
     if not 0.0 < threshold < 1.0:
         raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
     if not 0.0 <= min_area < 1.0:

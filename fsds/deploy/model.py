@@ -31,13 +31,14 @@ from fsds.method.networks import Segmenter
 class DeployedModel(nn.Module):
     """A segmenter with its input normalisation and output sigmoid: [0, 1] RGB in, probabilities out."""
 
-    def __init__(self, net: Segmenter, geometry: InputGeometry | int, threshold: float) -> None:
+    def __init__(self, net: Segmenter, geometry: InputGeometry | int, threshold: float, min_area: float = 0.0) -> None:
         super().__init__()
         self.net = net
         geometry = as_geometry(geometry)  # an int: the side of the square it squashes to
         self.image_size = int(geometry.size)
         self.scale = float(geometry.scale)  # 0: squashed to image_size; else the working scale
         self.threshold = float(threshold)  # its calibrated threshold, else metrics.threshold: a pixel at or above it is a defect
+        self.min_area = float(min_area)  # its calibrated image decision: defective when the defect area exceeds it
         # The network's own input normalisation (its encoder's weights decide it), inside the model.
         self.register_buffer("mean", torch.tensor(net.input_stats.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(net.input_stats.std).view(1, 3, 1, 1))
@@ -50,16 +51,17 @@ class DeployedModel(nn.Module):
         return torch.sigmoid(self.net((images - self.mean) / self.std))
 
 
-def deployable(net: Segmenter, geometry: InputGeometry, threshold: float) -> DeployedModel:
+def deployable(net: Segmenter, geometry: InputGeometry, threshold: float, min_area: float = 0.0) -> DeployedModel:
     """A copy of a trained network made deployable (fp32, contiguous, batch norms folded, eval mode)."""
     net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
-    return DeployedModel(inference_model(net), geometry, threshold).eval()
+    return DeployedModel(inference_model(net), geometry, threshold, min_area).eval()
 
 
 def deployed_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> DeployedModel:
     """The deployable model of an fsds checkpoint (its geometry and threshold), batch norms folded, in eval mode."""
     checkpoint = load_checkpoint(path, device)
-    return DeployedModel(inference_model(checkpoint.model), checkpoint.geometry, checkpoint.threshold).to(device).eval()
+    return DeployedModel(inference_model(checkpoint.model), checkpoint.geometry, checkpoint.threshold,
+                         checkpoint.min_area).to(device).eval()
 
 
 def load_deployed(spec: str, device: torch.device | str = "cpu") -> DeployedModel:

@@ -58,12 +58,14 @@ class Checkpoint:
     model: Model  # a segmenter, a memory of normal patches, or the two as one (``state["memory"]["use"]``)
     geometry: InputGeometry  # how an image becomes its input (squashed, or a working scale)
     threshold: float  # its calibrated threshold, else the metrics.threshold it was trained with
+    min_area: float  # its calibrated image decision: defective when the defect area exceeds it (0: any pixel)
     state: dict[str, Any]  # the whole file: config (the params it was trained with), iteration, calibration, ...
 
 
 def save_checkpoint(path: str | Path, model: Model, geometry: InputGeometry, threshold: float, *,
                     encoder_weights: str, config: dict[str, Any], iteration: int,
-                    extra: dict[str, Any] | None = None, optimizer: torch.optim.Optimizer | None = None) -> None:
+                    extra: dict[str, Any] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    min_area: float = 0.0) -> None:
     """What rebuilds the model (and, given the ``optimizer``, continues training it), written atomically.
 
     ``config`` is the params it was trained with, kept as a record. A finished model's checkpoint
@@ -76,6 +78,7 @@ def save_checkpoint(path: str | Path, model: Model, geometry: InputGeometry, thr
         "memory": {"use": memory_use(model), "layout": _memory_of(model).layout()} if _memory_of(model) is not None else None,
         "input": geometry.to_dict(),
         "threshold": float(threshold),
+        "min_area": float(min_area),
         "config": config,
         "iteration": iteration,
         **(extra or {}),
@@ -105,4 +108,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     model = rebuild(state["network"], state.get("memory"))
     model.load_state_dict(state["model"])
     model.to(device).eval()
-    return Checkpoint(model, InputGeometry(**state["input"]), float(state["threshold"]), state)
+    # min_area came within format 3: a file from before it decides by any pixel, as it did then
+    return Checkpoint(model, InputGeometry(**state["input"]), float(state["threshold"]),
+                      float(state.get("min_area", 0.0)), state)

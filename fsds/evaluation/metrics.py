@@ -19,6 +19,9 @@
 - ``*_cal``: IoU, Dice, pooled IoU and image ACC again at the model's calibrated threshold
   (``threshold_cal``: the lowest keeping false alarms on held-out normal images under
   ``metrics.calibration_fpr``, see :mod:`fsds.evaluation.threshold`); NaN for a model without one.
+  At image level the calibrated decision is the model's (``min_area``, calibrated for
+  ``metrics.image_fpr``): ``image_fpr_cal`` is the share of normal test images it flags (false
+  alarms), ``image_miss_cal`` the share of defective ones it passes.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ from fsds.io import read_mask
 HEADERS = {"iou": "IoU", "dice": "Dice", "iou_pooled": "pooled IoU", "dice_pooled": "pooled Dice",
            "image_acc": "image ACC", "image_auroc": "image AUROC", "image_auroc_max": "image AUROC (max)",
            "pixel_auroc": "pixel AUROC", "aupro": "AUPRO (30% FPR)", "iou_cal": "IoU (cal.)", "dice_cal": "Dice (cal.)",
-           "iou_pooled_cal": "pooled IoU (cal.)", "image_acc_cal": "image ACC (cal.)", "threshold_cal": "threshold (cal.)"}
+           "iou_pooled_cal": "pooled IoU (cal.)", "image_acc_cal": "image ACC (cal.)",
+           "image_fpr_cal": "image false alarms (cal.)", "image_miss_cal": "image misses (cal.)",
+           "threshold_cal": "threshold (cal.)"}
 METRIC_NAMES = tuple(HEADERS)
 CALIBRATED_NAMES = tuple(name for name in METRIC_NAMES if name.endswith("_cal"))
 LEVELS = 256
@@ -152,9 +157,10 @@ class PixelHistogram:
 
 
 def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float,
-                      calibrated: float | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+                      calibrated: float | None = None, min_area: float = 0.0) -> tuple[dict[str, float], pd.DataFrame]:
     """Metrics of one category from its uint8 probability maps (rows of ``probs`` follow ``test``), at
-    ``threshold`` and, for the ``*_cal`` metrics, at the ``calibrated`` threshold (NaN without one)."""
+    ``threshold`` and, for the ``*_cal`` metrics, at the ``calibrated`` threshold (NaN without one),
+    where an image is defective when its defect area exceeds ``min_area``."""
     if len(probs) != len(test):
         raise InputError(f"{len(probs)} probability maps for {len(test)} test images")
     hist = PixelHistogram()
@@ -177,7 +183,7 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float,
         if calibrated is not None:
             pred_cal = prob >= calibrated
             counts_cal += confusion(pred_cal, target)
-            anomalous_cal = int(pred_cal.any())
+            anomalous_cal = int(pred_cal.mean() > min_area)
             if row.label and target.any():
                 iou_cal, dice_cal = iou_dice(pred_cal, target)
         rows.append(
@@ -220,6 +226,10 @@ def evaluate_category(probs: np.ndarray, test: pd.DataFrame, threshold: float,
             "dice_cal": float(defective["dice_cal"].mean()) if len(defective) else math.nan,
             "iou_pooled_cal": pooled_cal[0],
             "image_acc_cal": float(np.mean(per_image["anomalous_cal"].to_numpy() == labels)),
+            "image_fpr_cal": float(np.mean(per_image["anomalous_cal"].to_numpy()[labels == 0])) if (labels == 0).any()
+            else math.nan,
+            "image_miss_cal": float(np.mean(1 - per_image["anomalous_cal"].to_numpy()[labels == 1])) if (labels == 1).any()
+            else math.nan,
             "threshold_cal": float(calibrated),
         })
     return summary, per_image

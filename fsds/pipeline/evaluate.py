@@ -43,7 +43,9 @@ def evaluate_variants(
                 raise InputError(
                     f"predictions of {variant}/{category} do not match the split's test images; re-run the predict stage"
                 )
-            summary, rows = evaluate_category(probs, test, cfg.metrics.threshold, thresholds.get(category))
+            calibrated = thresholds.get(category) or {}
+            summary, rows = evaluate_category(probs, test, cfg.metrics.threshold, calibrated.get("threshold"),
+                                              calibrated.get("min_area", 0.0))
             per_category[category] = summary
             rows.insert(0, "variant", variant)
             per_image.append(rows)

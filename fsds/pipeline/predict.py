@@ -32,7 +32,7 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
     models_dir = Path(models_dir)
     runtime, tiling = plan.predict_runtime(cfg), plan.tiling(cfg)
     tables = []
-    thresholds: dict[str, float | None] = {}
+    thresholds: dict[str, dict[str, float] | None] = {}
     with atomic_dir(out_dir) as tmp:
         for category in sorted(table["category"].unique()):
             checkpoint = load_checkpoint(models_dir / f"{category}.pt", runtime.device)
@@ -46,6 +46,8 @@ def predict_variant(cfg: Config, table: pd.DataFrame, models_dir: str | Path, ou
             )
             save_probabilities(tmp / f"{category}.npz", probs, test["image"].tolist())
             tables.append(scores)
-            thresholds[category] = (checkpoint.state.get("calibration") or {}).get("threshold")
+            calibration = checkpoint.state.get("calibration")
+            thresholds[category] = ({"threshold": checkpoint.threshold, "min_area": checkpoint.min_area}
+                                    if calibration else None)
         pd.concat(tables, ignore_index=True).to_csv(tmp / "scores.csv", index=False)
         write_json(tmp / THRESHOLDS_FILE, thresholds)

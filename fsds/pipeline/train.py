@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 import zlib
 from pathlib import Path
@@ -56,7 +57,11 @@ def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str,
     images = load_images(held["image"].tolist(), geometry, desc=f"{category} calibration")
     probs = predict_probabilities(net, images, runtime, batch_size=CALIBRATION_BATCH, tiling=tiling,
                                   desc=f"{category} calibration")
-    found = calibrate_threshold(probs, cfg.metrics.calibration_fpr)
+    found = calibrate_threshold(probs, cfg.metrics.calibration_fpr, cfg.metrics.image_fpr)
+    if not found.image_reached:
+        tqdm.write(f"{category}: warning: {len(held)} calibration normals cannot hold metrics.image_fpr "
+                   f"{cfg.metrics.image_fpr:g}: the image decision flags about 1/{len(held) + 1} of good parts. Hold out "
+                   f"at least {math.ceil(1 / cfg.metrics.image_fpr - 1)} (split.calibration_normals)")
     if not found.reached:
         tqdm.write(f"{category}: warning: even the highest threshold leaves {found.fpr:.2%} of the calibration "
                    f"normals' pixels defective (metrics.calibration_fpr is {cfg.metrics.calibration_fpr}); "
@@ -179,9 +184,10 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                     model = fuse_late(cfg, model, memory, table, category, geometry, predict_runtime, tiling)
                 calibration = calibrate(cfg, model, table, category, geometry, predict_runtime, tiling)
                 threshold = calibration.threshold if calibration else cfg.metrics.threshold
+                min_area = calibration.min_area if calibration else 0.0
                 ckpt = tmp / f"{category}.pt"
                 save_checkpoint(ckpt, model, geometry, threshold, encoder_weights=weights_source, config=config,
-                                iteration=recipe.iterations,
+                                iteration=recipe.iterations, min_area=min_area,
                                 extra={"variant": variant_name, "category": category, "seed": cfg.seed,
                                        "mlflow_run_id": run_id,
                                        "calibration": calibration.to_dict() if calibration else None})
@@ -190,9 +196,9 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category],
                                              **({"calibrated_threshold": calibration.threshold,
                                                  "calibration_fpr": calibration.fpr} if calibration else {})})
-                tracker.log_model(run_id, deployable(model, geometry, threshold), signature(geometry),
+                tracker.log_model(run_id, deployable(model, geometry, threshold, min_area), signature(geometry),
                                   {"variant": variant_name, "category": category, "arch": recipe.arch,
-                                   "threshold": threshold, "encoder_weights": weights_source})
+                                   "threshold": threshold, "min_area": min_area, "encoder_weights": weights_source})
                 status = "FINISHED"
             finally:
                 tracker.end_run(run_id, status)
