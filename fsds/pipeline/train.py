@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -61,11 +62,11 @@ def calibrate(cfg: Config, model: Segmenter, table: pd.DataFrame, category: str,
     if not found.image_reached:
         tqdm.write(f"{category}: warning: {len(held)} calibration normals cannot hold metrics.image_fpr "
                    f"{cfg.metrics.image_fpr:g}: the image decision flags about 1/{len(held) + 1} of good parts. Hold out "
-                   f"at least {math.ceil(1 / cfg.metrics.image_fpr - 1)} (split.calibration_normals)")
+                   f"at least {math.ceil(1 / cfg.metrics.image_fpr - 1)} (split.calibration_normals)", file=sys.stderr)
     if not found.reached:
         tqdm.write(f"{category}: warning: even the highest threshold leaves {found.fpr:.2%} of the calibration "
                    f"normals' pixels defective (metrics.calibration_fpr is {cfg.metrics.calibration_fpr}); "
-                   f"using {found.threshold:.4f}")
+                   f"using {found.threshold:.4f}", file=sys.stderr)
     return found
 
 
