@@ -103,7 +103,7 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
     ratio) and predicted as the predict stage predicts (:func:`fsds.engine.prediction.predict_probabilities`
     on the ``runtime``; in tiles with a ``tiling``). An image that cannot be read is skipped and listed
     with its reason (decision ``error``) and the others are inspected, unless ``strict``: then it stops
-    the run (:class:`InputError`) before anything is written."""
+    the run (:class:`InputError`) before predictions.csv is written."""
     threshold = model.threshold if threshold is None else threshold
     min_area = getattr(model, "min_area", 0.0) if min_area is None else min_area  # MLflow models from before it: 0
     if not 0.0 < threshold < 1.0:
