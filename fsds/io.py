@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import os
 import shutil
@@ -102,12 +103,22 @@ def read_torch_file(path: str | Path, what: str, fix: str, device: Any = "cpu") 
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image as uint8 RGB ``(H, W, 3)``; grayscale is expanded to three channels."""
+    return _decoded_rgb(path, str(path))
+
+
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+    """An image file's bytes (PNG, JPEG, BMP, TIFF) decoded as :func:`read_rgb` decodes the file;
+    ``name`` says which image in an error."""
+    return _decoded_rgb(io.BytesIO(data), name)
+
+
+def _decoded_rgb(source: str | Path | io.BytesIO, name: str) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             return np.asarray(img.convert("RGB"))
     except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
+        raise InputError(f"cannot read image {name}: {exc}; replace or remove the file") from exc
 
 
 MID_GREY_LIMIT = 0.05  # anti-aliased edges are far fewer; a photograph filed as a mask is far more

@@ -3,6 +3,7 @@ experiment queue with two workers. Nothing of MLflow or DVC is mocked."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,17 +86,24 @@ def test_pipeline_tracks_into_a_tracking_server_and_its_model_reloads_elsewhere(
     # A fresh process, outside the repository, loads the model through the server and predicts
     # the test images the predict stage predicted.
     script = textwrap.dedent(f"""
-        import numpy as np, pandas as pd, torch, mlflow.pytorch, mlflow.models
+        import numpy as np, pandas as pd, torch, mlflow.pytorch, mlflow.pyfunc, mlflow.models
+        from pathlib import Path
         from fsds.data.images import load_images
         info = mlflow.models.get_model_info({model_uri!r})
-        assert [tuple(s.shape) for s in info.signature.inputs.inputs] == [(-1, 3, 64, 64)], info.signature
+        assert info.signature.inputs.input_names() == ["image", "name"], info.signature
         model = mlflow.pytorch.load_model({model_uri!r})
+        assert info.signature.params.params[0].default == model.threshold  # the served default: the model's own
         split = pd.read_csv({str(repo / "data" / "split.csv")!r}, keep_default_na=False)
         test = split[(split["split"] == "test") & (split["category"] == "fabric")]
         images = load_images([{str(repo)!r} + "/" + p for p in test["image"]], model.image_size).float() / 255
         with torch.no_grad():
             probs = model(images)[:, 0].numpy()
         np.save("probs.npy", (probs * 255).round().astype(np.uint8))
+        # The served flavor (what `mlflow models serve -m runs:/...` answers) on the good test images.
+        served = mlflow.pyfunc.load_model({model_uri!r}, model_config={{"precision": "fp32", "runtime": "torch"}})
+        files = sorted(Path({str(repo / "data" / "raw" / "fabric" / "test" / "good")!r}).iterdir())
+        answer = served.predict(pd.DataFrame({{"image": [f.read_bytes() for f in files], "name": [f.name for f in files]}}))
+        answer[["image", "score", "decision"]].to_csv("served.csv", index=False)
     """)
     run([sys.executable, "-c", script], tmp_path, env)
     reloaded = np.load(tmp_path / "probs.npy")
@@ -105,11 +114,17 @@ def test_pipeline_tracks_into_a_tracking_server_and_its_model_reloads_elsewhere(
 
     # `fsds predict` takes the same URI.
     images = repo / "data" / "raw" / "fabric" / "test" / "good"
-    run(["fsds", "predict", "--model", model_uri, str(images), "--out", str(tmp_path / "by_uri")], tmp_path, env)
+    fp32 = ["--precision", "fp32", "--runtime", "torch"]
+    run(["fsds", "predict", "--model", model_uri, str(images), "--out", str(tmp_path / "by_uri"), *fp32], tmp_path, env)
     run(["fsds", "predict", "--model", str(repo / "data" / "models" / "B_NBR_CaP" / "fabric.pt"), str(images),
-         "--out", str(tmp_path / "by_checkpoint")], tmp_path, env)
+         "--out", str(tmp_path / "by_checkpoint"), *fp32], tmp_path, env)
     assert (tmp_path / "by_uri" / "predictions.csv").read_text().replace("by_uri", "") == \
         (tmp_path / "by_checkpoint" / "predictions.csv").read_text().replace("by_checkpoint", "")
+    served = {r["image"]: r for r in csv.DictReader(open(tmp_path / "served.csv", newline=""))}
+    predicted = {Path(r["image"]).name: r for r in csv.DictReader(open(tmp_path / "by_uri" / "predictions.csv", newline=""))}
+    assert sorted(served) == sorted(predicted) and len(served) == 3
+    for name, row in predicted.items():
+        assert f"{float(served[name]['score']):.6f}" == row["score"] and served[name]["decision"] == row["decision"]
 
 
 @pytest.fixture(scope="module")

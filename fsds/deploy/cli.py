@@ -3,6 +3,8 @@
     fsds predict --model data/models/L0_B_NBR_CaP/fabric.pt photos/ --out inspected/
     fsds predict --model runs:/<run id>/model part.png --out inspected/ --threshold 0.3
     fsds export --model data/models/L0_B_NBR_CaP/fabric.pt --format onnx --out fabric.onnx
+    fsds export --model data/models/L0_B_NBR_CaP/fabric.pt --format mlflow --out fabric_model/
+    mlflow models serve -m fabric_model/ --env-manager local    # or -m runs:/<run id>/model
 
 ``--model`` is an fsds checkpoint or an MLflow model URI (``runs:/<run id>/model``,
 ``models:/<name>/<version>``; the tracking store is ``MLFLOW_TRACKING_URI``'s).
@@ -16,15 +18,13 @@ the first instead, with status 2).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-
-import torch
+from pathlib import Path
 
 from fsds.deploy.files import BATCH_SIZE, image_files, predict_files
 from fsds.deploy.model import load_deployed
 from fsds.deploy.onnx_export import export_onnx
-from fsds.deploy.runtime import RUNTIMES, OnnxNetwork, resolve_runtime
+from fsds.deploy.runtime import RUNTIMES, put_on_runtime
 from fsds.engine.device import set_up_runtime
 from fsds.engine.prediction import Tiling
 from fsds.errors import FsdsError, InputError
@@ -39,14 +39,7 @@ def predict(args: argparse.Namespace) -> int:
     tiling = Tiling(args.tile_size, args.tile_overlap)
     runtime = set_up_runtime(args.device, args.precision, training=False)  # as the predict stage
     model = load_deployed(args.model, runtime.device)
-    backend = resolve_runtime(args.runtime, runtime.amp_dtype, runtime.device)
-    if backend == "onnxruntime":
-        if args.precision == "bf16":
-            raise InputError("--runtime onnxruntime runs the network in fp32: drop --precision bf16, or use --runtime torch")
-        model.net = OnnxNetwork(model.net)
-        runtime = dataclasses.replace(runtime, amp_dtype=None, channels_last=False)  # ONNX Runtime: fp32, NCHW
-    elif runtime.channels_last:
-        model.net.to(memory_format=torch.channels_last)
+    runtime, backend = put_on_runtime(model, runtime, args.runtime, args.precision)
     results = predict_files(model, files, args.out, runtime, threshold=args.threshold, min_area=args.min_area,
                             batch_size=args.batch_size, tiling=tiling, strict=args.strict)
     flagged = sum(r.defective for r in results)
@@ -59,10 +52,27 @@ def predict(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     model = load_deployed(args.model, "cpu")
+    if args.format == "mlflow":
+        return export_mlflow(model, args)
     diff = export_onnx(model, args.out, opset=args.opset)
     shape = (f"RGB in [0, 1] resized by {model.scale:.4g} (aspect kept), padded to a multiple of 32"
              if model.geometry.crops else f"{model.image_size} x {model.image_size} RGB in [0, 1]")
     print(f"wrote {args.out} ({shape} -> probabilities); ONNX Runtime matches PyTorch within {diff:.1e}")
+    return 0
+
+
+def export_mlflow(model, args: argparse.Namespace) -> int:
+    from fsds.deploy.serving import save_mlflow_model
+    from fsds.io import atomic_dir
+
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"--out {out} exists: MLflow writes a model into a new folder; remove it or name another")
+    with atomic_dir(out) as tmp:
+        tmp.rmdir()  # MLflow creates the folder itself; atomic_dir renames it into place when complete
+        save_mlflow_model(model, tmp, {"threshold": model.threshold, "min_area": model.min_area,
+                                       "source": str(args.model)})
+    print(f"wrote {out}: serve it with `mlflow models serve -m {out} --env-manager local`")
     return 0
 
 
@@ -101,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
 
     e = sub.add_parser("export", help="write a trained model in a deployable format")
     e.add_argument("--model", required=True, help="fsds checkpoint (.pt) or MLflow model URI")
-    e.add_argument("--format", required=True, choices=("onnx",))
-    e.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    e.add_argument("--format", required=True, choices=("onnx", "mlflow"),
+                   help="onnx: one file for ONNX Runtime; mlflow: an MLflow model folder for `mlflow models serve`")
+    e.add_argument("--out", required=True, help="file (onnx) or new folder (mlflow) to write, e.g. model.onnx")
     e.add_argument("--opset", type=int, default=18)
     e.set_defaults(func=export)
 

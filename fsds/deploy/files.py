@@ -67,6 +67,34 @@ def unreadable(path: Path, reason: str) -> Prediction:
     return Prediction(str(path), 0, 0, float("nan"), float("nan"), False, reason)
 
 
+def decision_rule(model: DeployedModel, threshold: float | None = None,
+                  min_area: float | None = None) -> tuple[float, float]:
+    """The pixel threshold and the image's minimum defect area to decide with: those given, else the
+    model's own (a model saved before ``min_area`` existed decides on any pixel: 0)."""
+    threshold = model.threshold if threshold is None else float(threshold)
+    min_area = getattr(model, "min_area", 0.0) if min_area is None else float(min_area)
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
+    if not 0.0 <= min_area < 1.0:
+        raise InputError(f"--min-area is a fraction of the image in [0, 1), got {min_area}")
+    return threshold, min_area
+
+
+def judge(image: str, shape: tuple[int, int], prob: np.ndarray, threshold: float,
+          min_area: float) -> tuple[np.ndarray, Prediction]:
+    """The network's map of one image brought back to the image's ``shape``, and its row: the defect
+    area (pixels at or above ``threshold``), the largest probability, defective when the area
+    exceeds ``min_area``."""
+    full = resize_probabilities(prob, *shape)
+    area = defect_area(full, threshold)
+    return full, Prediction(image, shape[0], shape[1], area, float(full.max()), area > min_area)
+
+
+def mask_image(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask as the 8-bit image ``fsds predict`` writes: white = defect."""
+    return (mask * 255).astype(np.uint8)
+
+
 def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The image with the predicted defect tinted red and its other pixels as they are."""
     out = rgb.astype(np.float32)
@@ -75,7 +103,7 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray
     return out.round().astype(np.uint8)
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
     """Lossless PNG at zlib level 1: several times faster to encode than PIL's default level 6, for
     slightly larger files (lab/findings/speed.md)."""
     buf = io.BytesIO()
@@ -85,7 +113,7 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 def _write_png(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_bytes(_png_bytes(array))
+        tmp.write_bytes(png_bytes(array))
 
 
 @torch.no_grad()
@@ -104,12 +132,7 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
     on the ``runtime``; in tiles with a ``tiling``). An image that cannot be read is skipped and listed
     with its reason (decision ``error``) and the others are inspected, unless ``strict``: then it stops
     the run (:class:`InputError`) before predictions.csv is written."""
-    threshold = model.threshold if threshold is None else threshold
-    min_area = getattr(model, "min_area", 0.0) if min_area is None else min_area  # MLflow models from before it: 0
-    if not 0.0 < threshold < 1.0:
-        raise InputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
-    if not 0.0 <= min_area < 1.0:
-        raise InputError(f"--min-area is a fraction of the image in [0, 1), got {min_area}")
+    threshold, min_area = decision_rule(model, threshold, min_area)
     out = Path(out)
     geometry = model.geometry
 
@@ -126,13 +149,12 @@ def predict_files(model: DeployedModel, files: Sequence[Path], out: str | Path, 
         return rgbs, [resize_image(rgb, geometry.shape(*rgb.shape[:2])) for rgb in rgbs if not isinstance(rgb, str)]
 
     def write(path: Path, rgb: np.ndarray, prob: np.ndarray) -> Prediction:
-        full = resize_probabilities(prob, *rgb.shape[:2])
+        full, result = judge(str(path), rgb.shape[:2], prob, threshold, min_area)
         mask = full >= threshold
-        _write_png(out / "masks" / f"{path.stem}.png", (mask * 255).astype(np.uint8))
+        _write_png(out / "masks" / f"{path.stem}.png", mask_image(mask))
         _write_png(out / "overlays" / f"{path.stem}.png", overlay(rgb, mask))
-        area = defect_area(full, threshold)
         bar.update(1)
-        return Prediction(str(path), rgb.shape[0], rgb.shape[1], area, float(full.max()), area > min_area)
+        return result
 
     # Decoding the next batch and writing the last one's PNGs run in two threads while the network
     # runs (PIL and zlib leave the GIL; lab/findings/speed.md). Results come back in input order; an

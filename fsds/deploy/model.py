@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -81,14 +80,3 @@ def load_deployed(spec: str, device: torch.device | str = "cpu") -> DeployedMode
     if not isinstance(model, DeployedModel):
         raise InputError(f"--model {spec}: an MLflow model of type {type(model).__name__}, not an fsds model")
     return model.to(device).eval()
-
-
-def signature(geometry: InputGeometry):
-    """The MLflow signature: float32 images ``(-1, 3, S, S)`` in [0, 1] -> probabilities ``(-1, 1, S, S)``
-    (squashed), or ``(-1, 3, -1, -1)`` -> ``(-1, 1, -1, -1)`` at a working scale."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    side = -1 if geometry.crops else geometry.size
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, side, side), "images")]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, side, side))]))

@@ -7,12 +7,15 @@ prediction would run in fp32 on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
 import torch
 from torch import nn
 
+from fsds.deploy.model import DeployedModel
+from fsds.engine.device import Runtime
 from fsds.errors import InputError
 from fsds.method.networks import Segmenter
 
@@ -28,6 +31,22 @@ def resolve_runtime(name: str, amp_dtype: torch.dtype | None, device: torch.devi
     if name == "auto":
         return "onnxruntime" if device.type == "cpu" and amp_dtype is None else "torch"
     return name
+
+
+def put_on_runtime(model: DeployedModel, runtime: Runtime, name: str = "auto",
+                   precision: str = "auto") -> tuple[Runtime, str]:
+    """Make ``model`` (in place) run its network on ``--runtime name``, as ``fsds predict`` does; the
+    runtime to predict with (fp32 NCHW under ONNX Runtime) and which one was chosen. ``precision``
+    is the one asked for: an explicit ``bf16`` cannot run on ONNX Runtime."""
+    backend = resolve_runtime(name, runtime.amp_dtype, runtime.device)
+    if backend == "onnxruntime":
+        if precision == "bf16":
+            raise InputError("--runtime onnxruntime runs the network in fp32: drop --precision bf16, or use --runtime torch")
+        model.net = OnnxNetwork(model.net)
+        runtime = dataclasses.replace(runtime, amp_dtype=None, channels_last=False)  # ONNX Runtime: fp32, NCHW
+    elif runtime.channels_last:
+        model.net.to(memory_format=torch.channels_last)
+    return runtime, backend
 
 
 class OnnxNetwork(nn.Module):

@@ -10,7 +10,6 @@ stops tracking while the stage writes its outputs as usual.
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import subprocess
 import sys
@@ -169,28 +168,19 @@ class Tracker:
         self._buffer.clear()
 
     @_survives_a_lost_store
-    def log_model(self, run_id: str | None, model: Any, signature: Any, metadata: Mapping[str, Any]) -> None:
-        """The deployable model as an MLflow PyTorch model under the run's ``model/``, so that
-        ``mlflow.pytorch.load_model("runs:/<run id>/model")`` rebuilds it; fsds' code travels with it."""
+    def log_model(self, run_id: str | None, model: Any, metadata: Mapping[str, Any]) -> None:
+        """The deployable model as the run's ``model/``: ``mlflow.pytorch.load_model("runs:/<run id>/model")``
+        rebuilds it, and ``mlflow models serve -m runs:/<run id>/model`` answers as ``fsds predict``
+        (:mod:`fsds.deploy.serving`); fsds' code travels with it."""
         if run_id is None:
             return
         import tempfile
-        from importlib.metadata import version
 
-        import mlflow.pytorch
+        from fsds.deploy.serving import save_mlflow_model
 
-        import fsds
-
-        requirements = [f"{name}=={version(name)}" for name in
-                        ("torch", "torchvision", "segmentation-models-pytorch", "numpy", "pillow")]
-        options = {}
-        if "serialization_format" in inspect.signature(mlflow.pytorch.save_model).parameters:
-            options["serialization_format"] = "pickle"  # the module itself (newer MLflow defaults to a traced graph)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model"
-            mlflow.pytorch.save_model(model, str(path), signature=signature, metadata=dict(metadata),
-                                      code_paths=[str(Path(fsds.__file__).parent)], pip_requirements=requirements,
-                                      **options)
+            save_mlflow_model(model, path, metadata)
             self._client.log_artifacts(run_id, str(path), "model")
 
     @_survives_a_lost_store

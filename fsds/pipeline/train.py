@@ -18,7 +18,7 @@ from tqdm import tqdm
 from fsds.config import Config
 from fsds.data.images import InputGeometry, load_images
 from fsds.data.split import category_split
-from fsds.deploy.model import deployable, signature
+from fsds.deploy.model import deployable
 from fsds.engine.batches import category_geometry, load_probe, load_train_data
 from fsds.engine.checkpoint import save_checkpoint
 from fsds.engine.device import Runtime
@@ -197,7 +197,7 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category],
                                              **({"calibrated_threshold": calibration.threshold,
                                                  "calibration_fpr": calibration.fpr} if calibration else {})})
-                tracker.log_model(run_id, deployable(model, geometry, threshold, min_area), signature(geometry),
+                tracker.log_model(run_id, deployable(model, geometry, threshold, min_area),
                                   {"variant": variant_name, "category": category, "arch": recipe.arch,
                                    "threshold": threshold, "min_area": min_area, "encoder_weights": weights_source})
                 status = "FINISHED"
