@@ -123,6 +123,17 @@ def test_the_exported_mlflow_model_answers_as_fsds_predict(checkpoint, photos, e
     assert max(probs.max(), 0) == pytest.approx(chosen[0]["max_probability"])
 
 
+def test_a_bad_serving_setting_is_refused_by_name(exported):
+    import mlflow.pyfunc
+
+    from fsds.errors import InputError
+
+    with pytest.raises(InputError, match="tile size must be 0"):
+        mlflow.pyfunc.load_model(str(exported), model_config={"tile_size": 50})
+    with pytest.raises(InputError, match="--runtime: expected one of"):
+        mlflow.pyfunc.load_model(str(exported), model_config={"runtime": "tensorrt"})
+
+
 def test_export_to_mlflow_refuses_an_existing_folder(checkpoint, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")

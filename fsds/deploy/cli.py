@@ -62,7 +62,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def export_mlflow(model, args: argparse.Namespace) -> int:
-    from fsds.deploy.serving import save_mlflow_model
+    from fsds.deploy.mlflow_model import save_mlflow_model
     from fsds.io import atomic_dir
 
     out = Path(args.out)

@@ -4,7 +4,8 @@ The MLflow model of a training run (or of ``fsds export --format mlflow``) has t
 
 - ``pytorch``: the :class:`~fsds.deploy.model.DeployedModel` itself, for
   ``mlflow.pytorch.load_model`` and ``fsds predict --model runs:/<id>/model``;
-- ``python_function`` (this module, its ``loader_module``): an :class:`Inspector` that answers as
+- ``python_function`` (this module is its ``loader_module``; :mod:`fsds.deploy.mlflow_model` writes
+  the folder): an :class:`Inspector` that answers as
   ``fsds predict`` does, so that ``mlflow models serve`` and ``mlflow.pyfunc.load_model`` give a
   part's decision and map, not a tensor of a fixed size.
 
@@ -25,7 +26,6 @@ for a server, as ``--device``, ``--precision`` and ``--runtime`` do for ``fsds p
 from __future__ import annotations
 
 import base64
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,24 +34,24 @@ import torch
 
 from fsds.data.images import resize_image
 from fsds.deploy.files import BATCH_SIZE, Prediction, decision_rule, judge, mask_image, png_bytes, unreadable
+from fsds.deploy.mlflow_model import SETTINGS
 from fsds.deploy.model import DeployedModel
 from fsds.deploy.runtime import put_on_runtime
 from fsds.engine.device import Runtime, set_up_runtime
-from fsds.engine.prediction import predict_probabilities
+from fsds.engine.prediction import Tiling, predict_probabilities
 from fsds.errors import InputError
 from fsds.io import decode_rgb
 
-SETTINGS = {"device": "auto", "precision": "auto", "runtime": "auto"}  # the model_config: fsds predict's defaults
 OUTPUT_COLUMNS = ("image", "height", "width", "score", "max_probability", "decision", "error", "mask")
-REQUIREMENTS = ("torch", "torchvision", "segmentation-models-pytorch", "numpy", "pillow", "pandas", "onnxruntime")
 
 
 class Inspector:
     """``fsds predict`` for MLflow's ``python_function`` flavor: image files' bytes in, a row per image out."""
 
-    def __init__(self, model: DeployedModel, runtime: Runtime) -> None:
+    def __init__(self, model: DeployedModel, runtime: Runtime, tiling: Tiling = Tiling()) -> None:
         self.model = model
         self.runtime = runtime
+        self.tiling = tiling
 
     @torch.no_grad()
     def predict(self, data: Any, params: Mapping[str, Any] | None = None) -> Any:
@@ -76,7 +76,7 @@ class Inspector:
         geometry = self.model.geometry
         images = [resize_image(rgb, geometry.shape(*rgb.shape[:2])) for rgb in rgbs if not isinstance(rgb, str)]
         probs = iter(predict_probabilities(self.model.net, images, self.runtime, batch_size=BATCH_SIZE,
-                                           progress=False) if images else [])
+                                           tiling=self.tiling, progress=False) if images else [])
         rows = []
         for name, rgb in zip(names, rgbs):
             if isinstance(rgb, str):
@@ -98,13 +98,14 @@ def _row(result: Prediction, mask: np.ndarray | None, probabilities: np.ndarray 
     return row
 
 
-def inspector(model: DeployedModel, device: str = "auto", precision: str = "auto",
-              runtime: str = "auto") -> Inspector:
-    """The inspector of a model loaded on the CPU, set up as ``fsds predict --device --precision --runtime``."""
+def inspector(model: DeployedModel, device: str = "auto", precision: str = "auto", runtime: str = "auto",
+              tile_size: int = 0, tile_overlap: int = 64) -> Inspector:
+    """The inspector of a model loaded on the CPU, set up as ``fsds predict`` with those flags."""
+    tiling = Tiling(int(tile_size), int(tile_overlap))  # a bad size fails here, by name
     setup = set_up_runtime(device, precision, training=False)
     model = model.to(setup.device).eval()
     setup, _ = put_on_runtime(model, setup, runtime, precision)
-    return Inspector(model, setup)
+    return Inspector(model, setup, tiling)
 
 
 def _load_pyfunc(path: str, model_config: Mapping[str, Any] | None = None) -> Inspector:
@@ -112,55 +113,8 @@ def _load_pyfunc(path: str, model_config: Mapping[str, Any] | None = None) -> In
     device, precision and runtime from ``model_config`` (the flavor's, overridden as MLflow allows)."""
     import mlflow.pytorch
 
-    settings = {**SETTINGS, **{k: str(v) for k, v in (model_config or {}).items() if k in SETTINGS}}
+    settings = {**SETTINGS, **{k: v for k, v in (model_config or {}).items() if k in SETTINGS}}
     model = mlflow.pytorch.load_model(path, map_location=torch.device("cpu"))
     if not isinstance(model, DeployedModel):
         raise InputError(f"{path}: an MLflow model of type {type(model).__name__}, not an fsds model")
     return inspector(model, **settings)
-
-
-def signature(model: DeployedModel):
-    """What the served model takes and answers, with its params' defaults (the model's own rule)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array
-
-    inputs = Schema([ColSpec("binary", "image"), ColSpec("string", "name", required=False)])
-    outputs = Schema([ColSpec("string", "image"), ColSpec("long", "height"), ColSpec("long", "width"),
-                      ColSpec("double", "score", required=False), ColSpec("double", "max_probability", required=False),
-                      ColSpec("string", "decision"), ColSpec("string", "error"), ColSpec("string", "mask"),
-                      ColSpec(Array(Array("double")), "probabilities", required=False)])
-    params = ParamSchema([ParamSpec("threshold", "double", float(model.threshold)),
-                          ParamSpec("min_area", "double", float(getattr(model, "min_area", 0.0))),
-                          ParamSpec("probabilities", "boolean", False)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-
-
-def save_mlflow_model(model: DeployedModel, path: str | Path, metadata: Mapping[str, Any]) -> None:
-    """Write ``model`` as an MLflow model folder at ``path`` (which must not exist): the ``pytorch``
-    flavor (the module pickled; fsds' code travels with it) and this module's ``python_function``
-    flavor, so that ``mlflow models serve -m <path>`` answers as ``fsds predict``."""
-    import inspect
-
-    import mlflow.pytorch
-    from mlflow import pyfunc
-    from mlflow.models import Model
-
-    import fsds
-
-    requirements = [f"{name}=={version(name)}" for name in REQUIREMENTS]
-    options = {}
-    if "serialization_format" in inspect.signature(mlflow.pytorch.save_model).parameters:
-        options["serialization_format"] = "pickle"  # the module itself (newer MLflow defaults to a traced graph)
-    path = Path(path)
-    mlflow.pytorch.save_model(model, str(path), signature=signature(model), metadata=dict(metadata),
-                              code_paths=[str(Path(fsds.__file__).parent)], pip_requirements=requirements, **options)
-    # The pytorch flavor's own python_function answers tensors of one size; ours replaces it, with the
-    # same code folder and environment files.
-    mlmodel = Model.load(str(path / "MLmodel"))
-    torch_conf = mlmodel.flavors[pyfunc.FLAVOR_NAME]
-    env = torch_conf.get(pyfunc.ENV, {})
-    pyfunc.add_to_model(mlmodel, loader_module=__name__, code=torch_conf.get(pyfunc.CODE),
-                        conda_env=env.get(pyfunc.EnvType.CONDA), python_env=env.get(pyfunc.EnvType.VIRTUALENV),
-                        model_config=dict(SETTINGS))
-    mlmodel.save(str(path / "MLmodel"))

@@ -168,19 +168,16 @@ class Tracker:
         self._buffer.clear()
 
     @_survives_a_lost_store
-    def log_model(self, run_id: str | None, model: Any, metadata: Mapping[str, Any]) -> None:
-        """The deployable model as the run's ``model/``: ``mlflow.pytorch.load_model("runs:/<run id>/model")``
-        rebuilds it, and ``mlflow models serve -m runs:/<run id>/model`` answers as ``fsds predict``
-        (:mod:`fsds.deploy.serving`); fsds' code travels with it."""
+    def log_model(self, run_id: str | None, write: Callable[[Path], None]) -> None:
+        """Log the run's ``model/``: ``write(path)`` writes the MLflow model folder at ``path``
+        (:func:`fsds.deploy.mlflow_model.save_mlflow_model`), uploaded to the run's artifacts."""
         if run_id is None:
             return
         import tempfile
 
-        from fsds.deploy.serving import save_mlflow_model
-
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model"
-            save_mlflow_model(model, path, metadata)
+            write(path)
             self._client.log_artifacts(run_id, str(path), "model")
 
     @_survives_a_lost_store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 import time
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from fsds.config import Config
 from fsds.data.images import InputGeometry, load_images
 from fsds.data.split import category_split
+from fsds.deploy.mlflow_model import save_mlflow_model
 from fsds.deploy.model import deployable
 from fsds.engine.batches import category_geometry, load_probe, load_train_data
 from fsds.engine.checkpoint import save_checkpoint
@@ -197,9 +199,10 @@ def train_variant(cfg: Config, variant_name: str, table: pd.DataFrame, out_dir: 
                 tracker.log_metrics(run_id, {"train_seconds": seconds[category],
                                              **({"calibrated_threshold": calibration.threshold,
                                                  "calibration_fpr": calibration.fpr} if calibration else {})})
-                tracker.log_model(run_id, deployable(model, geometry, threshold, min_area),
-                                  {"variant": variant_name, "category": category, "arch": recipe.arch,
-                                   "threshold": threshold, "min_area": min_area, "encoder_weights": weights_source})
+                metadata = {"variant": variant_name, "category": category, "arch": recipe.arch,
+                            "threshold": threshold, "min_area": min_area, "encoder_weights": weights_source}
+                tracker.log_model(run_id, functools.partial(
+                    save_mlflow_model, deployable(model, geometry, threshold, min_area), metadata=metadata))
                 status = "FINISHED"
             finally:
                 tracker.end_run(run_id, status)
