@@ -13,7 +13,7 @@ install: $(STAMP)
 # between clones (VENV=...) still gets this checkout's editable install.
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,team]"
 	touch $(STAMP)
 
 repro: $(STAMP)

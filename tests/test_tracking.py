@@ -39,7 +39,7 @@ def test_unreachable_store_stops_training_before_it_starts(tiny_config, tiny_spl
     uri = f"http://127.0.0.1:{_closed_port()}"
     cfg = _config(tiny_config, uri)
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match=rf"MLflow tracking store '{uri}' cannot be used: .*mlflow\.enabled: false"):
+    with pytest.raises(RuntimeError, match=rf"MLflow tracking server '{uri}' is not answering .*mlflow\.enabled: false"):
         train_variant(cfg, "B", tiny_split, tmp_path / "models", Tracker(cfg.mlflow))
     assert time.perf_counter() - start < 60
     assert not (tmp_path / "models").exists()
@@ -68,3 +68,26 @@ def test_test_metrics_for_an_unreachable_store_only_warn(no_retries, capfd):
     tracker.log_test_metrics("0123abcd", {"iou": 0.5})  # the metrics stage writes its files regardless
     assert tracker.lost
     assert "tracking is off for the rest of this stage" in capfd.readouterr().err
+
+
+def test_a_password_in_the_store_uri_is_never_printed():
+    from fsds.pipeline.tracking import first_line, shown
+
+    assert shown("postgresql://mlflow:s3cret@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
+    assert shown("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert shown("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert first_line(RuntimeError("FATAL: password authentication failed\n(Background on this error at: ...)")) == \
+        "FATAL: password authentication failed"
+
+
+def test_a_queued_experiments_sqlite_store_is_the_repositorys(monkeypatch, tmp_path):
+    """DVC runs a queued experiment in a temporary copy of the repository and names the repository in
+    DVC_ROOT: a relative SQLite store resolves there, so every worker tracks into the one store."""
+    from fsds.pipeline.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    cfg = MlflowConfig(enabled=True, tracking_uri="sqlite:///mlflow.db", experiment="fsds")
+    assert tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert tracking_uri(cfg) == "http://tracking:5000"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Callable, Mapping, TypeVar
 
 from fsds.config import MlflowConfig
@@ -35,6 +37,35 @@ def tracking_uri(cfg: MlflowConfig) -> str:
     names the repository itself in ``DVC_ROOT``, so their runs land in the one store too."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
     return absolute_store(uri, os.environ.get("DVC_ROOT") or ".")
+
+
+def shown(uri: str) -> str:
+    """``uri`` as it may be printed: a password in it (``postgresql://user:secret@host/db``) as ``***``."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message without the lines a database driver or SQLAlchemy adds below it."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """For a tracking server (``http(s)://``), fail at once when nothing answers at its address:
+    MLflow's client would retry with back-off for minutes before it says so."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise RunError(f"MLflow tracking server {shown(uri)!r} is not answering ({exc.strerror or exc}): start it, "
+                       "or fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, or set mlflow.enabled: false") from exc
 
 
 def git_commit() -> str:
@@ -72,7 +103,8 @@ def _survives_a_lost_store(method: F) -> F:
         except Exception as exc:  # MLflow raises many kinds (HTTP, SQL, file system)
             self.lost = True
             self._buffer.clear()
-            print(f"warning: MLflow tracking store {self.uri!r} failed ({type(exc).__name__}: {exc}); "
+            print(f"warning: MLflow tracking store {shown(self.uri)!r} failed ({type(exc).__name__}: "
+                  f"{first_line(exc)}); "
                   "tracking is off for the rest of this stage, its outputs are written as usual",
                   file=sys.stderr, flush=True)
             return None
@@ -86,6 +118,7 @@ def open_store(uri: str, experiment: str) -> tuple[Any, str]:
     (``mlflow.set_tracking_uri`` would, and it sets ``MLFLOW_TRACKING_URI`` in this process too)."""
     from mlflow.tracking import MlflowClient
 
+    check_reachable(uri)
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
@@ -98,7 +131,7 @@ def open_store(uri: str, experiment: str) -> tuple[Any, str]:
         return client, client.create_experiment(experiment, artifact_location=artifact_location)
     except Exception as exc:  # MLflow raises many kinds; all mean "cannot use this store"
         raise RunError(
-            f"MLflow tracking store {uri!r} cannot be used: {exc}. "
+            f"MLflow tracking store {shown(uri)!r} cannot be used: {first_line(exc)}. "
             "Fix MLFLOW_TRACKING_URI / mlflow.tracking_uri, or set mlflow.enabled: false"
         ) from exc
 
