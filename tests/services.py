@@ -44,6 +44,17 @@ def missing(what: str, package: str) -> None:
     pytest.skip(message)
 
 
+def need_module(module: str, package: str) -> None:
+    """Skip (or fail, as :func:`missing`) when a Python package of the ``team`` extra is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        message = f"{package} not installed: pip install -e '.[team]' (make installs it)"
+        if REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def postgres_bin() -> Path:
     """The folder of PostgreSQL's server programs (``initdb``, ``pg_ctl``; Debian keeps them off PATH)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
@@ -89,7 +100,7 @@ class Postgres:
     database: str
 
     def uri(self, password: str | None = None) -> str:
-        return (f"postgresql://{self.user}:{self.password if password is None else password}"
+        return (f"postgresql+psycopg://{self.user}:{self.password if password is None else password}"
                 f"@127.0.0.1:{self.port}/{self.database}")
 
 
@@ -98,6 +109,7 @@ def postgres_server() -> Iterator[Postgres]:
     """A PostgreSQL server on loopback in a throw-away data folder, with a password-protected role and
     database ``mlflow``. ``initdb`` and ``pg_ctl`` refuse to run as root: as root they run as the
     ``postgres`` user (``nobody`` if there is none), in a folder under /tmp that it owns."""
+    need_module("psycopg", "psycopg (MLflow's PostgreSQL driver)")
     bin_dir = postgres_bin()
     as_user: list[str] = []
     if os.geteuid() == 0:
@@ -174,6 +186,7 @@ class Sshd:
 def sshd_server(folder: Path) -> Iterator[Sshd]:
     """OpenSSH's server on loopback with a throw-away host key, admitting this user with a throw-away
     key only (no password, no PAM)."""
+    need_module("dvc_ssh", "dvc-ssh (DVC's SSH remote)")
     sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
     if sshd is None or shutil.which("ssh-keygen") is None:
         missing("OpenSSH's sshd", "openssh-server")

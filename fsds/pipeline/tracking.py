@@ -54,10 +54,28 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
+DATABASES = ("postgresql", "mysql", "mssql")  # MLflow's database stores besides SQLite (``postgresql+psycopg://``)
+
+
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """For a tracking server (``http(s)://``), fail at once when nothing answers at its address:
-    MLflow's client would retry with back-off for minutes before it says so."""
+    """Fail at once, in one line, when the store cannot be reached: a tracking server
+    (``http(s)://``) that nothing answers for, a database that refuses the connection or the
+    password. MLflow's client would retry with back-off for minutes (about 100 s for a database,
+    with a warning per attempt) before it says so."""
     parts = urlsplit(uri)
+    if parts.scheme.split("+")[0] in DATABASES:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect():
+                pass
+        except Exception as exc:  # the driver's own kinds: refused, unknown host, bad password, no database
+            raise RunError(f"MLflow tracking store {shown(uri)!r} cannot be used: {first_line(exc)}. Fix "
+                           "MLFLOW_TRACKING_URI / mlflow.tracking_uri, or set mlflow.enabled: false") from exc
+        finally:
+            engine.dispose()
+        return
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
