@@ -12,12 +12,8 @@ import csv
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -33,6 +29,7 @@ from fsds.deploy.model import DeployedModel
 from fsds.engine.checkpoint import save_checkpoint
 from fsds.method.networks import build_model
 from fsds.pipeline.plan import stage_params
+from tests.services import free_port, stop, wait_until
 
 FP32_TORCH = {"precision": "fp32", "runtime": "torch"}  # one computation on every CPU, to compare exactly
 
@@ -143,34 +140,19 @@ def test_export_to_mlflow_refuses_an_existing_folder(checkpoint, tmp_path, capsy
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_a_real_request_on_loopback(checkpoint, photos, exported, tmp_path):
     """`mlflow models serve -m <folder> --env-manager local` in its own process, asked over HTTP with
     JSON (base64 image files): the same rows and masks as `fsds predict`."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_PYFUNC_INFERENCE_CONFIG": json.dumps(FP32_TORCH)}
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(exported),
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(exported),
+                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not answer /ping in 180 s"
-            time.sleep(0.5)
+        wait_until(lambda: urllib.request.urlopen(f"{url}/ping", timeout=5).status == 200, "mlflow models serve",
+                   server, tmp_path / "server.log")
         names, blobs = _request(photos)
         body = {"dataframe_split": {"columns": ["image", "name"],
                                     "data": [[base64.b64encode(b).decode("ascii"), n] for b, n in zip(blobs, names)]},
@@ -180,8 +162,6 @@ def test_mlflow_models_serve_answers_a_real_request_on_loopback(checkpoint, phot
         with urllib.request.urlopen(request, timeout=120) as r:
             answer = json.loads(r.read())["predictions"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
+        stop(server)
     _assert_answers_as_predict(answer, _predicted(checkpoint, photos, tmp_path / "fsds", "--threshold", "0.5"))
     assert answer[-1]["decision"] == "error" and "notes.png" in answer[-1]["error"]
