@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from fsds.data.datasets import index_dataset
 from fsds.data.split import k_shot_split
@@ -51,6 +53,18 @@ def tiny_index(tiny_root):
 @pytest.fixture(scope="session")
 def tiny_split(tiny_index):
     return k_shot_split(tiny_index, shot=1, seed=0)
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """Images of other sizes than the network's, colour and grey, PNG and JPEG, and a file that is no image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(folder / "wide.png")
+    Image.fromarray(rng.integers(0, 256, (90, 40), dtype=np.uint8)).save(folder / "tall_grey.jpg", quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
 
 
 @pytest.fixture()

@@ -34,18 +34,6 @@ def checkpoint(tmp_path, tiny_config):
     return path
 
 
-@pytest.fixture()
-def photos(tmp_path):
-    """Images of other sizes than the network's, colour and grey, PNG and JPEG."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(folder / "wide.png")
-    Image.fromarray(rng.integers(0, 256, (90, 40), dtype=np.uint8)).save(folder / "tall_grey.jpg", quality=95)
-    (folder / "notes.txt").write_text("not an image")
-    return folder
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

@@ -47,16 +47,6 @@ def checkpoint(tmp_path, tiny_config):
 
 
 @pytest.fixture()
-def photos(tmp_path):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(folder / "wide.png")
-    Image.fromarray(rng.integers(0, 256, (90, 40), dtype=np.uint8)).save(folder / "tall_grey.jpg", quality=95)
-    return folder
-
-
-@pytest.fixture()
 def exported(checkpoint, tmp_path):
     out = tmp_path / "mlflow_model"
     main(["export", "--model", str(checkpoint), "--format", "mlflow", "--out", str(out)])
