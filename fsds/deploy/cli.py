@@ -70,8 +70,8 @@ def export_mlflow(model, args: argparse.Namespace) -> int:
         raise InputError(f"--out {out} exists: MLflow writes a model into a new folder; remove it or name another")
     with atomic_dir(out) as tmp:
         tmp.rmdir()  # MLflow creates the folder itself; atomic_dir renames it into place when complete
-        save_mlflow_model(model, tmp, {"threshold": model.threshold, "min_area": model.min_area,
-                                       "source": str(args.model)})
+        save_mlflow_model(model, tmp, {"threshold": model.threshold, "min_area": getattr(model, "min_area", 0.0),
+                                       "source": str(args.model)})  # an MLflow model from before min_area: 0
     print(f"wrote {out}: serve it with `mlflow models serve -m {out} --env-manager local`")
     return 0
 

@@ -66,7 +66,8 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     if parts.scheme.split("+")[0] in DATABASES:
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        wait = {"connect_timeout": int(timeout)} if parts.scheme.startswith("postgresql") else {}  # not forever
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool, connect_args=wait)
         try:
             with engine.connect():
                 pass
