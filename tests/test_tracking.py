@@ -2,7 +2,6 @@
 store that goes away later costs no result."""
 
 import dataclasses
-import socket
 import time
 
 import pandas as pd
@@ -11,12 +10,7 @@ import pytest
 from fsds.config import MlflowConfig
 from fsds.pipeline.tracking import Tracker
 from fsds.pipeline.train import train_variant
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.services import free_port  # nothing listens there once it is returned
 
 
 @pytest.fixture
@@ -36,7 +30,7 @@ def _config(tiny_config, uri):
 
 
 def test_unreachable_store_stops_training_before_it_starts(tiny_config, tiny_split, tmp_path, no_retries):
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     cfg = _config(tiny_config, uri)
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match=rf"MLflow tracking server '{uri}' is not answering .*mlflow\.enabled: false"):
@@ -64,7 +58,7 @@ def test_store_lost_during_training_costs_no_result(tiny_config, tiny_split, tmp
 
 
 def test_test_metrics_for_an_unreachable_store_only_warn(no_retries, capfd):
-    tracker = Tracker(MlflowConfig(enabled=True, tracking_uri=f"http://127.0.0.1:{_closed_port()}", experiment="fsds"))
+    tracker = Tracker(MlflowConfig(enabled=True, tracking_uri=f"http://127.0.0.1:{free_port()}", experiment="fsds"))
     tracker.log_test_metrics("0123abcd", {"iou": 0.5})  # the metrics stage writes its files regardless
     assert tracker.lost
     assert "tracking is off for the rest of this stage" in capfd.readouterr().err
